@@ -1,0 +1,27 @@
+"""Compilation targets, named by triples.
+
+>>> from targets import parse_target
+>>> t = parse_target("aarch64-linux-gnu -mattr=+neon,+dotprod")
+>>> str(t)
+'aarch64-linux-gnu -mattr=+neon,+dotprod'
+>>> t.capabilities.int8_dot
+('sdot',)
+
+Families live one per module (``x86``, ``arm``, ``riscv``, ``cuda``, ``embedded``) and are
+dispatched through :data:`FAMILIES`; ``host`` resolves to this machine's triple and features.
+"""
+
+from __future__ import annotations
+
+from .base import Capabilities, Target, host_arch
+from .registry import FAMILIES, known_triples, parse_target, target_table
+
+__all__ = [
+    "Capabilities",
+    "FAMILIES",
+    "Target",
+    "host_arch",
+    "known_triples",
+    "parse_target",
+    "target_table",
+]

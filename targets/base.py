@@ -1,0 +1,154 @@
+"""The target description shared by every target family.
+
+A :class:`Target` is what a user names with a triple (``aarch64-linux-gnu -mcpu=cortex-a76
+-mattr=+neon,+dotprod``). It prints back the same canonical string it was parsed from, knows
+the TVM target dict it becomes, the compiler that links its modules, and a
+:class:`Capabilities` record that passes, tuning and search read.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a device can do, as data (tinygrad-style), read by passes, tuning and search.
+
+    Attributes
+    ----------
+    vector_bits : int
+        Width of the widest SIMD register the target uses for fp32 (0 for none).
+    int8_dot : tuple of str
+        Integer dot-product instructions available (e.g. ``"vpmaddubsw"``, ``"vpdpbusd"``,
+        ``"sdot"``, ``"smmla"``). Empty when int8 kernels fall back to widening arithmetic.
+    cores : int
+        Cores the compiled module may use (the TVM target's ``num-cores``).
+    has_float : bool
+        Whether the device computes in floating point at all (False for the embedded target).
+    l1_kb, l2_kb : int
+        Data cache sizes per core, in KiB (0 when unknown).
+    peak_gflops : float
+        Estimated fp32 peak throughput of all cores, GFLOP/s (0 when unknown).
+    scratchpad_kb : int
+        On-chip scratchpad of an accelerator-like target (0 for caches-only CPUs).
+    """
+
+    vector_bits: int = 128
+    int8_dot: tuple[str, ...] = ()
+    cores: int = 1
+    has_float: bool = True
+    l1_kb: int = 32
+    l2_kb: int = 512
+    peak_gflops: float = 0.0
+    scratchpad_kb: int = 0
+
+    @property
+    def fp32_lanes(self) -> int:
+        """fp32 elements per vector register (at least 1)."""
+        return max(1, self.vector_bits // 32)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "vector_bits": self.vector_bits,
+            "int8_dot": list(self.int8_dot),
+            "cores": self.cores,
+            "has_float": self.has_float,
+            "l1_kb": self.l1_kb,
+            "l2_kb": self.l2_kb,
+            "peak_gflops": self.peak_gflops,
+            "scratchpad_kb": self.scratchpad_kb,
+        }
+
+
+@dataclass(frozen=True)
+class Target:
+    """A compilation target named by a triple, optionally with a CPU, features and GPU arch.
+
+    Build one with :func:`targets.parse_target`; ``str(target)`` is the canonical spelling and
+    ``parse_target(str(target)) == target``.
+    """
+
+    triple: str
+    family: str
+    arch: str
+    cpu: str | None = None
+    features: tuple[str, ...] = ()
+    gpu_arch: str | None = None
+    cores: int = 1
+    kind: str = "llvm"
+    cross_cc: str | None = None
+    description: str = ""
+    capabilities: Capabilities = field(default_factory=Capabilities, compare=False)
+
+    def __str__(self) -> str:
+        parts = [self.triple]
+        if self.cpu:
+            parts.append(f"-mcpu={self.cpu}")
+        if self.features:
+            parts.append("-mattr=" + ",".join(self.features))
+        if self.gpu_arch:
+            parts.append(f"-arch={self.gpu_arch}")
+        return " ".join(parts)
+
+    # -- TVM ------------------------------------------------------------------------------
+    def tvm_target_dict(self) -> dict[str, Any]:
+        """The TVM target as a JSON-style dict (TVM 0.27 rejects target strings)."""
+        if self.kind == "cuda":
+            return {
+                "kind": "cuda",
+                "arch": self.gpu_arch or "sm_80",
+                "host": {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "num-cores": self.cores},
+            }
+        if self.kind == "c":
+            return {"kind": "c"}
+        d: dict[str, Any] = {"kind": "llvm", "mtriple": self.triple, "num-cores": self.cores}
+        if self.cpu:
+            d["mcpu"] = self.cpu
+        if self.features:
+            d["mattr"] = list(self.features)
+        return d
+
+    def tvm_target(self) -> Any:
+        """The :class:`tvm.target.Target` object for this target."""
+        import tvm
+
+        return tvm.target.Target(self.tvm_target_dict())
+
+    # -- where it runs --------------------------------------------------------------------
+    @property
+    def machine(self) -> str:
+        """The ELF machine / ``uname -m`` name of code built for this target."""
+        return self.arch
+
+    def runs_on_this_machine(self) -> bool:
+        """Whether a module built for this target can be loaded and run in this process."""
+        if self.kind == "cuda":
+            return False
+        return self.arch == host_arch()
+
+    @property
+    def library_suffix(self) -> str:
+        return ".so"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": str(self),
+            "triple": self.triple,
+            "family": self.family,
+            "arch": self.arch,
+            "cpu": self.cpu,
+            "features": list(self.features),
+            "gpu_arch": self.gpu_arch,
+            "cores": self.cores,
+            "compiler": self.cross_cc or "host cc",
+            "capabilities": self.capabilities.to_dict(),
+        }
+
+
+def host_arch() -> str:
+    """``uname -m`` of this machine, normalised (``arm64`` -> ``aarch64``)."""
+    m = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
