@@ -121,12 +121,14 @@ class Target:
     @property
     def machine(self) -> str:
         """The ELF machine / ``uname -m`` name of code built for this target."""
-        return self.arch
+        return host_arch() if self.kind == "c" else self.arch
 
     def runs_on_this_machine(self) -> bool:
         """Whether a module built for this target can be loaded and run in this process."""
         if self.kind == "cuda":
             return False
+        if self.kind == "c":  # generated C, compiled by the host compiler: a functional model
+            return True
         return self.arch == host_arch()
 
     @property
