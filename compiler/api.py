@@ -1,0 +1,157 @@
+"""The Python API: ``compile`` an ONNX model for a target into an artifact directory."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from targets import Target, parse_target
+
+from . import evaluate, frontend, lower, package, stats
+from .pipeline import PassSpec, run_passes
+from .runtime import Artifact, random_inputs
+
+logger = logging.getLogger(__name__)
+
+
+def compile(  # noqa: A001 - the API is named after what it does
+    model: "str | Path | onnx.ModelProto",
+    target: "str | Target" = "host",
+    *,
+    output_dir: "str | Path | None" = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    passes: Sequence["PassSpec | Any"] = (),
+    tuning_log: "str | Path | None" = None,
+    verify: bool = True,
+    verify_inputs: Mapping[str, np.ndarray] | None = None,
+) -> Artifact:
+    """Compile an ONNX model for ``target`` and write an artifact directory.
+
+    Parameters
+    ----------
+    model
+        Path to an ONNX file or an ``onnx.ModelProto``.
+    target
+        Target triple string (see ``hwcc targets``) or a :class:`targets.Target`.
+    output_dir
+        Where to write the artifact (a fresh temporary directory when None).
+    input_shapes
+        Pins dynamic input dimensions by input name.
+    passes
+        Compression passes, as :class:`compiler.pipeline.PassSpec` or TVM module passes,
+        run in order on the imported Relax module.
+    tuning_log
+        A MetaSchedule database directory (``tuning_logs/<device>/<target>``); None uses the
+        default location for this target if it has records.
+    verify
+        Run the compiled module (when the target runs here) on ``verify_inputs`` (or seeded
+        random inputs) and compare with onnxruntime / onnx.reference; stored in the manifest.
+
+    Returns
+    -------
+    Artifact
+        The written artifact; ``run``/``benchmark`` load it on first use.
+    """
+    tgt = parse_target(target)
+    imported = frontend.load_model(model, input_shapes)
+    mod = imported.mod
+    pass_reports: list[dict[str, Any]] = []
+    if passes:
+        mod, pass_reports = run_passes(mod, passes)
+
+    database, db_path = _open_database(tuning_log, tgt)
+    built = lower.build(mod, tgt, database=database)
+
+    out = Path(output_dir) if output_dir is not None else Path(
+        tempfile.mkdtemp(prefix="hwcc-artifact-"))
+    manifest: dict[str, Any] = {
+        "model": {
+            "source": imported.source,
+            "name": imported.onnx_model.graph.name or Path(imported.source).stem,
+            "opset": imported.opset,
+            "nodes": len(imported.onnx_model.graph.node),
+            "sha256": _sha256_bytes(imported.onnx_model.SerializeToString()),
+            **stats.onnx_weights(imported.onnx_model),
+        },
+        "inputs": [s.to_dict() for s in imported.inputs],
+        "outputs": [s.to_dict() for s in imported.outputs],
+        "target": {
+            "target": str(tgt),
+            "triple": tgt.triple,
+            "kind": tgt.kind,
+            "machine": tgt.machine,
+            "tvm_target": tgt.tvm_target_dict(),
+            "capabilities": tgt.capabilities.to_dict(),
+        },
+        "passes": pass_reports,
+        "compressed": stats.relax_weights(mod),
+        "kernels": {**built.stats.to_dict(), "tuning_log": str(db_path) if db_path else None},
+        "library": package.LIBRARY,
+        "source_model": package.SOURCE_MODEL,
+        "versions": package.tool_versions(),
+        "ir": "TVM Relax (tvm.relax.frontend.onnx)",
+    }
+    writers = {
+        package.LIBRARY: lambda p: lower.export_library(built.executable, tgt, p),
+        package.SOURCE_MODEL: lambda p: p.write_bytes(imported.onnx_model.SerializeToString()),
+    }
+    if tgt.kind == "cuda":
+        writers["kernels.cu"] = lambda p: p.write_text(_cuda_source(built.executable))
+
+    if verify and tgt.runs_on_this_machine():
+        # Verify from a staging copy before the artifact is published.
+        staging = Path(tempfile.mkdtemp(prefix="hwcc-verify-"))
+        try:
+            staged = package.write_artifact(staging / "a", manifest, writers)
+            art = Artifact.load(staged)
+            manifest["verification"] = _verify(art, imported.onnx_model, verify_inputs)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    path = package.write_artifact(out, manifest, writers)
+    logger.info("wrote %s", path)
+    return Artifact(path, package_manifest(path))
+
+
+def package_manifest(path: Path) -> dict[str, Any]:
+    from .runtime import read_manifest
+
+    return read_manifest(path)
+
+
+def _sha256_bytes(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _verify(art: Artifact, model: onnx.ModelProto,
+            inputs: Mapping[str, np.ndarray] | None) -> dict[str, Any]:
+    feeds = dict(inputs) if inputs is not None else random_inputs(art.inputs, seed=0)
+    ours = art.run(feeds)
+    backend = evaluate.reference_backend()
+    ref = evaluate.reference_outputs(model, feeds, backend)
+    report = evaluate.compare([ours[s.name] for s in art.outputs], ref)
+    report["reference"] = backend
+    report["inputs"] = "given" if inputs is not None else "random (seed 0)"
+    return report
+
+
+def _open_database(tuning_log: "str | Path | None", tgt: Target) -> tuple[Any, Path | None]:
+    from .tuning_db import open_database
+
+    return open_database(tuning_log, tgt)
+
+
+def _cuda_source(executable: Any) -> str:
+    mod = executable.mod if hasattr(executable, "mod") else executable
+    sources = []
+    for m in getattr(mod, "imports", []) or getattr(mod, "imported_modules", []):
+        if getattr(m, "type_key", getattr(m, "kind", "")) == "cuda":
+            sources.append(m.inspect_source())
+    return "\n".join(sources)

@@ -1,0 +1,87 @@
+"""Agreement of a compiled model with a reference: onnxruntime, else onnx.reference.
+
+Used by ``compile`` (the manifest's agreement report), by passes and by search.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+logger = logging.getLogger(__name__)
+
+
+def reference_backend() -> str:
+    try:
+        import onnxruntime  # noqa: F401
+
+        return "onnxruntime"
+    except ImportError:
+        return "onnx.reference"
+
+
+def reference_outputs(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray],
+                      backend: str | None = None) -> list[np.ndarray]:
+    """Outputs of the ONNX model on ``inputs`` from an independent implementation."""
+    backend = backend or reference_backend()
+    if backend == "onnxruntime":
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(model.SerializeToString(), opts,
+                                    providers=["CPUExecutionProvider"])
+        return list(sess.run(None, dict(inputs)))
+    from onnx.reference import ReferenceEvaluator
+
+    return list(ReferenceEvaluator(model).run(None, dict(inputs)))
+
+
+def compare(ours: Sequence[np.ndarray], ref: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Max/mean absolute error, relative error and (for 2-D float outputs) top-1 agreement."""
+    if len(ours) != len(ref):
+        raise ValueError(f"{len(ours)} outputs vs {len(ref)} reference outputs")
+    max_abs = mean_abs = rel = 0.0
+    top1_hits = top1_total = 0
+    for a, b in zip(ours, ref):
+        a = np.asarray(a)
+        b = np.asarray(b)
+        if a.shape != b.shape:
+            raise ValueError(f"output shape {a.shape} differs from the reference {b.shape}")
+        if a.dtype.kind in "fc" or b.dtype.kind in "fc":
+            d = np.abs(a.astype(np.float64) - b.astype(np.float64))
+            max_abs = max(max_abs, float(d.max(initial=0.0)))
+            mean_abs = max(mean_abs, float(d.mean()) if d.size else 0.0)
+            scale = float(np.abs(b).max(initial=0.0))
+            rel = max(rel, float(d.max(initial=0.0)) / scale if scale > 0 else 0.0)
+            if a.ndim == 2 and a.shape[1] > 1:
+                top1_hits += int((a.argmax(1) == b.argmax(1)).sum())
+                top1_total += a.shape[0]
+        else:
+            mism = int((a != b).sum())
+            max_abs = max(max_abs, float(np.abs(a.astype(np.int64) - b.astype(np.int64)).max(
+                initial=0)))
+            if mism:
+                rel = max(rel, 1.0)
+    out: dict[str, Any] = {"max_abs_err": max_abs, "mean_abs_err": mean_abs, "max_rel_err": rel}
+    if top1_total:
+        out["top1_agreement"] = top1_hits / top1_total
+    return out
+
+
+def merge_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Combine per-sample comparisons (worst error, averaged agreement)."""
+    if not reports:
+        return {}
+    out: dict[str, Any] = {
+        "max_abs_err": max(r["max_abs_err"] for r in reports),
+        "mean_abs_err": float(np.mean([r["mean_abs_err"] for r in reports])),
+        "max_rel_err": max(r["max_rel_err"] for r in reports),
+        "samples": len(reports),
+    }
+    if all("top1_agreement" in r for r in reports):
+        out["top1_agreement"] = float(np.mean([r["top1_agreement"] for r in reports]))
+    return out

@@ -1,0 +1,161 @@
+"""Lower a Relax IRModule for a target and build it into a VM executable.
+
+The pipeline is TVM's own, with two hwcc stages inserted after fusion (where kernels are
+single fused PrimFuncs):
+
+1. records from a MetaSchedule tuning database, when one is given (tuned kernels win);
+2. hwcc's default CPU schedules for every kernel still unscheduled (fast without tuning).
+
+CUDA uses TVM's CUDA pipeline (DLight GPU rules). The embedded target emits C with
+vectorization disabled.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from targets import Target
+
+from .errors import CompileError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LowerStats:
+    """What the lowering did to the kernels of a module."""
+
+    kernels: int = 0
+    tuned: int = 0
+    default_scheduled: int = 0
+    unscheduled: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kernels": self.kernels, "tuned": self.tuned,
+                "default_scheduled": self.default_scheduled,
+                "unscheduled": list(self.unscheduled)}
+
+
+@dataclass
+class BuildResult:
+    executable: Any  # tvm.runtime.Executable
+    target: Target
+    stats: LowerStats
+
+
+def _primfuncs(mod) -> dict[str, Any]:
+    from tvm import tirx
+
+    return {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)}
+
+
+def _is_scheduled(func) -> bool:
+    return bool(func.attrs is not None and "tir.is_scheduled" in func.attrs
+                and int(func.attrs["tir.is_scheduled"]))
+
+
+def _pass_context(target: Target):
+    import tvm
+
+    config: dict[str, Any] = {}
+    if target.kind == "c":
+        config["tirx.disable_vectorize"] = True
+    return tvm.transform.PassContext(opt_level=3, config=config)
+
+
+def lower_cpu(mod, target: Target, database: Any = None) -> tuple[Any, LowerStats]:
+    """Legalize, fuse, schedule (tuned records, then defaults) and lower to VM form."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+    from .schedules import apply_default_schedules
+
+    tvm_target = target.tvm_target()
+    stats = LowerStats()
+    with tvm_target, _pass_context(target):
+        mod = tvm.transform.Sequential(
+            cpu_generic.library_dispatch_passes(tvm_target)
+            # legalize → annotate → fold → FuseOps → FuseTIR: kernels become fused PrimFuncs
+            + cpu_generic.legalize_passes(tvm_target)
+        )(mod)
+        stats.kernels = len(_primfuncs(mod))
+        if database is not None:
+            # tuned schedules first: they mark their kernels tir.is_scheduled
+            with database:
+                mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+            stats.tuned = sum(_is_scheduled(f) for f in _primfuncs(mod).values())
+        if target.kind == "llvm":
+            # defaults for the rest; already-scheduled kernels are left alone
+            mod = apply_default_schedules(mod, tvm_target)
+        funcs = _primfuncs(mod)
+        scheduled = {n for n, f in funcs.items() if _is_scheduled(f)}
+        stats.default_scheduled = len(scheduled) - stats.tuned
+        stats.unscheduled = sorted(set(funcs) - scheduled)
+        mod = tvm.transform.Sequential(
+            cpu_generic.dataflow_lower_passes(tvm_target)
+            + cpu_generic.finalize_passes(tvm_target)
+        )(mod)
+    return mod, stats
+
+
+def build(mod, target: Target, database: Any = None) -> BuildResult:
+    """Build ``mod`` for ``target``; ``database`` is a MetaSchedule database or None.
+
+    Raises
+    ------
+    CompileError
+        When TVM fails to lower or generate code; the message keeps TVM's last line.
+    """
+    import tvm
+    from tvm import relax
+
+    try:
+        if target.kind == "cuda":
+            # TVM's CUDA pipeline: legalize, fuse, DLight GPU schedules, lower
+            tvm_target = target.tvm_target()
+            with tvm_target, _pass_context(target):
+                lowered = relax.pipeline.get_default_pipeline(tvm_target)(mod)
+                ex = tvm.compile(lowered, target=tvm_target, relax_pipeline=None)
+            stats = LowerStats(kernels=len(_primfuncs(lowered)))
+            stats.default_scheduled = sum(_is_scheduled(f) for f in _primfuncs(lowered).values())
+        else:
+            lowered, stats = lower_cpu(mod, target, database)
+            with _pass_context(target):
+                ex = tvm.compile(lowered, target=target.tvm_target(), relax_pipeline=None)
+    except CompileError:
+        raise
+    except Exception as err:  # TVM raises many types; keep the message, drop the trace
+        raise CompileError(f"TVM failed to build for '{target}': {_last_line(err)}") from err
+    logger.info("built %d kernels for %s (%d tuned, %d default-scheduled, %d unscheduled)",
+                stats.kernels, target, stats.tuned, stats.default_scheduled,
+                len(stats.unscheduled))
+    return BuildResult(executable=ex, target=target, stats=stats)
+
+
+def _last_line(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(err).__name__)[:400]
+
+
+def export_library(executable: Any, target: Target, path: Path) -> None:
+    """Write the executable as a shared library linked by the target's compiler."""
+    import shutil
+
+    from tvm.support import cc
+
+    path = Path(path)
+    if target.kind == "cuda":
+        executable.export_library(str(path))
+        return
+    if target.cross_cc:
+        if shutil.which(target.cross_cc) is None:
+            raise CompileError(
+                f"cross compiler '{target.cross_cc}' for {target.triple} not found; install "
+                f"Debian's g++-{target.cross_cc.rsplit('-', 1)[0]} (see README, Targets)")
+        executable.export_library(str(path), fcompile=cc.cross_compiler(target.cross_cc))
+    else:
+        executable.export_library(str(path))

@@ -1,0 +1,95 @@
+"""Compose compression passes into the pipeline that runs before lowering.
+
+Passes are named in :data:`PASSES` (name → factory taking the pass's config object), so the
+CLI and the API can ask for them by name; an unknown name is an error listing the known ones.
+Each pass runs between two well-formedness checks, so broken IR is caught at the pass that
+broke it. A pass object may expose ``report`` (a dict) after it ran; it goes to the manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from .errors import CompileError, ConfigError, HwccError
+
+logger = logging.getLogger(__name__)
+
+# name -> factory(config) -> tvm.transform.Pass. Filled by register_pass in passes/.
+PASSES: dict[str, Callable[[Any], Any]] = {}
+
+
+def register_pass(name: str, factory: Callable[[Any], Any]) -> None:
+    PASSES[name] = factory
+
+
+@dataclass(frozen=True)
+class PassSpec:
+    """A pass asked for by name, with its config object (None for the pass's defaults)."""
+
+    name: str
+    config: Any = None
+
+    def build(self) -> Any:
+        _load_builtin_passes()
+        if self.name not in PASSES:
+            raise ConfigError(f"unknown pass '{self.name}'; known: {', '.join(sorted(PASSES))}")
+        return PASSES[self.name](self.config)
+
+
+def _load_builtin_passes() -> None:
+    import passes  # noqa: F401  (registers the built-in passes)
+
+
+def _config_dict(obj: Any) -> Any:
+    cfg = getattr(obj, "config", None)
+    if cfg is None:
+        return None
+    if dataclasses.is_dataclass(cfg):
+        out = {}
+        for f in dataclasses.fields(cfg):
+            v = getattr(cfg, f.name)
+            if f.name.startswith("_") or hasattr(v, "shape"):  # skip arrays (calibration data)
+                continue
+            if isinstance(v, dict) and any(hasattr(x, "shape") for x in v.values()):
+                continue
+            out[f.name] = v if isinstance(v, (int, float, str, bool, type(None), list,
+                                              tuple)) else str(v)
+        return out
+    return str(cfg)
+
+
+def run_passes(mod: Any, passes: Sequence[Any]) -> tuple[Any, list[dict[str, Any]]]:
+    """Run passes in order with well-formedness checks; return the module and reports."""
+    from tvm import relax
+
+    reports: list[dict[str, Any]] = []
+    for item in passes:
+        pass_obj = item.build() if isinstance(item, PassSpec) else item
+        name = item.name if isinstance(item, PassSpec) else _pass_name(pass_obj)
+        t0 = time.perf_counter()
+        try:
+            mod = pass_obj(mod)
+        except HwccError:
+            raise
+        except Exception as err:
+            raise CompileError(f"pass '{name}' failed: {str(err).strip().splitlines()[-1]}") \
+                from err
+        if not relax.analysis.check_well_formed(mod):
+            raise CompileError(f"pass '{name}' produced an ill-formed Relax module")
+        report: dict[str, Any] = {"name": name, "config": _config_dict(pass_obj),
+                                  "seconds": round(time.perf_counter() - t0, 3)}
+        extra = getattr(pass_obj, "report", None)
+        if isinstance(extra, dict):
+            report["report"] = extra
+        reports.append(report)
+        logger.info("pass %s done in %.2f s", name, report["seconds"])
+    return mod, reports
+
+
+def _pass_name(pass_obj: Any) -> str:
+    info = getattr(pass_obj, "info", None)
+    return str(getattr(info, "name", type(pass_obj).__name__))
