@@ -26,11 +26,27 @@ def _default_threads() -> None:
 
 _default_threads()
 
-from .api import compile  # noqa: E402
-from .errors import HwccError  # noqa: E402
-from .frontend import TensorSpec, load_model  # noqa: E402
-from .pipeline import PassSpec  # noqa: E402
-from .runtime import Artifact  # noqa: E402
-
 __version__ = "0.1.0"
 __all__ = ["Artifact", "HwccError", "PassSpec", "TensorSpec", "compile", "load_model"]
+
+# Resolved lazily (PEP 562) so that ``targets`` and ``passes`` can import ``compiler.errors``
+# without pulling in the whole compile flow, and the CLI starts fast.
+_LAZY = {
+    "compile": ("api", "compile"),
+    "Artifact": ("runtime", "Artifact"),
+    "HwccError": ("errors", "HwccError"),
+    "TensorSpec": ("frontend", "TensorSpec"),
+    "load_model": ("frontend", "load_model"),
+    "PassSpec": ("pipeline", "PassSpec"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(f".{module}", __name__), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'compiler' has no attribute {name!r}")

@@ -149,9 +149,18 @@ def _open_database(tuning_log: "str | Path | None", tgt: Target) -> tuple[Any, P
 
 
 def _cuda_source(executable: Any) -> str:
-    mod = executable.mod if hasattr(executable, "mod") else executable
-    sources = []
-    for m in getattr(mod, "imports", []) or getattr(mod, "imported_modules", []):
-        if getattr(m, "type_key", getattr(m, "kind", "")) == "cuda":
+    """CUDA C of every cuda module imported (at any depth) by the built executable."""
+    sources: list[str] = []
+
+    def walk(m: Any) -> None:
+        if getattr(m, "kind", "") == "cuda":
             sources.append(m.inspect_source())
+        for sub in getattr(m, "imports", ()):
+            walk(sub)
+
+    walk(executable.mod if hasattr(executable, "mod") else executable)
+    if not sources:
+        from .errors import CompileError
+
+        raise CompileError("the CUDA build produced no CUDA kernels")
     return "\n".join(sources)

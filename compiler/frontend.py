@@ -196,6 +196,22 @@ def _pin_shapes(model: onnx.ModelProto, specs: list[TensorSpec]) -> onnx.ModelPr
     return pinned
 
 
+def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Strict shape inference; on a conflict, retry without the exporter's intermediate shapes
+    (they go stale when a pinned input shape replaces a symbolic one)."""
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except Exception:
+        if not len(model.graph.value_info):
+            raise
+        bare = onnx.ModelProto()
+        bare.CopyFrom(model)
+        del bare.graph.value_info[:]
+        for out in bare.graph.output:
+            out.type.tensor_type.ClearField("shape")
+        return onnx.shape_inference.infer_shapes(bare, strict_mode=True, data_prop=True)
+
+
 def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, str]]:
     """``(op_type, node_name, domain)`` of every node TVM's ONNX importer has no converter for."""
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
@@ -237,7 +253,7 @@ def load_model(model: "str | Path | onnx.ModelProto",
     specs = resolve_input_specs(proto, input_shapes)
     pinned = _pin_shapes(proto, specs)
     try:
-        pinned = onnx.shape_inference.infer_shapes(pinned, strict_mode=True, data_prop=True)
+        pinned = _infer_shapes(pinned)
     except Exception as err:
         msg = str(err).strip().splitlines()
         raise ModelLoadError(f"shape inference failed for {source}: "

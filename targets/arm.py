@@ -14,6 +14,8 @@ CROSS_CC = {
     "armv7a-linux-gnueabihf": "arm-linux-gnueabihf-g++",
 }
 DEFAULT_CORES = 4
+# LLVM options that make object files link with the Debian toolchain of each triple.
+ABI = {"armv7a-linux-gnueabihf": {"mfloat-abi": "hard"}}
 KNOWN_FEATURES = ("+neon", "+dotprod", "+i8mm", "+sve", "+sve2", "+fullfp16", "+bf16", "+vfp4")
 
 

@@ -78,9 +78,11 @@ class Target:
     features: tuple[str, ...] = ()
     gpu_arch: str | None = None
     cores: int = 1
+    explicit_cores: bool = False
     kind: str = "llvm"
     cross_cc: str | None = None
     description: str = ""
+    abi: dict = field(default_factory=dict, compare=False, hash=False)
     capabilities: Capabilities = field(default_factory=Capabilities, compare=False)
 
     def __str__(self) -> str:
@@ -91,6 +93,8 @@ class Target:
             parts.append("-mattr=" + ",".join(self.features))
         if self.gpu_arch:
             parts.append(f"-arch={self.gpu_arch}")
+        if self.explicit_cores:
+            parts.append(f"-cores={self.cores}")
         return " ".join(parts)
 
     # -- TVM ------------------------------------------------------------------------------
@@ -109,6 +113,7 @@ class Target:
             d["mcpu"] = self.cpu
         if self.features:
             d["mattr"] = list(self.features)
+        d.update(self.abi)
         return d
 
     def tvm_target(self) -> Any:

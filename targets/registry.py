@@ -6,6 +6,7 @@ this machine's triple with its detected features; ``cuda`` for ``nvptx64-nvidia-
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 from compiler.errors import TargetError
@@ -14,11 +15,12 @@ from . import arm, cuda, embedded, host, riscv, x86
 from .base import Target, host_arch
 
 
-def _llvm_cpu(triple: str, cpu, features, gpu_arch, cores, family, arch, cross_cc, desc, caps):
+def _llvm_cpu(triple: str, cpu, features, gpu_arch, cores, family, arch, cross_cc, desc, caps,
+              abi=None):
     cross = None if arch == host_arch() else cross_cc
     return Target(triple=triple, family=family, arch=arch, cpu=cpu, features=features,
                   gpu_arch=None, cores=cores, kind="llvm", cross_cc=cross, description=desc,
-                  capabilities=caps)
+                  capabilities=caps, abi=dict(abi or {}))
 
 
 def _make_x86(triple, cpu, features, gpu_arch, cores):
@@ -31,13 +33,13 @@ def _make_x86(triple, cpu, features, gpu_arch, cores):
 def _make_arm(triple, cpu, features, gpu_arch, cores):
     caps = arm.capabilities(triple, features, cores)
     return _llvm_cpu(triple, cpu, features, gpu_arch, cores, "arm", arm.ARCH[triple],
-                     arm.CROSS_CC[triple], arm.TRIPLES[triple], caps)
+                     arm.CROSS_CC[triple], arm.TRIPLES[triple], caps, arm.ABI.get(triple))
 
 
 def _make_riscv(triple, cpu, features, gpu_arch, cores):
     caps = riscv.capabilities(features, cores)
     return _llvm_cpu(triple, cpu, features, gpu_arch, cores, "riscv", riscv.ARCH,
-                     riscv.CROSS_CC, riscv.TRIPLES[triple], caps)
+                     riscv.CROSS_CC, riscv.TRIPLES[triple], caps, riscv.ABI)
 
 
 def _make_cuda(triple, cpu, features, gpu_arch, cores):
@@ -139,10 +141,12 @@ def parse_target(spec: "str | Target") -> Target:
                 f"{', '.join(known_features) or '(none)'}")
     if gpu_arch is not None and family != "cuda":
         raise TargetError(f"-arch applies to CUDA targets only; got '{spec}'")
+    explicit_cores = cores is not None and name != "host"
     if cores is None:
         cores = host.host_cores() if family in ("x86", "arm", "riscv") and \
             FAMILIES[family][0].get(triple) and _native(triple) else default_cores
-    return make(triple, cpu, tuple(features), gpu_arch, cores)
+    target = make(triple, cpu, tuple(features), gpu_arch, cores)
+    return dataclasses.replace(target, explicit_cores=explicit_cores)
 
 
 def _native(triple: str) -> bool:

@@ -9,7 +9,8 @@ ARCH = "riscv64"
 CROSS_CC = "riscv64-linux-gnu-g++"
 DEFAULT_CORES = 4
 KNOWN_FEATURES = ("+m", "+a", "+f", "+d", "+c", "+v", "+zvfh")
-BASE_FEATURES = ("+m", "+a", "+f", "+d", "+c")
+# Debian's riscv64 toolchain is RV64GC, lp64d: objects must use the double-float ABI.
+ABI = {"mabi": "lp64d"}
 
 
 def capabilities(features: tuple[str, ...], cores: int) -> Capabilities:

@@ -1,0 +1,231 @@
+"""Schedule building blocks shared by the rules: tile choice, epilogues, spatial loop nests."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from tvm import s_tir, tirx
+from tvm.s_tir.schedule import LoopRV, SBlockRV
+
+logger = logging.getLogger(__name__)
+
+#: Below this many loop iterations a nest runs single-threaded (a parallel launch costs µs).
+MIN_PARALLEL_WORK = 16384
+
+
+def choose_factor(extent: int, preferred: int, minimum: int = 1) -> int:
+    """Largest divisor of ``extent`` that is at most ``preferred``, if it is at least ``minimum``.
+
+    Falls back to ``min(preferred, extent)`` (a non-dividing split, which adds a predicate) when
+    no divisor is large enough.
+    """
+    preferred = max(1, min(preferred, extent))
+    for f in range(preferred, 0, -1):
+        if extent % f == 0:
+            if f >= minimum:
+                return f
+            break
+    return preferred
+
+
+def vector_factor(extent: int, lanes: int, max_vectors: int = 2) -> int:
+    """Width of the vectorized inner loop over an axis of ``extent`` elements.
+
+    Prefers a multiple of ``lanes`` that divides ``extent`` (up to ``max_vectors`` registers),
+    then any divisor of at least half a vector, then ``extent`` itself when it is shorter than a
+    vector, else a full vector with a tail predicate.
+    """
+    for k in range(max_vectors, 0, -1):
+        if extent % (k * lanes) == 0:
+            return k * lanes
+    if extent <= lanes * max_vectors:
+        return extent
+    best = choose_factor(extent, lanes * max_vectors, minimum=max(2, lanes // 2))
+    return best
+
+
+def loop_extent(sch: s_tir.Schedule, loop: LoopRV) -> int | None:
+    """Static extent of ``loop`` or None."""
+    ext = sch.get(loop).extent
+    return int(ext.value) if isinstance(ext, tirx.IntImm) else None
+
+
+def root_blocks(sch: s_tir.Schedule) -> list[SBlockRV]:
+    """Blocks directly under the function's root block."""
+    root = sch.get_sblock("root") if _has_root(sch) else None
+    if root is None:
+        return []
+    return list(sch.get_child_blocks(root))
+
+
+def _has_root(sch: s_tir.Schedule) -> bool:
+    try:
+        sch.get_sblock("root")
+    except Exception:  # noqa: BLE001 - the schedule raises a generic error for missing names
+        return False
+    return True
+
+
+def is_spatial_block(sch: s_tir.Schedule, block: SBlockRV) -> bool:
+    """Whether every iterator of ``block`` is data-parallel."""
+    return all(iv.iter_type == tirx.IterVar.DataPar for iv in sch.get(block).iter_vars)
+
+
+def inline_epilogue_chain(sch: s_tir.Schedule, main: SBlockRV) -> SBlockRV | None:
+    """Collapse the elementwise blocks after ``main`` into one consumer block.
+
+    Every spatial consumer except the function's final output block is inlined into its own
+    consumers. Returns the single remaining consumer of ``main`` if there is exactly one and it
+    reads ``main``'s output at the same indices it writes (an elementwise epilogue such as bias
+    add, ReLU, GELU, residual add), else None (the epilogue then stays a separate loop nest).
+    """
+    for _ in range(16):
+        consumers = list(sch.get_consumers(main))
+        if len(consumers) != 1:
+            return None
+        consumer = consumers[0]
+        nxt = list(sch.get_consumers(consumer))
+        if not nxt:
+            break
+        try:
+            sch.compute_inline(consumer)
+        except Exception:  # noqa: BLE001 - not inlinable: keep the chain as it is
+            return None
+    consumers = list(sch.get_consumers(main))
+    if len(consumers) != 1 or not is_spatial_block(sch, consumers[0]):
+        return None
+    consumer = consumers[0]
+    out = sch.get(main).writes[0].buffer
+    block = sch.get(consumer)
+    cvars = [iv.var for iv in block.iter_vars]
+    wr = block.writes[0].region
+    if len(wr) != len(cvars):
+        return None
+    for reg in block.reads:
+        if not reg.buffer.same_as(out):
+            continue
+        if len(reg.region) != len(cvars):
+            return None
+        for r, v in zip(reg.region, cvars):
+            if not (r.min.same_as(v) and int(r.extent) == 1):
+                return None
+    for w, v in zip(wr, cvars):
+        if not (w.min.same_as(v) and int(w.extent) == 1):
+            return None
+    return consumer
+
+
+def attach_epilogue(
+    sch: s_tir.Schedule, main: SBlockRV, tile_loop: LoopRV, lanes: int
+) -> SBlockRV | None:
+    """Compute ``main``'s epilogue (or a write-back of its accumulator) per tile of ``tile_loop``.
+
+    If ``main`` writes a function output directly, a ``local`` accumulator is added with
+    ``cache_write``. If it writes an intermediate consumed by an elementwise chain, the chain is
+    inlined into one block, moved under ``tile_loop`` and the intermediate becomes ``local``.
+    Returns the block computed at the tile (write-back or epilogue), or None if the epilogue is
+    not elementwise (it is then left as a separate loop nest, still correct).
+    """
+    consumers = list(sch.get_consumers(main))
+    if not consumers:
+        tail = sch.cache_write(main, 0, "local")
+    else:
+        tail = inline_epilogue_chain(sch, main)
+        if tail is None:
+            return None
+        sch.set_scope(main, 0, "local")
+    sch.reverse_compute_at(tail, tile_loop, preserve_unit_loops=True)
+    loops = sch.get_loops(tail)
+    tile_loops = loops[len(sch.get_loops(tile_loop)) + 1 :]
+    if tile_loops:
+        ext = loop_extent(sch, tile_loops[-1])
+        if ext is not None and ext > 1:
+            sch.vectorize(tile_loops[-1])
+    return tail
+
+
+def schedule_spatial(
+    sch: s_tir.Schedule, block: SBlockRV, lanes: int, num_cores: int, parallel: bool = True
+) -> None:
+    """Parallelize the outer and vectorize the innermost loop of a root-level loop nest.
+
+    The innermost data-parallel loop is split by ``lanes`` and vectorized when its static extent
+    is at least ``lanes`` (otherwise left scalar); the data-parallel loops outside it are fused
+    and parallelized when the nest does enough work. Reduction loops stay serial; for
+    reductions whose innermost loops reduce (pooling windows), the innermost spatial loop is
+    moved inside them first so that it can be vectorized. Blocks with non-trivial bindings or
+    symbolic extents get only what is safe.
+    """
+    loops = list(sch.get_loops(block))
+    if not loops:
+        return
+    stmt = sch.get(block)
+    kinds = []
+    for iv in stmt.iter_vars:
+        kinds.append("S" if iv.iter_type == tirx.IterVar.DataPar else "R")
+    if len(kinds) != len(loops):
+        return
+    n_spatial = 0
+    for k in kinds:
+        if k != "S":
+            break
+        n_spatial += 1
+    if "S" in kinds[n_spatial:]:
+        return  # spatial loops below reductions: leave it alone
+    spatial = loops[:n_spatial]
+    reductions = loops[n_spatial:]
+    work = 1
+    for lp in loops:
+        ext = loop_extent(sch, lp)
+        work *= ext if ext is not None else 1024
+    vec_loop = None
+    if spatial:
+        inner = spatial[-1]
+        ext = loop_extent(sch, inner)
+        small_reduce = all(
+            (loop_extent(sch, r) or 1 << 30) <= 64 for r in reductions
+        )
+        if ext is not None and ext >= lanes and _innermost_contiguous(sch, block):
+            if not reductions or small_reduce:
+                vf = vector_factor(ext, lanes, max_vectors=1)
+                if ext % vf == 0:
+                    outer, vec_loop = sch.split(inner, [None, vf])
+                    spatial = spatial[:-1] + [outer]
+                    if reductions:
+                        sch.reorder(*spatial, *reductions, vec_loop)
+    if parallel and spatial and work >= MIN_PARALLEL_WORK:
+        fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+        ext = loop_extent(sch, fused)
+        if ext is None or ext >= 2:
+            sch.parallel(fused)
+    if vec_loop is not None:
+        sch.vectorize(vec_loop)
+
+
+def _innermost_contiguous(sch: s_tir.Schedule, block: SBlockRV) -> bool:
+    """Whether the block's last iterator indexes the last dimension of what it writes."""
+    stmt = sch.get(block)
+    if len(stmt.writes) != 1 or not stmt.iter_vars:
+        return False
+    last = stmt.iter_vars[len(stmt.iter_vars) - 1].var
+    spatial = [iv.var for iv in stmt.iter_vars if iv.iter_type == tirx.IterVar.DataPar]
+    if not spatial:
+        return False
+    last = spatial[-1]
+    region = stmt.writes[0].region
+    return len(region) > 0 and region[len(region) - 1].min.same_as(last)
+
+
+def schedule_other_blocks(
+    sch: s_tir.Schedule, skip: Iterable[SBlockRV], lanes: int, num_cores: int
+) -> None:
+    """Apply :func:`schedule_spatial` to every root-level block not in ``skip``."""
+    skip_names = {sch.get(b).name_hint for b in skip}
+    for block in root_blocks(sch):
+        if sch.get(block).name_hint in skip_names:
+            continue
+        try:
+            schedule_spatial(sch, block, lanes, num_cores)
+        except Exception as err:  # noqa: BLE001 - a helper nest stays serial, still correct
+            logger.debug("left block %s serial: %s", sch.get(block).name_hint, err)

@@ -1,0 +1,82 @@
+"""Target triples: parsing, round-trip printing, TVM targets, capabilities, errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from compiler.errors import TargetError
+from targets import known_triples, parse_target
+
+SPECS = [
+    "x86_64-linux-gnu",
+    "x86_64-linux-gnu -mcpu=skylake -mattr=+avx2,+fma",
+    "aarch64-linux-gnu",
+    "aarch64-linux-gnu -mcpu=cortex-a76 -mattr=+neon,+dotprod",
+    "armv7a-linux-gnueabihf -mattr=+neon",
+    "riscv64-linux-gnu -mattr=+m,+a,+f,+d,+c,+v",
+    "nvptx64-nvidia-cuda -arch=sm_90",
+    "embedded",
+    "aarch64-linux-gnu -cores=8",
+]
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_round_trip(spec: str) -> None:
+    """str(parse(s)) == s and parse(str(t)) == t, and the TVM target is accepted by TVM."""
+    t = parse_target(spec)
+    assert str(t) == spec
+    assert parse_target(str(t)) == t
+    tvm_t = t.tvm_target()
+    assert tvm_t.kind.name == t.kind
+
+
+def test_host_detects_this_machine() -> None:
+    """'host' resolves to this machine's triple, with features that round-trip."""
+    import platform
+
+    t = parse_target("host")
+    assert t.runs_on_this_machine()
+    assert t.arch == {"amd64": "x86_64", "arm64": "aarch64"}.get(
+        platform.machine().lower(), platform.machine().lower())
+    assert parse_target(str(t)).features == t.features
+
+
+def test_capabilities_follow_features() -> None:
+    """Vector width and int8 instructions come from the features asked for."""
+    base = parse_target("x86_64-linux-gnu").capabilities
+    avx2 = parse_target("x86_64-linux-gnu -mattr=+avx2,+fma").capabilities
+    vnni = parse_target("x86_64-linux-gnu -mattr=+avx512f,+avx512vnni").capabilities
+    assert (base.vector_bits, avx2.vector_bits, vnni.vector_bits) == (128, 256, 512)
+    assert "vpmaddubsw" in avx2.int8_dot and "vpdpbusd" in vnni.int8_dot
+    assert parse_target("aarch64-linux-gnu -mattr=+dotprod,+i8mm").capabilities.int8_dot == (
+        "sdot", "smmla")
+    assert not parse_target("embedded").capabilities.has_float
+    assert parse_target("cuda").tvm_target_dict()["arch"] == "sm_80"
+
+
+def test_cross_targets_name_their_compiler() -> None:
+    assert parse_target("aarch64-linux-gnu").cross_cc == "aarch64-linux-gnu-g++"
+    assert parse_target("armv7a-linux-gnueabihf").cross_cc == "arm-linux-gnueabihf-g++"
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ("aarch65-linux", "unknown target triple 'aarch65-linux'; known: x86_64-linux-gnu"),
+    ("x86_64-linux-gnu -mattr=+neon", "unknown feature '+neon'"),
+    ("cuda -arch=sm8", "invalid CUDA arch 'sm8'"),
+    ("x86_64-linux-gnu -arch=sm_80", "-arch applies to CUDA targets only"),
+    ("host -foo=1", "unknown target option '-foo'"),
+    ("x86_64-linux-gnu -cores=0", "-cores must be a positive integer"),
+    ("", "empty target"),
+])
+def test_bad_targets(spec: str, needle: str) -> None:
+    """Errors quote the input and list what is known."""
+    with pytest.raises(TargetError) as info:
+        parse_target(spec)
+    assert needle in str(info.value)
+
+
+def test_known_triples_lists_the_documented_ones() -> None:
+    names = known_triples()
+    for t in ("x86_64-linux-gnu", "aarch64-linux-gnu", "armv7a-linux-gnueabihf",
+              "riscv64-linux-gnu", "nvptx64-nvidia-cuda", "host", "embedded"):
+        assert t in names
