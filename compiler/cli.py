@@ -81,8 +81,10 @@ def split_samples(arrays: dict[str, np.ndarray], specs: Sequence[Any],
     missing = [n for n in names if n not in arrays]
     extra = sorted(set(arrays) - set(names))
     if missing or extra:
-        raise RuntimeInputError(f"{what} do not match the model: missing {missing}, unknown "
-                                f"{extra}; expected keys {names}")
+        parts = ([f"missing {missing}"] if missing else []) + (
+            [f"unknown {extra}"] if extra else [])
+        raise RuntimeInputError(f"{what} do not match the model's inputs: {'; '.join(parts)}; "
+                                f"expected keys {names}")
     forms = set()
     counts = set()
     for s in specs:
@@ -251,6 +253,38 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_artifact
+    from .runtime import Artifact
+
+    art = Artifact.load(args.artifact)
+    data = load_npz(args.data)
+    labels = None
+    if args.labels:
+        if args.labels not in data:
+            raise RuntimeInputError(f"{args.data} has no array '{args.labels}'; arrays: "
+                                    f"{sorted(data)}")
+        labels = data.pop(args.labels)
+    feeds, form = split_samples(data, art.inputs, what=args.data)
+    if args.limit:
+        feeds = feeds[: args.limit]
+        labels = labels[: args.limit] if labels is not None else None
+    report = evaluate_artifact(art, feeds, labels)
+    report["data"] = form
+    report["artifact"] = str(art.path)
+    if args.json:
+        _emit_json(report)
+        return EXIT_OK
+    print(f"evaluated {art.path} on {args.data}: {form}")
+    if "top1_accuracy" in report:
+        print(f"  top-1 accuracy   hwcc {report['top1_accuracy']:.2%}   "
+              f"{report['reference']} {report['reference_top1_accuracy']:.2%}   "
+              f"(same prediction on {report['top1_agreement']:.2%} of samples)")
+    print(f"  max abs err      {report['max_abs_err']:.2e} vs {report['reference']} "
+          f"(mean {report['mean_abs_err']:.2e}, max rel {report['max_rel_err']:.2e})")
+    return EXIT_OK
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if path.is_dir():
@@ -360,6 +394,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "in onnxruntime, same inputs, same run")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(func=cmd_bench)
+
+    e = sub.add_parser("eval", help="accuracy and agreement of an artifact on a data file")
+    e.add_argument("artifact", help="artifact directory")
+    e.add_argument("--data", required=True, metavar="FILE.npz", help="inputs keyed by input "
+                   "name (with a leading sample axis, or one sample)")
+    e.add_argument("--labels", metavar="KEY", help="array in the data file holding class labels")
+    e.add_argument("--limit", type=int, default=0, help="use only the first N samples")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.set_defaults(func=cmd_eval)
 
     i = sub.add_parser("inspect", help="describe an ONNX model or an artifact directory")
     i.add_argument("path", help="ONNX file or artifact directory")

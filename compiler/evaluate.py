@@ -85,3 +85,60 @@ def merge_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     if all("top1_agreement" in r for r in reports):
         out["top1_agreement"] = float(np.mean([r["top1_agreement"] for r in reports]))
     return out
+
+
+def evaluate_artifact(art: Any, feeds: Sequence[Mapping[str, np.ndarray]],
+                      labels: np.ndarray | None = None,
+                      reference_model: onnx.ModelProto | None = None) -> dict[str, Any]:
+    """Run ``art`` over samples; compare with the reference model and score top-1 accuracy.
+
+    Parameters
+    ----------
+    art
+        A loaded :class:`compiler.runtime.Artifact`.
+    feeds
+        One input dict per sample.
+    labels
+        Class labels, one per sample (scored on the first output, argmax of its last axis).
+    reference_model
+        The model to compare with (default: the artifact's own source ``model.onnx``).
+    """
+    if reference_model is None:
+        reference_model = onnx.load(str(art.path / art.manifest["source_model"]))
+    backend = reference_backend()
+    first = art.outputs[0].name
+    reports, ours_first, ref_first = [], [], []
+    sess = _reference_session(reference_model, backend)
+    for feed in feeds:
+        ours = art.run(feed)
+        ref = sess(feed)
+        reports.append(compare([ours[s.name] for s in art.outputs], ref))
+        ours_first.append(ours[first])
+        ref_first.append(ref[0])
+    out = merge_reports(reports)
+    out["reference"] = backend
+    if labels is not None:
+        labels = np.asarray(labels).reshape(-1)
+        if labels.shape[0] != len(feeds):
+            raise ValueError(f"{labels.shape[0]} labels for {len(feeds)} samples")
+        pred = np.array([o.reshape(-1, o.shape[-1]).argmax(-1)[0] for o in ours_first])
+        ref_pred = np.array([o.reshape(-1, o.shape[-1]).argmax(-1)[0] for o in ref_first])
+        out["top1_accuracy"] = float((pred == labels).mean())
+        out["reference_top1_accuracy"] = float((ref_pred == labels).mean())
+        out["top1_agreement"] = float((pred == ref_pred).mean())
+    return out
+
+
+def _reference_session(model: onnx.ModelProto, backend: str):
+    if backend == "onnxruntime":
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(model.SerializeToString(), opts,
+                                    providers=["CPUExecutionProvider"])
+        return lambda feed: list(sess.run(None, dict(feed)))
+    from onnx.reference import ReferenceEvaluator
+
+    ev = ReferenceEvaluator(model)
+    return lambda feed: list(ev.run(None, dict(feed)))

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install hwcc and everything its compile path and tests need, on a fresh Debian/Ubuntu machine.
+# Idempotent: a second run installs nothing new.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Cross compilers (aarch64, armv7, riscv64) link modules for non-host targets.
+need=()
+for pkg_cc in g++-aarch64-linux-gnu:aarch64-linux-gnu-g++ \
+              g++-arm-linux-gnueabihf:arm-linux-gnueabihf-g++ \
+              g++-riscv64-linux-gnu:riscv64-linux-gnu-g++; do
+  command -v "${pkg_cc#*:}" >/dev/null 2>&1 || need+=("${pkg_cc%%:*}")
+done
+command -v readelf >/dev/null 2>&1 || need+=(binutils)
+if ((${#need[@]})); then
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  echo "installing Debian packages: ${need[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+python3 -m pip install -q --disable-pip-version-check -e ".[test]"
