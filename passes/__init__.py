@@ -1,5 +1,6 @@
 """hwcc's Relax graph passes (one pass per module)."""
 
 from .canonicalize import Canonicalize, CanonicalizeConfig
+from .prune_channels import PruneChannels, PruneConfig
 
-__all__ = ["Canonicalize", "CanonicalizeConfig"]
+__all__ = ["Canonicalize", "CanonicalizeConfig", "PruneChannels", "PruneConfig"]

@@ -8,7 +8,10 @@ Pass ``hwcc.Canonicalize``:
    (weights scaled per output channel, bias ``(b - mean) * scale + beta``), when that layer has a
    constant weight and feeds only the BatchNorm (directly or through its constant bias add);
 3. rewrites any other BatchNorm into ``x * scale + shift`` with per-channel constants;
-4. removes the aliases and dead bindings this leaves (``CanonicalizeBindings``,
+4. turns ``R.call_tir`` of an elementwise ``maximum`` / ``minimum`` PrimFunc with a constant
+   operand (what the importer emits for ``Clip``) back into ``R.maximum`` / ``R.minimum``,
+   after checking the PrimFunc is structurally equal to the TOPI kernel it claims to be;
+5. removes the aliases and dead bindings this leaves (``CanonicalizeBindings``,
    ``DeadCodeElimination``).
 
 Expects: a Relax module with ``main`` from ``from_onnx(..., keep_params_in_input=False)``
@@ -30,7 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import tvm
-from tvm import relax
+import tvm_ffi
+from tvm import relax, topi
 
 from compiler.errors import ConfigError
 
@@ -214,6 +218,49 @@ class _BatchNormPlan:
         return None
 
 
+#: TOPI elementwise kernels that the importer emits as call_tir, and their Relax op.
+_TE_OPS = {
+    "maximum": (topi.maximum, relax.op.maximum),
+    "minimum": (topi.minimum, relax.op.minimum),
+}
+
+
+def _te_op(mod: tvm.IRModule, call: relax.Call) -> relax.Expr | None:
+    """The Relax op call equivalent to ``call_tir(maximum|minimum, (x, c))``, or None."""
+    if op_name(call) != "relax.call_tir" or not isinstance(call.args[1], relax.Tuple):
+        return None
+    gv, args = call.args[0], list(call.args[1].fields)
+    entry = _TE_OPS.get(gv.name_hint)
+    if entry is None or len(args) != 2 or not any(is_const(a) for a in args):
+        return None
+    te_fn, relax_op = entry
+    params = [relax.Var(f"a{i}", a.ty) if not is_const(a) else a for i, a in enumerate(args)]
+    bb = relax.BlockBuilder()
+    with bb.function("probe", [p for p in params if not is_const(p)]):
+        bb.emit_func_output(bb.emit_te(te_fn, *params))
+    ref = bb.get()[gv.name_hint]
+    if not tvm_ffi.structural_equal(ref, mod[gv], map_free_vars=True):
+        return None
+    return relax_op(*args)
+
+
+def _rewrite_te_ops(mod: tvm.IRModule) -> tvm.IRModule:
+    func = main_function(mod)
+    found = {b.var: _te_op(mod, b.value) for b in bindings(func)}
+    found = {k: v for k, v in found.items() if v is not None}
+    if not found:
+        return mod
+
+    def rewrite(binding: relax.VarBinding, value: relax.Expr) -> relax.Expr | None:
+        if binding.var not in found:
+            return None
+        return relax.Call(found[binding.var].op, value.args[1].fields, found[binding.var].attrs)
+
+    logger.info("call_tir -> Relax op: %d bindings", len(found))
+    mod = rebuild_main(mod, rewrite)
+    return relax.transform.DeadCodeElimination()(mod)
+
+
 @tvm.transform.module_pass(opt_level=0, name="hwcc.Canonicalize")
 class Canonicalize:
     """Fold constants and BatchNorm so that pruning sees plain conv2d / matmul layers.
@@ -229,6 +276,7 @@ class Canonicalize:
         main_function(mod)
         if self.config.fold_constants:
             mod = relax.transform.FoldConstant()(mod)
+        mod = _rewrite_te_ops(mod)
         if self.config.fold_batch_norm:
             plan = _BatchNormPlan(main_function(mod))
             if plan.bn_result:

@@ -1,0 +1,405 @@
+"""Structured channel pruning: remove whole channels, neurons and attention heads.
+
+Pass ``hwcc.PruneChannels``.
+
+Expects: a Relax module whose ``main`` holds plain weighted layers (run
+:class:`passes.canonicalize.Canonicalize` first; a remaining ``R.nn.batch_norm`` is refused with a
+:class:`compiler.errors.ConfigError`). Calibration data, when an activation-based importance is
+chosen, in the format of :mod:`passes.calibration`.
+
+What it does: builds the channel groups of :mod:`passes.channel_groups`, scores every unit
+(channel / neuron / head) of every prunable group, chooses the units to remove, and rewrites
+``main`` with every member of each group sliced consistently (producer output channels, biases,
+per-channel constants, consumer input channels, reshape targets, depthwise ``groups``).
+
+Guarantees: the result is a well-formed dense model with the same inputs and outputs; the
+weights are really smaller; at ``ratio == 0`` the module is returned unchanged (outputs equal
+exactly). Blocked groups are never touched. Kept counts are multiples of ``multiple_of``
+elements (or the whole group), so the target's vector width divides every pruned dimension.
+
+Importance (``importance``):
+
+``l1`` / ``l2``
+    L1 / L2 norm of each unit's producer weights (output-channel slices), summed over the
+    group's producers.
+``mean_activation``
+    Mean absolute value of the group's activations on the calibration data.
+``apoz``
+    1 − fraction of zeros after ReLU (Average Percentage Of Zeros); needs a ReLU in the group.
+``reconstruction``
+    Squared error the consumer layers' outputs would get from removing the unit alone:
+    ``E‖x_k‖² · ‖W_in[k]‖²`` summed over consumers (ThiNet-style, first order).
+
+Report: the returned module's ``main`` carries the attribute ``"hwcc.prune_channels"`` — a JSON
+string (read it with :func:`read_report`) with, per group, its name, size, kept/removed units,
+the removed unit indices and the layers to re-fit (``refit_layers``), plus parameter counts of
+``main``'s constants before and after, and the list of blocked groups with their reasons.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from compiler.errors import ConfigError
+
+from . import calibration
+from ._ir import bindings, const, const_array, is_const, main_function, op_name, rebuild_main
+from .canonicalize import batch_norm_count
+from .channel_groups import SHAPE, ChannelGroup, analyze
+
+logger = logging.getLogger(__name__)
+
+REPORT_ATTR = "hwcc.prune_channels"
+IMPORTANCES = ("l1", "l2", "mean_activation", "apoz", "reconstruction")
+SCOPES = ("global", "per_layer")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Options of :class:`PruneChannels`.
+
+    Attributes
+    ----------
+    ratio
+        Fraction of the prunable units to remove, in [0, 1). Default 0 (no-op).
+    importance
+        One of :data:`IMPORTANCES`. Default ``"l1"``.
+    scope
+        ``"global"``: rank units of all groups together (scores normalised by each group's
+        mean), so unimportant groups lose more; ``"per_layer"``: remove ``ratio`` of every
+        group. Default ``"global"``.
+    multiple_of
+        Kept elements of every pruned dimension are a multiple of this (the target's vector
+        width), rounding the kept count up. Default 1.
+    layer_ratios
+        Per-group ratio overriding ``ratio`` (keys are group names, i.e. the binding name of the
+        group's first producer; see :func:`passes.channel_groups.analyze`). Such groups are
+        pruned per layer. Default empty.
+    min_keep
+        Units every group keeps at least. Default 1.
+    calibration
+        Calibration inputs (see :mod:`passes.calibration`); required by the activation-based
+        importances. Default None.
+    """
+
+    ratio: float = 0.0
+    importance: str = "l1"
+    scope: str = "global"
+    multiple_of: int = 1
+    layer_ratios: Mapping[str, float] = field(default_factory=dict)
+    min_keep: int = 1
+    calibration: Mapping[str, np.ndarray] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        _check_ratio("ratio", self.ratio)
+        for name, r in dict(self.layer_ratios).items():
+            _check_ratio(f"layer_ratios['{name}']", r)
+        if self.importance not in IMPORTANCES:
+            raise ConfigError(
+                f"unknown importance '{self.importance}'; known: {', '.join(IMPORTANCES)}"
+            )
+        if self.scope not in SCOPES:
+            raise ConfigError(f"unknown scope '{self.scope}'; known: {', '.join(SCOPES)}")
+        for name in ("multiple_of", "min_keep"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"PruneConfig.{name} must be an integer >= 1; got {v!r}")
+        if self.importance in ("mean_activation", "apoz", "reconstruction"):
+            if self.calibration is None:
+                raise ConfigError(f"importance '{self.importance}' needs calibration data")
+
+
+def _check_ratio(name: str, r: object) -> None:
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= float(r) < 1.0:
+        raise ConfigError(f"pruning {name} must be a number in [0, 1); got {r!r}")
+
+
+def read_report(mod: tvm.IRModule) -> dict:
+    """The pruning report stored on ``mod``'s ``main`` (empty dict when there is none)."""
+    attrs = main_function(mod).attrs
+    if attrs is None or REPORT_ATTR not in attrs:
+        return {}
+    return json.loads(str(attrs[REPORT_ATTR]))
+
+
+def param_count(mod: tvm.IRModule) -> int:
+    """Number of elements in the constants used by ``main``'s calls (weights, biases)."""
+    seen: dict = {}
+    for b in bindings(main_function(mod)):
+        if isinstance(b.value, relax.Call):
+            for a in b.value.args:
+                if is_const(a):
+                    seen[a] = int(np.prod(const_array(a).shape))
+    return sum(seen.values())
+
+
+# --------------------------------------------------------------------------------------------
+# Importance
+
+
+def _unit_norms(group: ChannelGroup, consts: dict, p: int) -> np.ndarray:
+    score = np.zeros(group.size)
+    for m in group.producers():
+        w = consts[(m.binding, m.arg)]
+        moved = np.moveaxis(np.abs(w.astype(np.float64)) ** p, m.axis, 0)
+        per_elem = moved.reshape(moved.shape[0], -1).sum(axis=1)
+        score += per_elem[m.indices(np.arange(group.size))].reshape(group.size, -1).sum(axis=1)
+    return score ** (1.0 / p)
+
+
+def _act_stat(group: ChannelGroup, values: dict, kind: str) -> np.ndarray | None:
+    acts = group.activations
+    if kind == "apoz":
+        acts = tuple(a for a in acts if a.op in ("relu", "clip", "maximum"))
+    if not acts:
+        return None
+    score = np.zeros(group.size)
+    for a in acts:
+        v = values[a.binding]  # (n, *shape)
+        moved = np.moveaxis(v, a.axis + 1, 0).reshape(v.shape[a.axis + 1], -1)
+        stat = (moved != 0).mean(axis=1) if kind == "apoz" else np.abs(moved).mean(axis=1)
+        idx = np.arange(group.size).reshape(-1, 1) * a.width + a.offset + np.arange(a.width)
+        score += stat[idx].mean(axis=1)
+    return score / len(acts)
+
+
+def _reconstruction(group: ChannelGroup, consts: dict, values: dict, inputs: dict) -> np.ndarray:
+    score = np.zeros(group.size)
+    for m in group.consumers():
+        w = consts[(m.binding, m.arg)]
+        wn = np.moveaxis(w.astype(np.float64) ** 2, m.axis, 0).reshape(w.shape[m.axis], -1)
+        x = values[inputs[m.binding]]  # consumer's input: (n, batch, C, ...) or (n, ..., K)
+        # conv2d weights are OIHW (inputs on axis 1, NCHW data: channel axis 2 after the sample
+        # axis); matmul weights are (K, N) with inputs on axis 0 and K last in the data.
+        in_axis = 2 if m.axis == 1 else x.ndim - 1
+        xm = np.moveaxis(x.astype(np.float64) ** 2, in_axis, 0).reshape(x.shape[in_axis], -1)
+        contrib = xm.sum(axis=1) / x.shape[0] * wn.sum(axis=1)
+        score += contrib[m.indices(np.arange(group.size))].reshape(group.size, -1).sum(axis=1)
+    return score
+
+
+# --------------------------------------------------------------------------------------------
+# Selection
+
+
+def _keep_multiple(group: ChannelGroup, multiple_of: int) -> int:
+    """Units whose element count is a multiple of ``multiple_of``."""
+    return multiple_of // math.gcd(multiple_of, group.unit_elems)
+
+
+def _round_keep(group: ChannelGroup, keep: int, cfg: PruneConfig) -> int:
+    step = _keep_multiple(group, cfg.multiple_of)
+    keep = max(keep, cfg.min_keep, 1)
+    keep = -(-keep // step) * step
+    return min(keep, group.size)
+
+
+def _select(groups: list[ChannelGroup], scores: dict, cfg: PruneConfig) -> dict[str, np.ndarray]:
+    """Units to remove per group name (sorted indices)."""
+    removed: dict[str, np.ndarray] = {}
+    per_layer = [g for g in groups if cfg.scope == "per_layer" or g.name in cfg.layer_ratios]
+    glob = [g for g in groups if g not in per_layer]
+    for g in per_layer:
+        r = float(cfg.layer_ratios.get(g.name, cfg.ratio))
+        keep = _round_keep(g, g.size - int(math.floor(r * g.size + 1e-9)), cfg)
+        order = np.argsort(scores[g.name], kind="stable")
+        removed[g.name] = np.sort(order[: g.size - keep])
+    if glob and cfg.ratio > 0:
+        total = sum(g.size for g in glob)
+        n_remove = int(math.floor(cfg.ratio * total + 1e-9))
+        entries = []
+        for g in glob:
+            s = scores[g.name]
+            norm = s / (s.mean() if s.mean() > 0 else 1.0)
+            entries += [(float(norm[k]), g.name, k) for k in range(g.size)]
+        entries.sort()
+        chosen: dict[str, list[int]] = {g.name: [] for g in glob}
+        by_name = {g.name: g for g in glob}
+        for _, name, k in entries:
+            if n_remove <= 0:
+                break
+            g = by_name[name]
+            if len(chosen[name]) < g.size - max(cfg.min_keep, 1):
+                chosen[name].append(k)
+                n_remove -= 1
+        for g in glob:
+            keep = _round_keep(g, g.size - len(chosen[g.name]), cfg)
+            order = np.argsort(scores[g.name], kind="stable")
+            removed[g.name] = np.sort(order[: g.size - keep])
+    return removed
+
+
+# --------------------------------------------------------------------------------------------
+# Rewrite
+
+
+def _plan(groups: list[ChannelGroup], removed: dict) -> dict:
+    """(binding, arg) -> axis -> element indices to delete."""
+    plan: dict = {}
+    for g in groups:
+        units = removed.get(g.name)
+        if units is None or len(units) == 0:
+            continue
+        for m in g.members:
+            axes = plan.setdefault((m.binding, m.arg), {})
+            axes.setdefault(m.axis, set()).update(int(i) for i in m.indices(units))
+    return plan
+
+
+def _rewriter(plan: dict):  # noqa: ANN202
+    def rewrite(binding: relax.VarBinding, value: relax.Expr) -> relax.Expr | None:
+        name = binding.var.name
+        if not isinstance(value, relax.Call):
+            return None
+        args = list(value.args)
+        touched = False
+        for i, a in enumerate(args):
+            cuts = plan.get((name, i))
+            if cuts is None or not is_const(a):
+                continue
+            w = const_array(a)
+            for axis, idx in cuts.items():
+                w = np.delete(w, sorted(idx), axis=axis)
+            args[i] = const(w)
+            touched = True
+        cuts = plan.get((name, SHAPE))
+        if cuts is not None:
+            shape = [int(d) for d in value.args[1].values]
+            for axis, idx in cuts.items():
+                shape[axis] -= len(idx)
+            return relax.op.reshape(args[0], shape)
+        if touched and op_name(value) == "relax.nn.conv2d" and int(value.attrs.groups) > 1:
+            # Depthwise (the only grouped conv that is pruned): groups follow the channels.
+            old_w, new_w = const_array(value.args[1]), const_array(args[1])
+            mult = old_w.shape[0] // int(value.attrs.groups)
+            at = value.attrs
+            return relax.op.nn.conv2d(
+                args[0], args[1], strides=at.strides, padding=at.padding, dilation=at.dilation,
+                groups=new_w.shape[0] // mult, data_layout=at.data_layout,
+                kernel_layout=at.kernel_layout, out_layout=at.out_layout, out_dtype=at.out_dtype,
+            )  # fmt: skip
+        if touched:
+            return relax.Call(value.op, args, value.attrs, value.ty_args)
+        return None
+
+    return rewrite
+
+
+def _refit_layers(groups: list[ChannelGroup], removed: dict) -> list[str]:
+    layers = []
+    for g in groups:
+        if len(removed.get(g.name, ())) == 0:
+            continue
+        layers += [m.binding for m in g.consumers()]
+    return list(dict.fromkeys(layers))
+
+
+@tvm.transform.module_pass(opt_level=0, name="hwcc.PruneChannels")
+class PruneChannels:
+    """Remove the least important channels / neurons / heads of every prunable group.
+
+    See the module docstring for what it expects, guarantees, its options and its report.
+    """
+
+    def __init__(self, config: PruneConfig | None = None) -> None:
+        self.config = config or PruneConfig()
+
+    def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        """Apply the pass to ``mod``."""
+        cfg = self.config
+        if batch_norm_count(mod):
+            raise ConfigError(
+                "PruneChannels expects BatchNorm folded; run hwcc.Canonicalize first "
+                f"({batch_norm_count(mod)} nn.batch_norm left in main)"
+            )
+        groups = analyze(mod)
+        prunable = [g for g in groups if g.prunable]
+        blocked = [{"group": g.name, "size": g.size, "reason": g.blocked} for g in groups
+                   if not g.prunable]  # fmt: skip
+        unknown = sorted(set(cfg.layer_ratios) - {g.name for g in prunable})
+        if unknown:
+            raise ConfigError(
+                f"layer_ratios names unknown or unprunable groups {unknown}; prunable groups: "
+                f"{[g.name for g in prunable]}"
+            )
+        wants = cfg.ratio > 0 or any(r > 0 for r in cfg.layer_ratios.values())
+        if wants and not prunable:
+            reasons = "; ".join(f"{b['group']}: {b['reason']}" for b in blocked) or "no layers"
+            raise ConfigError(f"nothing to prune in this model ({reasons})")
+        before = param_count(mod)
+        removed: dict[str, np.ndarray] = {}
+        if wants:
+            scores = self._scores(mod, prunable)
+            removed = _select(prunable, scores, cfg)
+        plan = _plan(prunable, removed)
+        out = rebuild_main(mod, _rewriter(plan)) if plan else mod
+        report = {
+            "importance": cfg.importance,
+            "scope": cfg.scope,
+            "ratio": cfg.ratio,
+            "multiple_of": cfg.multiple_of,
+            "params_before": before,
+            "params_after": param_count(out),
+            "groups": [
+                {
+                    "group": g.name,
+                    "size": g.size,
+                    "unit_elems": g.unit_elems,
+                    "kept": g.size - len(removed.get(g.name, ())),
+                    "removed": len(removed.get(g.name, ())),
+                    "removed_units": [int(i) for i in removed.get(g.name, ())],
+                    "layers": sorted({m.binding for m in g.members if m.role in ("out", "dw", "in")}),
+                }
+                for g in prunable
+            ],
+            "blocked": blocked,
+            "refit_layers": _refit_layers(prunable, removed),
+        }
+        logger.info("pruned %d -> %d parameters", report["params_before"], report["params_after"])
+        func = main_function(out).with_attr(REPORT_ATTR, json.dumps(report))
+        out = tvm.IRModule(dict(out.functions_items()), attrs=out.attrs)
+        out[out.get_global_var("main")] = func
+        return out
+
+    def _scores(self, mod: tvm.IRModule, groups: list[ChannelGroup]) -> dict[str, np.ndarray]:
+        cfg = self.config
+        consts: dict = {}
+        for b in bindings(main_function(mod)):
+            if isinstance(b.value, relax.Call):
+                for i, a in enumerate(b.value.args):
+                    if is_const(a):
+                        consts[(b.var.name, i)] = const_array(a)
+        if cfg.importance in ("l1", "l2"):
+            p = 1 if cfg.importance == "l1" else 2
+            return {g.name: _unit_norms(g, consts, p) for g in groups}
+        inputs: dict[str, str] = {}
+        if cfg.importance == "reconstruction":
+            for b in bindings(main_function(mod)):
+                if op_name(b.value) in ("relax.nn.conv2d", "relax.matmul"):
+                    x = b.value.args[0]
+                    if isinstance(x, relax.Var):
+                        inputs[b.var.name] = x.name
+            names = sorted({inputs[m.binding] for g in groups for m in g.consumers()})
+        else:
+            names = sorted({a.binding for g in groups for a in g.activations})
+        cap = calibration.capture(mod, cfg.calibration, names)
+        values = dict(zip(cap.names, cap.values))
+        scores = {}
+        for g in groups:
+            if cfg.importance == "reconstruction":
+                s = _reconstruction(g, consts, values, inputs) if g.consumers() else None
+            else:
+                s = _act_stat(g, values, cfg.importance)
+            if s is None:
+                logger.warning("group %s: no data for %s; using L2", g.name, cfg.importance)
+                s = _unit_norms(g, consts, 2)
+            scores[g.name] = s
+        return scores
