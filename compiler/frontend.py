@@ -259,6 +259,9 @@ def load_model(model: "str | Path | onnx.ModelProto",
         raise ModelLoadError(f"shape inference failed for {source}: "
                              f"{msg[0] if msg else type(err).__name__}") from None
 
+    from .onnx_rewrites import apply_rewrites
+
+    pinned = apply_rewrites(pinned)
     bad = unsupported_nodes(pinned)
     if bad:
         op, name, domain = bad[0]

@@ -143,7 +143,7 @@ class Artifact:
             if str(a.dtype) != spec.dtype:
                 raise RuntimeInputError(f"input '{spec.name}' must have dtype {spec.dtype}; "
                                         f"got {a.dtype}")
-            arrays.append(np.ascontiguousarray(a))
+            arrays.append(a if a.flags.c_contiguous else a.copy(order="C"))  # keeps 0-d
         return arrays
 
     def random_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:

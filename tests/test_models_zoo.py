@@ -13,10 +13,7 @@ from onnx.reference import ReferenceEvaluator
 
 import examples
 
-try:  # ``tests`` is a package when the repository root is on sys.path ...
-    from tests.models import ZOO, get_model, random_inputs
-except ImportError:  # ... and a plain folder under pytest's default rootdir-relative import.
-    from models import ZOO, get_model, random_inputs
+from tests.models import ZOO, get_model, random_inputs
 
 ort = pytest.importorskip("onnxruntime")
 

@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import compiler
-import models
+from tests import models
 from compiler.errors import (
     ArtifactError,
     InputShapeError,

@@ -10,7 +10,7 @@ import pytest
 from onnx.reference import ReferenceEvaluator
 
 import compiler
-import models
+from tests import models
 
 ZOO_TOL = {"resnet_block_cnn": 1e-4, "mlp": 1e-4, "transformer_block": 2e-4,
            "depthwise_block": 1e-4, "concat_block": 1e-4}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import compiler
-import models
+from tests import models
 from compiler.errors import ArtifactError
 
 CROSS = [
