@@ -27,9 +27,9 @@ class Operand:
     indices: list[tirx.PrimExpr]
     used: list[set[tirx.Var]]
 
-    def uses(self, var: tirx.Var) -> bool:
-        """Whether any index of this operand depends on ``var``."""
-        return any(var in u for u in self.used)
+    def uses(self, var: tirx.Var | None) -> bool:
+        """Whether any index of this operand depends on ``var`` (never for a unit dim)."""
+        return var is not None and any(var in u for u in self.used)
 
     def dims_of(self, var: tirx.Var) -> list[int]:
         """Positions of the indices that depend on ``var``."""
@@ -42,7 +42,7 @@ class Contraction:
 
     info: SBlockInfo
     out: tirx.Buffer
-    out_vars: list[tirx.Var]
+    out_vars: list[tirx.Var | None]
     spatial: list[tirx.Var]
     reduce: list[tirx.Var]
     extents: dict[tirx.Var, int]
@@ -53,12 +53,33 @@ class Contraction:
         """The block's schedule handle."""
         return self.info.block_rv
 
-    def loop_of(self, var: tirx.Var):
-        """The loop (LoopRV) bound to block iterator ``var``."""
+    def loop_of(self, var: tirx.Var | None):
+        """The loop (LoopRV) bound to block iterator ``var``, None for a unit iterator."""
+        if var is None:
+            return None
         for it in self.info.iters:
             if it.var.same_as(var):
                 return it.loop_rv
+        if self.extents.get(var, 0) == 1:
+            return None
         raise KeyError(var)
+
+    def extent(self, var: tirx.Var | None) -> int:
+        """Extent of block iterator ``var`` (1 for a unit dimension)."""
+        return 1 if var is None else self.extents[var]
+
+
+_LOAD = type(tirx.BufferLoad(tirx.decl_buffer((1,), "float32"), [tirx.IntImm("int32", 0)]))
+
+
+def load_buffer(load: tirx.PrimExpr) -> tirx.Buffer:
+    """The buffer a load reads (``source`` in TVM 0.27, ``buffer`` before)."""
+    return load.source if hasattr(load, "source") else load.buffer
+
+
+def region_buffer(region) -> tirx.Buffer:
+    """The buffer of a read/write region (``source`` in TVM 0.27, ``buffer`` before)."""
+    return region.source if hasattr(region, "source") else region.buffer
 
 
 def _vars_in(expr: tirx.PrimExpr) -> set[tirx.Var]:
@@ -70,7 +91,11 @@ def _is_zero(expr: tirx.PrimExpr) -> bool:
 
 
 def _same_indices(a: list[tirx.PrimExpr], b: list[tirx.PrimExpr]) -> bool:
-    return len(a) == len(b) and all(x.same_as(y) for x, y in zip(a, b))
+    return len(a) == len(b) and all(
+        x.same_as(y)
+        or (isinstance(x, tirx.IntImm) and isinstance(y, tirx.IntImm) and x.value == y.value)
+        for x, y in zip(a, b)
+    )
 
 
 def block_infos(sch: Schedule) -> list[SBlockInfo] | None:
@@ -93,41 +118,54 @@ def match_contraction(sch: Schedule, info: SBlockInfo, dtype: str = "float32") -
         return None
     if not (block.init.buffer.same_as(store.buffer) and _is_zero(block.init.value)):
         return None
-    if any(it.kind not in ("S", "R") for it in info.iters):
-        return None
-    if any(not isinstance(it.dom, int) for it in info.iters):
-        return None
+    spatial, reduce, extents = [], [], {}
+    for iv in block.iter_vars:
+        if not isinstance(iv.dom.extent, tirx.IntImm):
+            return None
+        extents[iv.var] = int(iv.dom.extent.value)
+        if iv.iter_type == tirx.IterVar.DataPar:
+            spatial.append(iv.var)
+        elif iv.iter_type == tirx.IterVar.CommReduce:
+            reduce.append(iv.var)
+        else:
+            return None
+    looped = [it.var for it in info.iters]
+    for iv in block.iter_vars:
+        if not any(v.same_as(iv.var) for v in looped) and extents[iv.var] != 1:
+            return None
     value = store.value
     if not isinstance(value, tirx.Add):
         return None
     acc, prod = value.a, value.b
-    if not isinstance(acc, tirx.BufferLoad):
+    if not isinstance(acc, _LOAD):
         acc, prod = prod, acc
     if not (
-        isinstance(acc, tirx.BufferLoad)
-        and acc.buffer.same_as(store.buffer)
+        isinstance(acc, _LOAD)
+        and load_buffer(acc).same_as(store.buffer)
         and _same_indices(list(acc.indices), list(store.indices))
         and isinstance(prod, tirx.Mul)
-        and isinstance(prod.a, tirx.BufferLoad)
-        and isinstance(prod.b, tirx.BufferLoad)
+        and isinstance(prod.a, _LOAD)
+        and isinstance(prod.b, _LOAD)
     ):
         return None
-    spatial = [it.var for it in info.iters if it.kind == "S"]
-    reduce = [it.var for it in info.iters if it.kind == "R"]
-    out_vars = list(store.indices)
-    if not all(isinstance(v, tirx.Var) for v in out_vars):
-        return None
-    if len({id(v) for v in out_vars}) != len(out_vars) or len(out_vars) != len(spatial):
-        return None
-    if not all(any(v.same_as(s) for s in spatial) for v in out_vars):
+    out_vars: list[tirx.Var | None] = []
+    for dim, index in zip(store.buffer.shape, store.indices):
+        if isinstance(index, tirx.Var):
+            out_vars.append(index)
+        elif _is_zero(index) and isinstance(dim, tirx.IntImm) and int(dim.value) == 1:
+            out_vars.append(None)  # unit dimension (normalization drops unit iterators)
+        else:
+            return None
+    named = [v for v in out_vars if v is not None]
+    if len(named) != len(spatial) or not all(any(v.same_as(s) for s in spatial) for v in named):
         return None
     operands = []
     for load in (prod.a, prod.b):
-        if load.buffer.dtype != dtype or load.buffer.same_as(store.buffer):
+        buf = load_buffer(load)
+        if buf.dtype != dtype or buf.same_as(store.buffer):
             return None
         indices = list(load.indices)
-        operands.append(Operand(load.buffer, indices, [_vars_in(i) for i in indices]))
-    extents = {it.var: int(it.dom) for it in info.iters}
+        operands.append(Operand(buf, indices, [_vars_in(i) for i in indices]))
     return Contraction(info, store.buffer, out_vars, spatial, reduce, extents, tuple(operands))
 
 

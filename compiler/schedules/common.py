@@ -8,6 +8,8 @@ from collections.abc import Iterable
 from tvm import s_tir, tirx
 from tvm.s_tir.schedule import LoopRV, SBlockRV
 
+from .analysis import region_buffer
+
 logger = logging.getLogger(__name__)
 
 #: Below this many loop iterations a nest runs single-threaded (a parallel launch costs µs).
@@ -96,14 +98,14 @@ def inline_epilogue_chain(sch: s_tir.Schedule, main: SBlockRV) -> SBlockRV | Non
     if len(consumers) != 1 or not is_spatial_block(sch, consumers[0]):
         return None
     consumer = consumers[0]
-    out = sch.get(main).writes[0].buffer
+    out = region_buffer(sch.get(main).writes[0])
     block = sch.get(consumer)
     cvars = [iv.var for iv in block.iter_vars]
     wr = block.writes[0].region
     if len(wr) != len(cvars):
         return None
     for reg in block.reads:
-        if not reg.buffer.same_as(out):
+        if not region_buffer(reg).same_as(out):
             continue
         if len(reg.region) != len(cvars):
             return None
@@ -136,8 +138,10 @@ def attach_epilogue(
             return None
         sch.set_scope(main, 0, "local")
     sch.reverse_compute_at(tail, tile_loop, preserve_unit_loops=True)
-    loops = sch.get_loops(tail)
-    tile_loops = loops[len(sch.get_loops(tile_loop)) + 1 :]
+    loops = list(sch.get_loops(tail))
+    tile_var = sch.get(tile_loop).loop_var
+    pos = [i for i, lp in enumerate(loops) if sch.get(lp).loop_var.same_as(tile_var)]
+    tile_loops = loops[pos[0] + 1 :] if pos else []
     if tile_loops:
         ext = loop_extent(sch, tile_loops[-1])
         if ext is not None and ext > 1:
@@ -187,7 +191,7 @@ def schedule_spatial(
             (loop_extent(sch, r) or 1 << 30) <= 64 for r in reductions
         )
         if ext is not None and ext >= lanes and _innermost_contiguous(sch, block):
-            if not reductions or small_reduce:
+            if not reductions or (small_reduce and _reads_follow(sch, block)):
                 vf = vector_factor(ext, lanes, max_vectors=1)
                 if ext % vf == 0:
                     outer, vec_loop = sch.split(inner, [None, vf])
@@ -217,13 +221,38 @@ def _innermost_contiguous(sch: s_tir.Schedule, block: SBlockRV) -> bool:
     return len(region) > 0 and region[len(region) - 1].min.same_as(last)
 
 
+def _reads_follow(sch: s_tir.Schedule, block: SBlockRV) -> bool:
+    """Whether the last index of every read depends on the block's last spatial iterator."""
+    stmt = sch.get(block)
+    spatial = [iv.var for iv in stmt.iter_vars if iv.iter_type == tirx.IterVar.DataPar]
+    if not spatial:
+        return False
+    last = spatial[-1]
+    for reg in stmt.reads:
+        if len(reg.region) == 0:
+            return False
+        index = reg.region[len(reg.region) - 1].min
+        if not any(v.same_as(last) for v in tirx.analysis.undefined_vars(index)):
+            return False
+    return True
+
+
 def schedule_other_blocks(
     sch: s_tir.Schedule, skip: Iterable[SBlockRV], lanes: int, num_cores: int
 ) -> None:
-    """Apply :func:`schedule_spatial` to every root-level block not in ``skip``."""
+    """Apply :func:`schedule_spatial` to every root-level loop nest that ``skip`` does not share.
+
+    Blocks in ``skip`` and blocks under any loop of a ``skip`` block (epilogues computed at a
+    tile, reduction init blocks) are left alone; each remaining nest is handled independently.
+    """
+    skip = list(skip)
+    taken = [sch.get(lp).loop_var for b in skip for lp in sch.get_loops(b)]
     skip_names = {sch.get(b).name_hint for b in skip}
     for block in root_blocks(sch):
         if sch.get(block).name_hint in skip_names:
+            continue
+        loops = sch.get_loops(block)
+        if any(sch.get(lp).loop_var.same_as(t) for lp in loops for t in taken):
             continue
         try:
             schedule_spatial(sch, block, lanes, num_cores)

@@ -1,0 +1,113 @@
+"""Default ("fast without tuning") CPU schedules for fused Relax modules.
+
+:func:`apply_default_schedules` runs after ``LegalizeOps, AnnotateTIROpPattern, FoldConstant,
+FuseOps, FuseTIR`` (and optionally ``MetaScheduleApplyDatabase``). It
+
+1. packs constant weights of matmul/conv kernels into vector-friendly layouts (the PrimFunc's
+   parameter and the Relax constants passed to it are rewritten together), then
+2. schedules every PrimFunc not yet marked ``tirx.is_scheduled`` with the first rule that
+   matches, in the order of :data:`DEFAULT_RULES`, like DLight's ``ApplyDefaultSchedule``.
+
+A rule that raises is skipped (logged), so a function is never left half-scheduled; the
+fallback rule matches everything.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight import ScheduleRule
+
+from .conv2d import Conv2d
+from .depthwise import DepthwiseConv2d
+from .fallback import Fallback
+from .matmul import Matmul
+from .packing import pack_weights
+from .target_info import CPUInfo, cpu_info, is_cpu_target
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CPUInfo",
+    "Conv2d",
+    "DEFAULT_RULES",
+    "DepthwiseConv2d",
+    "Fallback",
+    "Matmul",
+    "apply_default_schedules",
+    "cpu_info",
+    "is_scheduled",
+]
+
+#: Rules tried in order; the first that returns a schedule wins.
+DEFAULT_RULES: tuple[ScheduleRule, ...] = (Matmul(), Conv2d(), DepthwiseConv2d(), Fallback())
+
+_SCHEDULED_ATTRS = ("tirx.is_scheduled", "tir.is_scheduled")
+
+
+def is_scheduled(func: tirx.PrimFunc) -> bool:
+    """Whether ``func`` carries ``tirx.is_scheduled`` (or the older ``tir.is_scheduled``)."""
+    if func.attrs is None:
+        return False
+    for key in _SCHEDULED_ATTRS:
+        if key in func.attrs and bool(func.attrs[key]):
+            return True
+    return False
+
+
+def _schedule(func: tirx.PrimFunc, target: tvm.target.Target, rules) -> tirx.PrimFunc | None:
+    for rule in rules:
+        try:
+            sch = rule.apply(func, target, False)
+        except Exception as err:  # noqa: BLE001 - a failing rule must not break compilation
+            logger.warning("rule %s failed, trying the next one: %s", type(rule).__name__, err)
+            continue
+        if sch is None:
+            continue
+        if isinstance(sch, list):
+            sch = sch[0]
+        assert isinstance(sch, s_tir.Schedule)
+        logger.debug("scheduled with %s", type(rule).__name__)
+        return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+    return None
+
+
+def apply_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """Schedule every unscheduled PrimFunc of a legalized, fused Relax module for a CPU target.
+
+    Parameters
+    ----------
+    mod : tvm.IRModule
+        Module after ``FuseTIR`` (weights bound as constants for packing to apply).
+    target : tvm.target.Target
+        An ``llvm`` target; ``mattr`` gives the vector width (``+avx512f`` 512 bit, ``+avx2``
+        256 bit, else 128 bit) and ``num-cores`` the parallelism. Other targets: ``mod`` is
+        returned unchanged.
+
+    Returns
+    -------
+    tvm.IRModule
+        The module with scheduled PrimFuncs (attribute ``tirx.is_scheduled``) and, where a
+        matmul/conv weight is a constant, packed weight constants. Functions already marked as
+        scheduled are left untouched.
+    """
+    if not is_cpu_target(target):
+        logger.info("target %s is not a CPU target: no default schedules", target.kind.name)
+        return mod
+    rules = list(DEFAULT_RULES)
+    mod = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs, global_infos=mod.global_infos)
+    planners = [r.pack_plan for r in rules if hasattr(r, "pack_plan")]
+    mod = pack_weights(mod, target, planners, skip=is_scheduled)
+    updates = {}
+    for gv, func in mod.functions_items():
+        if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
+            continue
+        func_target = func.attrs.get("target", None) if func.attrs is not None else None
+        new_func = _schedule(func, func_target or target, rules)
+        if new_func is not None:
+            updates[gv] = new_func
+    for gv, func in updates.items():
+        mod[gv] = func
+    return mod

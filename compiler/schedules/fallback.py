@@ -1,0 +1,62 @@
+"""Fallback CPU schedule: parallel outer loops and vectorized inner loops for any PrimFunc."""
+
+from __future__ import annotations
+
+import logging
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+
+from .common import is_spatial_block, root_blocks, schedule_other_blocks
+from .target_info import cpu_info, is_cpu_target
+
+logger = logging.getLogger(__name__)
+
+
+def inline_spatial_chains(sch: s_tir.Schedule) -> None:
+    """Inline each data-parallel block whose only consumer is also data-parallel.
+
+    Elementwise chains (add -> relu -> cast ...) then run as one loop nest. Blocks feeding a
+    reduction are kept, so nothing expensive (``exp``, ``erf``) is recomputed per reduction step.
+    """
+    changed = True
+    while changed:
+        changed = False
+        for block in root_blocks(sch):
+            if not is_spatial_block(sch, block):
+                continue
+            consumers = list(sch.get_consumers(block))
+            if len(consumers) != 1 or not is_spatial_block(sch, consumers[0]):
+                continue
+            try:
+                sch.compute_inline(block)
+            except Exception:  # noqa: BLE001 - e.g. an output block: keep it
+                continue
+            changed = True
+            break
+
+
+class Fallback(CPUScheduleRule):
+    """Schedule for everything the specific rules leave: elementwise, reductions, pooling.
+
+    Matches every PrimFunc. Guarantees: semantics unchanged; each root-level loop nest that does
+    enough work gets its outer data-parallel loops fused and parallelized and its innermost
+    contiguous data-parallel loop vectorized by the target's vector width (see
+    :func:`compiler.schedules.common.schedule_spatial`). Reductions stay serial per output.
+    """
+
+    def apply(  # noqa: D102 - documented on the class
+        self, func: tirx.PrimFunc, target: tvm.target.Target, tunable: bool
+    ) -> s_tir.Schedule | None:
+        if not is_cpu_target(target):
+            return None
+        sch = s_tir.Schedule(func)
+        info = cpu_info(target)
+        try:
+            inline_spatial_chains(sch)
+        except Exception as err:  # noqa: BLE001 - inlining is only an optimization
+            logger.debug("fallback inlining stopped: %s", err)
+            sch = s_tir.Schedule(func)
+        schedule_other_blocks(sch, [], info.lanes(32), info.num_cores)
+        return sch

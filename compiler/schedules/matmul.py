@@ -1,0 +1,200 @@
+"""Default CPU schedule for matmul / dense / batch-matmul blocks with elementwise epilogues."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+
+from .analysis import (
+    Contraction,
+    Operand,
+    block_infos,
+    is_plain,
+    match_contraction,
+    packed_factor,
+    param_index,
+    region_buffer,
+)
+from .common import (
+    MIN_PARALLEL_WORK,
+    attach_epilogue,
+    choose_factor,
+    schedule_other_blocks,
+    vector_factor,
+)
+from .packing import WeightPack
+from .target_info import cpu_info, is_cpu_target
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MatmulMatch:
+    """A matched matmul block: ``C[b.., m, n] += A[.. m .. k ..] * B[.. k .. n ..]``."""
+
+    con: Contraction
+    batch: list[tirx.Var]
+    m: tirx.Var | None
+    n: tirx.Var
+    k: tirx.Var
+    lhs: Operand
+    rhs: Operand
+    packed: int | None
+
+
+def match_matmul(sch: s_tir.Schedule) -> MatmulMatch | None:
+    """Find the single matmul-like contraction of the function, or None.
+
+    Requirements: exactly one contraction block with one reduction iterator ``k``; output indices
+    ``[*batch, m, n]``; one operand (``A``) uses ``m`` and ``k`` but not ``n``; the other (``B``)
+    uses ``k`` and ``n`` but not ``m``, with ``n`` as its last index (row-major ``[.., k, n]``)
+    or packed as ``[n // c, .., k, n % c]``. All other blocks must be data-parallel.
+    """
+    infos = block_infos(sch)
+    if infos is None:
+        return None
+    found = None
+    for info in infos:
+        if not info.is_reduction():
+            continue
+        if found is not None:
+            return None
+        con = match_contraction(sch, info)
+        if con is None or len(con.reduce) != 1 or len(con.out_vars) < 2:
+            return None
+        found = con
+    if found is None:
+        return None
+    con = found
+    k = con.reduce[0]
+    m, n = con.out_vars[-2], con.out_vars[-1]
+    batch = [v for v in con.out_vars[:-2] if v is not None]
+    if n is None:
+        return None
+    lhs = rhs = None
+    for op in con.operands:
+        if op.uses(n) and not op.uses(m) and op.uses(k):
+            rhs = op
+        elif (m is None or op.uses(m)) and not op.uses(n) and op.uses(k):
+            lhs = op
+    if lhs is None or rhs is None:
+        return None
+    packed = packed_factor(rhs, n)
+    if packed is None and not is_plain(rhs.indices[-1], n):
+        # [.., n, k] weights are accepted only so that a pack plan can be made for them
+        if not (len(rhs.indices) == 2 and is_plain(rhs.indices[0], n) and is_plain(rhs.indices[1], k)):
+            return None
+    return MatmulMatch(con, batch, m, n, k, lhs, rhs, packed)
+
+
+def _tiles(match: MatmulMatch, target: tvm.target.Target) -> tuple[int, int]:
+    info = cpu_info(target)
+    lanes = info.lanes(32)
+    n_ext = match.con.extent(match.n)
+    m_ext = match.con.extent(match.m)
+    nr = match.packed or vector_factor(n_ext, lanes, max_vectors=2)
+    vecs = -(-nr // lanes)
+    budget = 16 if info.vector_registers >= 32 else 12
+    mr = max(1, budget // vecs)
+    mr = choose_factor(m_ext, mr, minimum=max(1, mr // 2))
+    return mr, nr
+
+
+class Matmul(CPUScheduleRule):
+    """Register-tiled, vectorized, parallel matmul with a fused epilogue.
+
+    Matches what :func:`match_matmul` accepts. Tiles ``MR x NR`` outputs in registers (``NR`` =
+    one or two vectors along ``n``, ``MR`` from the register budget), keeps the whole ``k`` loop
+    inside the tile, parallelizes the fused outer tile loops and computes the elementwise
+    epilogue per tile. The constant weight ``B[k, n]`` (or ``B[n, k]``) is packed to
+    ``[n // NR, k, NR]`` at compile time by :meth:`pack_plan`. Returns None for anything else.
+    """
+
+    def pack_plan(self, func: tirx.PrimFunc, target: tvm.target.Target) -> WeightPack | None:
+        """Plan to pack a 2-D parameter weight into ``[N // NR, K, NR]`` (NR dividing N)."""
+        if not is_cpu_target(target):
+            return None
+        sch = s_tir.Schedule(func)
+        match = match_matmul(sch)
+        if match is None or match.packed is not None or len(match.rhs.indices) != 2:
+            return None
+        idx = param_index(func, match.rhs.buffer)
+        if idx is None:
+            return None
+        _, nr = _tiles(match, target)
+        n_ext = match.con.extent(match.n)
+        if n_ext % nr != 0 or nr == n_ext == 1:
+            return None
+        block = sch.get(match.con.block)
+        read_index = [i for i, r in enumerate(block.reads) if region_buffer(r).same_as(match.rhs.buffer)]
+        if len(read_index) != 1:
+            return None
+        c = nr
+        if is_plain(match.rhs.indices[0], match.k):
+
+            def index_map(k, n):
+                return (n // c, k, n % c)
+
+            def pack(w: np.ndarray) -> np.ndarray:
+                kk, nn = w.shape
+                return w.reshape(kk, nn // c, c).transpose(1, 0, 2)
+
+        else:
+
+            def index_map(n, k):
+                return (n // c, k, n % c)
+
+            def pack(w: np.ndarray) -> np.ndarray:
+                nn, kk = w.shape
+                return w.reshape(nn // c, c, kk).transpose(0, 2, 1)
+
+        return WeightPack(block.name_hint, read_index[0], idx, index_map, pack)
+
+    def apply(  # noqa: D102 - documented on the class
+        self, func: tirx.PrimFunc, target: tvm.target.Target, tunable: bool
+    ) -> s_tir.Schedule | None:
+        if not is_cpu_target(target):
+            return None
+        sch = s_tir.Schedule(func)
+        match = match_matmul(sch)
+        if match is None:
+            return None
+        if match.packed is None and not is_plain(match.rhs.indices[-1], match.n):
+            return None  # unpacked [n, k] weight: strided along n, leave it to the fallback
+        info = cpu_info(target)
+        lanes = info.lanes(32)
+        mr, nr = _tiles(match, target)
+        con = match.con
+        main = con.block
+        batch_loops = [lp for lp in (con.loop_of(v) for v in match.batch) if lp is not None]
+        lm, ln, lk = con.loop_of(match.m), con.loop_of(match.n), con.loop_of(match.k)
+        if ln is None or lk is None:
+            return None
+        mo = mi = None
+        if lm is not None:
+            mo, mi = sch.split(lm, [None, mr])
+        no, ni = sch.split(ln, [None, nr])
+        rhs_batched = any(match.rhs.uses(v) for v in match.batch)
+        mos = [mo] if mo is not None else []
+        outer = [*batch_loops, no, *mos] if rhs_batched else [no, *batch_loops, *mos]
+        sch.reorder(*outer, lk, *([mi] if mi is not None else []), ni)
+        fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+        tail = attach_epilogue(sch, main, fused, lanes)
+        work = 1
+        for v in (*match.batch, match.m, match.n, match.k):
+            work *= con.extent(v)
+        if work >= MIN_PARALLEL_WORK:
+            sch.parallel(fused)
+        if mi is not None and mr > 1:
+            sch.unroll(mi)
+        sch.vectorize(ni)
+        sch.decompose_reduction(main, lk)
+        skip = [main] + ([tail] if tail is not None else [])
+        schedule_other_blocks(sch, skip, lanes, info.num_cores)
+        logger.debug("matmul %s: MR=%d NR=%d packed=%s", func.attrs, mr, nr, match.packed)
+        return sch
