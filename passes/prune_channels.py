@@ -32,8 +32,10 @@ Importance (``importance``):
 
 Report: the returned module's ``main`` carries the attribute ``"hwcc.prune_channels"`` — a JSON
 string (read it with :func:`read_report`) with, per group, its name, size, kept/removed units,
-the removed unit indices and the layers to re-fit (``refit_layers``), plus parameter counts of
-``main``'s constants before and after, and the list of blocked groups with their reasons.
+the removed unit indices, the layers to re-fit (``refit_layers``: consumers whose inputs
+shrank) and, per producer layer, the removed output channels (``removed_outputs``), plus
+parameter counts of ``main``'s constants before and after, and the blocked groups with their
+reasons.
 """
 
 from __future__ import annotations
@@ -302,6 +304,18 @@ def _refit_layers(groups: list[ChannelGroup], removed: dict) -> list[str]:
     return list(dict.fromkeys(layers))
 
 
+def _removed_outputs(groups: list[ChannelGroup], removed: dict) -> dict[str, list[int]]:
+    """Producer layer -> removed output-channel indices (in the original numbering)."""
+    out: dict[str, set] = {}
+    for g in groups:
+        units = removed.get(g.name)
+        if units is None or len(units) == 0:
+            continue
+        for m in g.producers():
+            out.setdefault(m.binding, set()).update(int(i) for i in m.indices(units))
+    return {k: sorted(v) for k, v in out.items()}
+
+
 @tvm.transform.module_pass(opt_level=0, name="hwcc.PruneChannels")
 class PruneChannels:
     """Remove the least important channels / neurons / heads of every prunable group.
@@ -362,6 +376,7 @@ class PruneChannels:
             ],
             "blocked": blocked,
             "refit_layers": _refit_layers(prunable, removed),
+            "removed_outputs": _removed_outputs(prunable, removed),
         }
         logger.info("pruned %d -> %d parameters", report["params_before"], report["params_after"])
         func = main_function(out).with_attr(REPORT_ATTR, json.dumps(report))
