@@ -97,7 +97,9 @@ def check_calibration(mod: tvm.IRModule, inputs: Mapping[str, np.ndarray]) -> in
     for name, shape in expected.items():
         arr = np.asarray(inputs[name])
         if shape is None:
-            raise ConfigError(f"model input '{name}' has no static shape; pin it before calibration")
+            raise ConfigError(
+                f"model input '{name}' has no static shape; pin it before calibration"
+            )
         if arr.ndim != len(shape) + 1 or tuple(arr.shape[1:]) != shape:
             raise ConfigError(
                 f"calibration data for input '{name}' must have shape (n_samples, *{shape}); "

@@ -144,10 +144,21 @@ class _BatchNormPlan:
             ndim = len(x.ty.shape.values) if isinstance(x.ty, relax.TensorType) else 0
             axis = int(b.value.attrs.axis) % max(ndim, 1)
             folded = self._try_fold(x, axis, ndim, scale, shift, producer, uses)
-            self.bn_result[b.var] = ("fold", folded) if folded is not None else (
-                "affine", scale, shift, axis, ndim)
+            if folded is not None:
+                self.bn_result[b.var] = ("fold", folded)
+            else:
+                self.bn_result[b.var] = ("affine", scale, shift, axis, ndim)
 
-    def _try_fold(self, x, axis, ndim, scale, shift, producer, uses):  # noqa: ANN001, ANN202
+    def _try_fold(
+        self,
+        x: relax.Expr,
+        axis: int,
+        ndim: int,
+        scale: np.ndarray,
+        shift: np.ndarray,
+        producer: dict,
+        uses: dict,
+    ) -> relax.Var | None:
         """Record the fold of a BN on ``x``; returns the var to forward, or None."""
         if not isinstance(x, relax.Var) or uses.get(x, 0) != 1 or x not in producer:
             return None
@@ -184,7 +195,7 @@ class _BatchNormPlan:
         """Rewrite callback for :func:`passes._ir.rebuild_main`."""
         var = binding.var
         if var in self.weight_scale:
-            scale, w_axis, shift, add_shift, axis, ndim = self.weight_scale[var]
+            scale, w_axis = self.weight_scale[var][:2]
             w = const_array(value.args[1])
             shape = [1] * w.ndim
             shape[w_axis] = -1

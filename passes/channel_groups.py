@@ -345,11 +345,10 @@ def _matmul(ctx: Context, b: relax.VarBinding) -> None:
             ctx.block(info, f"matmul '{name}' contracts over a channel axis")
             out_infos.append(None)
     oa, ow = out_infos
-    if oa is not None and ow is not None:
-        if oa.axis != ow.axis or not ctx.unify(oa, ow, name):
-            ctx.block(oa, f"matmul '{name}' mixes channel layouts")
-            ctx.block(ow, f"matmul '{name}' mixes channel layouts")
-            return
+    if oa is not None and ow is not None and (oa.axis != ow.axis or not ctx.unify(oa, ow, name)):
+        ctx.block(oa, f"matmul '{name}' mixes channel layouts")
+        ctx.block(ow, f"matmul '{name}' mixes channel layouts")
+        return
     ctx.set(b.var, oa or ow, "matmul")
 
 

@@ -43,7 +43,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -114,9 +114,9 @@ class PruneConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"PruneConfig.{name} must be an integer >= 1; got {v!r}")
-        if self.importance in ("mean_activation", "apoz", "reconstruction"):
-            if self.calibration is None:
-                raise ConfigError(f"importance '{self.importance}' needs calibration data")
+        needs_data = self.importance in ("mean_activation", "apoz", "reconstruction")
+        if needs_data and self.calibration is None:
+            raise ConfigError(f"importance '{self.importance}' needs calibration data")
 
 
 def _check_ratio(name: str, r: object) -> None:
@@ -211,12 +211,12 @@ def _select(groups: list[ChannelGroup], scores: dict, cfg: PruneConfig) -> dict[
     glob = [g for g in groups if g not in per_layer]
     for g in per_layer:
         r = float(cfg.layer_ratios.get(g.name, cfg.ratio))
-        keep = _round_keep(g, g.size - int(math.floor(r * g.size + 1e-9)), cfg)
+        keep = _round_keep(g, g.size - math.floor(r * g.size + 1e-9), cfg)
         order = np.argsort(scores[g.name], kind="stable")
         removed[g.name] = np.sort(order[: g.size - keep])
     if glob and cfg.ratio > 0:
         total = sum(g.size for g in glob)
-        n_remove = int(math.floor(cfg.ratio * total + 1e-9))
+        n_remove = math.floor(cfg.ratio * total + 1e-9)
         entries = []
         for g in glob:
             s = scores[g.name]
@@ -256,7 +256,7 @@ def _plan(groups: list[ChannelGroup], removed: dict) -> dict:
     return plan
 
 
-def _rewriter(plan: dict):  # noqa: ANN202
+def _rewriter(plan: dict) -> Callable[[relax.VarBinding, relax.Expr], relax.Expr | None]:
     def rewrite(binding: relax.VarBinding, value: relax.Expr) -> relax.Expr | None:
         name = binding.var.name
         if not isinstance(value, relax.Call):
@@ -370,7 +370,9 @@ class PruneChannels:
                     "kept": g.size - len(removed.get(g.name, ())),
                     "removed": len(removed.get(g.name, ())),
                     "removed_units": [int(i) for i in removed.get(g.name, ())],
-                    "layers": sorted({m.binding for m in g.members if m.role in ("out", "dw", "in")}),
+                    "layers": sorted(
+                        {m.binding for m in g.members if m.role in ("out", "dw", "in")}
+                    ),
                 }
                 for g in prunable
             ],

@@ -86,11 +86,19 @@ class RecoverConfig:
         if isinstance(self.layers, str) or not all(isinstance(x, str) for x in self.layers):
             raise ConfigError("RecoverConfig.layers must be a sequence of binding names")
         if self.ridge is not None and (
-            isinstance(self.ridge, bool) or not isinstance(self.ridge, (int, float)) or self.ridge < 0
+            isinstance(self.ridge, bool)
+            or not isinstance(self.ridge, (int, float))
+            or self.ridge < 0
         ):
             raise ConfigError(f"RecoverConfig.ridge must be None or >= 0; got {self.ridge!r}")
-        if isinstance(self.max_rows, bool) or not isinstance(self.max_rows, int) or self.max_rows < 1:
-            raise ConfigError(f"RecoverConfig.max_rows must be an integer >= 1; got {self.max_rows!r}")
+        if (
+            isinstance(self.max_rows, bool)
+            or not isinstance(self.max_rows, int)
+            or self.max_rows < 1
+        ):
+            raise ConfigError(
+                f"RecoverConfig.max_rows must be an integer >= 1; got {self.max_rows!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -139,7 +147,9 @@ def _im2col(x: np.ndarray, call: relax.Call, w_shape: tuple) -> np.ndarray:
     dh, dw = (int(d) for d in at.dilation)
     kh, kw = w_shape[2], w_shape[3]
     xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
-    win = np.lib.stride_tricks.sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), (2, 3))
+    win = np.lib.stride_tricks.sliding_window_view(
+        xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), (2, 3)
+    )
     win = win[:, :, ::sh, ::sw, ::dh, ::dw]  # (N, C, Ho, Wo, kh, kw)
     n, c, ho, wo = win.shape[:4]
     return win.transpose(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * kh * kw)
@@ -210,7 +220,10 @@ def _fit_layer(
         before = xs @ w + (0 if bias_vec is None else bias_vec)
         nw, nb = _solve(xs, ys, w.astype(np.float64), bias_vec, ridge)
         after = xs @ nw + nb
-        new_w, new_b = nw.astype(w.dtype), None if b is None else nb.reshape(b.shape).astype(b.dtype)
+        new_w, new_b = (
+            nw.astype(w.dtype),
+            None if b is None else nb.reshape(b.shape).astype(b.dtype),
+        )
     else:
         groups = int(layer.call.attrs.groups)
         xs4 = x.reshape(-1, *x.shape[-3:])
@@ -322,7 +335,9 @@ def refit(
         y = t_cap.values[i]
         keep = out_channels.get(name)
         if keep is not None:
-            y = np.take(y, np.asarray(keep, dtype=np.int64), axis=2 if layer.kind == "conv2d" else -1)
+            y = np.take(
+                y, np.asarray(keep, dtype=np.int64), axis=2 if layer.kind == "conv2d" else -1
+            )
         w = const_array(layer.call.args[1])
         b = None
         if layer.bias is not None:
