@@ -90,7 +90,8 @@ def _is_zero(expr: tirx.PrimExpr) -> bool:
     return isinstance(expr, (tirx.FloatImm, tirx.IntImm)) and float(expr.value) == 0.0
 
 
-def _same_indices(a: list[tirx.PrimExpr], b: list[tirx.PrimExpr]) -> bool:
+def same_indices(a: list[tirx.PrimExpr], b: list[tirx.PrimExpr]) -> bool:
+    """Whether two index lists are the same variables / equal integer constants."""
     return len(a) == len(b) and all(
         x.same_as(y)
         or (isinstance(x, tirx.IntImm) and isinstance(y, tirx.IntImm) and x.value == y.value)
@@ -142,7 +143,7 @@ def match_contraction(sch: Schedule, info: SBlockInfo, dtype: str = "float32") -
     if not (
         isinstance(acc, _LOAD)
         and load_buffer(acc).same_as(store.buffer)
-        and _same_indices(list(acc.indices), list(store.indices))
+        and same_indices(list(acc.indices), list(store.indices))
         and isinstance(prod, tirx.Mul)
         and isinstance(prod.a, _LOAD)
         and isinstance(prod.b, _LOAD)
@@ -171,8 +172,9 @@ def match_contraction(sch: Schedule, info: SBlockInfo, dtype: str = "float32") -
 
 def param_index(func: tirx.PrimFunc, buffer: tirx.Buffer) -> int | None:
     """Position of ``buffer`` among the function's parameters, or None if it is not one."""
+    buffer_map = getattr(func, "buffer_map", None)
     for i, param in enumerate(func.params):
-        buf = func.buffer_map.get(param, None)
+        buf = buffer_map.get(param, None) if buffer_map is not None else param
         if buf is not None and buf.same_as(buffer):
             return i
     return None
@@ -183,25 +185,39 @@ def is_plain(index: tirx.PrimExpr, var: tirx.Var) -> bool:
     return isinstance(index, tirx.Var) and index.same_as(var)
 
 
-def packed_factor(operand: Operand, var: tirx.Var) -> int | None:
-    """If ``operand`` is packed along ``var`` as ``[.., var // c, .., var % c]``, return ``c``."""
-    last = operand.indices[-1]
-    if not (
-        isinstance(last, tirx.FloorMod)
-        and is_plain(last.a, var)
-        and isinstance(last.b, tirx.IntImm)
-    ):
+def packed_factor(operand: Operand, var: tirx.Var, ndim: int) -> int | None:
+    """Vector block ``c`` if ``operand`` is packed with ``var`` innermost, else None.
+
+    Recognizes ``[.., var // c, .., var % c]`` and the forms the simplifier leaves when the
+    extent of ``var`` equals ``c`` (``[0, .., var]``): the last index is ``var`` or ``var % c``,
+    and no other index uses ``var`` except ``var // c``. The operand must have ``ndim`` dims
+    (packing adds one), which tells a packed ``[0, k, n]`` from a plain ``[k, n]``.
+    """
+    if len(operand.indices) != ndim:
         return None
-    factor = int(last.b.value)
+    last = operand.indices[-1]
+    if isinstance(last, tirx.FloorMod) and is_plain(last.a, var) and isinstance(last.b, tirx.IntImm):
+        factor = int(last.b.value)
+    elif is_plain(last, var):
+        dim = operand.buffer.shape[len(operand.buffer.shape) - 1]
+        if not isinstance(dim, tirx.IntImm):
+            return None
+        factor = int(dim.value)
+    else:
+        return None
+    if len(operand.indices) < 2:
+        return None
     for index in operand.indices[:-1]:
-        if (
+        if not any(v.same_as(var) for v in _vars_in(index)):
+            continue
+        if not (
             isinstance(index, tirx.FloorDiv)
             and is_plain(index.a, var)
             and isinstance(index.b, tirx.IntImm)
             and int(index.b.value) == factor
         ):
-            return factor
-    return None
+            return None
+    return factor
 
 
 def static_shape(buffer: tirx.Buffer) -> list[int] | None:

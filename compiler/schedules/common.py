@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from tvm import s_tir, tirx
 from tvm.s_tir.schedule import LoopRV, SBlockRV
 
-from .analysis import region_buffer
+from .analysis import region_buffer, same_indices
 
 logger = logging.getLogger(__name__)
 
@@ -100,20 +100,17 @@ def inline_epilogue_chain(sch: s_tir.Schedule, main: SBlockRV) -> SBlockRV | Non
     consumer = consumers[0]
     out = region_buffer(sch.get(main).writes[0])
     block = sch.get(consumer)
-    cvars = [iv.var for iv in block.iter_vars]
-    wr = block.writes[0].region
-    if len(wr) != len(cvars):
+    if len(block.writes) != 1:
+        return None
+    write = [r.min for r in block.writes[0].region]
+    if any(int(r.extent) != 1 for r in block.writes[0].region):
         return None
     for reg in block.reads:
         if not region_buffer(reg).same_as(out):
             continue
-        if len(reg.region) != len(cvars):
+        if any(int(r.extent) != 1 for r in reg.region):
             return None
-        for r, v in zip(reg.region, cvars):
-            if not (r.min.same_as(v) and int(r.extent) == 1):
-                return None
-    for w, v in zip(wr, cvars):
-        if not (w.min.same_as(v) and int(w.extent) == 1):
+        if not same_indices([r.min for r in reg.region], write):
             return None
     return consumer
 

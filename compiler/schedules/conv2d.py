@@ -1,7 +1,201 @@
-"""placeholder"""
+"""Default CPU schedule for NCHW conv2d blocks (any kernel size, stride, dilation, padding)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import s_tir, tirx
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+
+from .analysis import (
+    Contraction,
+    Operand,
+    block_infos,
+    is_plain,
+    match_contraction,
+    packed_factor,
+    param_index,
+    region_buffer,
+)
+from .common import (
+    MIN_PARALLEL_WORK,
+    attach_epilogue,
+    choose_factor,
+    schedule_other_blocks,
+    vector_factor,
+)
+from .packing import WeightPack
+from .target_info import cpu_info, is_cpu_target
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ConvMatch:
+    """A matched NCHW convolution ``out[b, f, y, x] += data[..] * weight[..]``.
+
+    ``grouped`` is True when the data index depends on the output channel ``f`` (depthwise and
+    grouped convolutions); ``packed`` is the channel block of a packed weight
+    ``[f // c, .., f % c]``, else None.
+    """
+
+    con: Contraction
+    b: tirx.Var | None
+    f: tirx.Var
+    y: tirx.Var | None
+    x: tirx.Var | None
+    data: Operand
+    weight: Operand
+    grouped: bool
+    packed: int | None
+
+
+def match_conv2d(sch: s_tir.Schedule) -> ConvMatch | None:
+    """Find the single NCHW convolution contraction of the function, or None.
+
+    Requirements: one contraction block whose output is 4-D ``[b, f, y, x]`` (unit dims
+    allowed except ``f``) with at least one reduction iterator; a *weight* operand that uses
+    ``f`` but neither ``y`` nor ``x``, indexed ``[f, ...]`` or packed ``[f // c, ..., f % c]``;
+    a *data* operand that uses ``y``/``x`` but no weight-only index. All other blocks must be
+    data-parallel (padding, epilogues).
+    """
+    infos = block_infos(sch)
+    if infos is None:
+        return None
+    found = None
+    for info in infos:
+        if not info.is_reduction():
+            continue
+        if found is not None:
+            return None
+        found = match_contraction(sch, info)
+        if found is None:
+            return None
+    con = found
+    if con is None or len(con.out_vars) != 4 or not con.reduce:
+        return None
+    b, f, y, x = con.out_vars
+    if f is None or (y is None and x is None):
+        return None
+    weight = data = None
+    for op in con.operands:
+        if op.uses(f) and not op.uses(y) and not op.uses(x):
+            weight = op
+        elif op.uses(y) or op.uses(x):
+            data = op
+    if weight is None or data is None or weight is data:
+        return None
+    if b is not None and weight.uses(b):
+        return None
+    packed = packed_factor(weight, f, 5)
+    if packed is None:
+        if not is_plain(weight.indices[0], f) or len(weight.indices) != 4:
+            return None
+        if any(f in u for u in weight.used[1:]):
+            return None
+    return ConvMatch(con, b, f, y, x, data, weight, data.uses(f), packed)
+
+
+def _channel_block(match: ConvMatch, target: tvm.target.Target) -> int:
+    lanes = cpu_info(target).lanes(32)
+    return match.packed or vector_factor(match.con.extent(match.f), lanes, max_vectors=2)
 
 
 class Conv2d(CPUScheduleRule):
-    def apply(self, func, target, tunable):
-        return None
+    """Conv2d NCHW (not grouped): output channels in vector registers, weights packed.
+
+    Matches :func:`match_conv2d` results whose data index does not depend on the output channel
+    (so not depthwise/grouped). The weight ``[O, I, KH, KW]`` is packed at compile time to
+    ``[O // c, I, KH, KW, c]`` (``c`` = one or two vectors, dividing ``O``); each task computes a
+    ``c x XT`` tile of one output row with all reduction loops inside, accumulating in registers
+    (channels innermost), and applies the fused elementwise epilogue (bias, BN-folded affine,
+    ReLU, residual add) per tile. Padding is inlined. Returns None for anything else.
+    """
+
+    def pack_plan(self, func: tirx.PrimFunc, target: tvm.target.Target) -> WeightPack | None:
+        """Plan to pack a parameter weight ``[O, I, KH, KW]`` into ``[O // c, I, KH, KW, c]``."""
+        if not is_cpu_target(target):
+            return None
+        sch = s_tir.Schedule(func)
+        match = match_conv2d(sch)
+        if match is None or match.grouped or match.packed is not None:
+            return None
+        idx = param_index(func, match.weight.buffer)
+        if idx is None:
+            return None
+        c = _channel_block(match, target)
+        if match.con.extent(match.f) % c != 0 or c == 1:
+            return None
+        block = sch.get(match.con.block)
+        reads = [i for i, r in enumerate(block.reads) if region_buffer(r).same_as(match.weight.buffer)]
+        if len(reads) != 1:
+            return None
+
+        def index_map(o, i, h, w):
+            return (o // c, i, h, w, o % c)
+
+        def pack(wt: np.ndarray) -> np.ndarray:
+            o, i, h, w = wt.shape
+            return wt.reshape(o // c, c, i, h, w).transpose(0, 2, 3, 4, 1)
+
+        return WeightPack(block.name_hint, reads[0], idx, index_map, pack)
+
+    def apply(  # noqa: D102 - documented on the class
+        self, func: tirx.PrimFunc, target: tvm.target.Target, tunable: bool
+    ) -> s_tir.Schedule | None:
+        if not is_cpu_target(target):
+            return None
+        sch = s_tir.Schedule(func)
+        match = match_conv2d(sch)
+        if match is None or match.grouped or match.packed is None:
+            return None  # unpacked weights are strided along f: leave them to the fallback
+        info = cpu_info(target)
+        lanes = info.lanes(32)
+        con = match.con
+        main = con.block
+        c = match.packed
+        budget = 16 if info.vector_registers >= 32 else 12
+        xt = max(1, budget // -(-c // lanes))
+        x_ext = con.extent(match.x)
+        xt = choose_factor(x_ext, xt, minimum=max(1, xt // 2))
+        # inline padding (a scalar select on the broadcast input, not in the vector lane)
+        for producer in sch.get_producers(main):
+            if region_buffer(sch.get(producer).writes[0]).same_as(match.data.buffer):
+                try:
+                    sch.compute_inline(producer)
+                except Exception:  # noqa: BLE001 - keep a separate padding nest
+                    pass
+        lb, lf, ly, lx = (con.loop_of(v) for v in (match.b, match.f, match.y, match.x))
+        reduce_loops = [con.loop_of(v) for v in con.reduce]
+        reduce_loops = [lp for lp in reduce_loops if lp is not None]
+        fo, fi = sch.split(lf, [None, c])
+        xo = xi = None
+        if lx is not None:
+            xo, xi = sch.split(lx, [None, xt])
+        outer = [lp for lp in (lb, fo, ly) if lp is not None]
+        tile = outer + ([xo] if xo is not None else [])
+        sch.reorder(*tile, *reduce_loops, *([xi] if xi is not None else []), fi)
+        par = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+        tile_loop = xo if xo is not None else par
+        tail = attach_epilogue(sch, main, tile_loop, lanes)
+        if tail is not None:
+            sch.transform_layout(main, ("write", 0), lambda b, f, y, x: (b, y, x, f))
+        work = int(np.prod(list(con.extents.values())))
+        if work >= MIN_PARALLEL_WORK:
+            sch.parallel(par)
+        if xi is not None and xt > 1:
+            sch.unroll(xi)
+        sch.vectorize(fi)
+        if reduce_loops:
+            last = reduce_loops[-1]
+            ext = sch.get(last).extent
+            if isinstance(ext, tirx.IntImm) and int(ext.value) <= 7:
+                sch.unroll(last)
+            sch.decompose_reduction(main, reduce_loops[0])
+        skip = [main] + ([tail] if tail is not None else [])
+        schedule_other_blocks(sch, skip, lanes, info.num_cores)
+        logger.debug("conv2d: c=%d XT=%d", c, xt)
+        return sch

@@ -1,7 +1,93 @@
-"""placeholder"""
+"""Default CPU schedule for depthwise and grouped NCHW conv2d blocks."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import tvm
+from tvm import s_tir, tirx
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+
+from .analysis import region_buffer
+from .common import (
+    MIN_PARALLEL_WORK,
+    attach_epilogue,
+    choose_factor,
+    loop_extent,
+    schedule_spatial,
+    schedule_other_blocks,
+    vector_factor,
+)
+from .conv2d import match_conv2d
+from .target_info import cpu_info, is_cpu_target
+
+logger = logging.getLogger(__name__)
 
 
 class DepthwiseConv2d(CPUScheduleRule):
-    def apply(self, func, target, tunable):
-        return None
+    """Depthwise / grouped conv2d NCHW: output width in vector registers, rows tiled.
+
+    Matches :func:`compiler.schedules.conv2d.match_conv2d` results whose data index depends on
+    the output channel (``groups > 1``) and whose data's last index follows the output width.
+    Each parallel task computes ``YT`` rows x ``XV`` columns of one channel with the reduction
+    (window, and input channels of the group) inside; padding is computed per task, the
+    elementwise epilogue per tile. Returns None for anything else.
+    """
+
+    def apply(  # noqa: D102 - documented on the class
+        self, func: tirx.PrimFunc, target: tvm.target.Target, tunable: bool
+    ) -> s_tir.Schedule | None:
+        if not is_cpu_target(target):
+            return None
+        sch = s_tir.Schedule(func)
+        match = match_conv2d(sch)
+        if match is None or not match.grouped or match.x is None:
+            return None
+        if not match.data.uses(match.x) or match.x not in match.data.used[-1]:
+            return None
+        info = cpu_info(target)
+        lanes = info.lanes(32)
+        con = match.con
+        main = con.block
+        x_ext, y_ext = con.extent(match.x), con.extent(match.y)
+        xv = vector_factor(x_ext, lanes, max_vectors=2)
+        yt = choose_factor(y_ext, 4, minimum=2) if y_ext > 1 else 1
+        lb, lf, ly, lx = (con.loop_of(v) for v in (match.b, match.f, match.y, match.x))
+        reduce_loops = [lp for lp in (con.loop_of(v) for v in con.reduce) if lp is not None]
+        xo, xi = sch.split(lx, [None, xv])
+        yo = yi = None
+        if ly is not None:
+            yo, yi = sch.split(ly, [None, yt])
+        outer = [lp for lp in (lb, lf, yo) if lp is not None]
+        sch.reorder(*outer, xo, *reduce_loops, *([yi] if yi is not None else []), xi)
+        par = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+        tail = attach_epilogue(sch, main, xo, lanes)
+        for producer in sch.get_producers(main):
+            if region_buffer(sch.get(producer).writes[0]).same_as(match.data.buffer):
+                try:
+                    sch.compute_at(producer, par, preserve_unit_loops=True)
+                    loops = sch.get_loops(producer)
+                    if loop_extent(sch, loops[-1]) and loop_extent(sch, loops[-1]) >= lanes:
+                        sch.vectorize(loops[-1])
+                except Exception:  # noqa: BLE001 - padding stays a separate nest
+                    logger.debug("depthwise: padding not computed per task")
+        work = int(np.prod(list(con.extents.values())))
+        if work >= MIN_PARALLEL_WORK:
+            sch.parallel(par)
+        if yi is not None and yt > 1:
+            sch.unroll(yi)
+        sch.vectorize(xi)
+        for lp in reduce_loops:
+            ext = loop_extent(sch, lp)
+            if ext is not None and ext <= 7:
+                sch.unroll(lp)
+        if reduce_loops:
+            sch.decompose_reduction(main, reduce_loops[0])
+        skip = [main] + ([tail] if tail is not None else [])
+        schedule_other_blocks(sch, skip, lanes, info.num_cores)
+        logger.debug("depthwise: XV=%d YT=%d", xv, yt)
+        return sch
+
+
+__all__ = ["DepthwiseConv2d", "schedule_spatial"]

@@ -84,7 +84,7 @@ def match_matmul(sch: s_tir.Schedule) -> MatmulMatch | None:
             lhs = op
     if lhs is None or rhs is None:
         return None
-    packed = packed_factor(rhs, n)
+    packed = packed_factor(rhs, n, 3)
     if packed is None and not is_plain(rhs.indices[-1], n):
         # [.., n, k] weights are accepted only so that a pack plan can be made for them
         if not (len(rhs.indices) == 2 and is_plain(rhs.indices[0], n) and is_plain(rhs.indices[1], k)):
