@@ -30,9 +30,9 @@ from .target_info import CPUInfo, cpu_info, is_cpu_target
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DEFAULT_RULES",
     "CPUInfo",
     "Conv2d",
-    "DEFAULT_RULES",
     "DepthwiseConv2d",
     "Fallback",
     "Matmul",

@@ -104,7 +104,9 @@ def block_infos(sch: Schedule) -> list[SBlockInfo] | None:
     return normalize_prim_func(sch)
 
 
-def match_contraction(sch: Schedule, info: SBlockInfo, dtype: str = "float32") -> Contraction | None:
+def match_contraction(
+    sch: Schedule, info: SBlockInfo, dtype: str = "float32"
+) -> Contraction | None:
     """Match ``info`` against ``C[s] = C[s] + A[..] * B[..]`` with static extents.
 
     Returns None unless: the block has a zero init, the output indices are distinct spatial
@@ -196,7 +198,11 @@ def packed_factor(operand: Operand, var: tirx.Var, ndim: int) -> int | None:
     if len(operand.indices) != ndim:
         return None
     last = operand.indices[-1]
-    if isinstance(last, tirx.FloorMod) and is_plain(last.a, var) and isinstance(last.b, tirx.IntImm):
+    if (
+        isinstance(last, tirx.FloorMod)
+        and is_plain(last.a, var)
+        and isinstance(last.b, tirx.IntImm)
+    ):
         factor = int(last.b.value)
     elif is_plain(last, var):
         dim = operand.buffer.shape[len(operand.buffer.shape) - 1]

@@ -184,17 +184,19 @@ def schedule_spatial(
     if spatial:
         inner = spatial[-1]
         ext = loop_extent(sch, inner)
-        small_reduce = all(
-            (loop_extent(sch, r) or 1 << 30) <= 64 for r in reductions
+        small_reduce = all((loop_extent(sch, r) or 1 << 30) <= 64 for r in reductions)
+        vectorizable = (
+            ext is not None
+            and ext >= lanes
+            and _innermost_contiguous(sch, block)
+            and (not reductions or (small_reduce and _reads_follow(sch, block)))
         )
-        if ext is not None and ext >= lanes and _innermost_contiguous(sch, block):
-            if not reductions or (small_reduce and _reads_follow(sch, block)):
-                vf = vector_factor(ext, lanes, max_vectors=1)
-                if ext % vf == 0:
-                    outer, vec_loop = sch.split(inner, [None, vf])
-                    spatial = spatial[:-1] + [outer]
-                    if reductions:
-                        sch.reorder(*spatial, *reductions, vec_loop)
+        vf = vector_factor(ext, lanes, max_vectors=1) if vectorizable else 0
+        if vectorizable and ext % vf == 0:
+            outer, vec_loop = sch.split(inner, [None, vf])
+            spatial = spatial[:-1] + [outer]
+            if reductions:
+                sch.reorder(*spatial, *reductions, vec_loop)
     if parallel and spatial and work >= MIN_PARALLEL_WORK:
         fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
         ext = loop_extent(sch, fused)

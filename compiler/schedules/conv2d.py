@@ -130,7 +130,9 @@ class Conv2d(CPUScheduleRule):
         if match.con.extent(match.f) % c != 0 or c == 1:
             return None
         block = sch.get(match.con.block)
-        reads = [i for i, r in enumerate(block.reads) if region_buffer(r).same_as(match.weight.buffer)]
+        reads = [
+            i for i, r in enumerate(block.reads) if region_buffer(r).same_as(match.weight.buffer)
+        ]
         if len(reads) != 1:
             return None
 
@@ -143,7 +145,7 @@ class Conv2d(CPUScheduleRule):
 
         return WeightPack(block.name_hint, reads[0], idx, index_map, pack)
 
-    def apply(  # noqa: D102 - documented on the class
+    def apply(
         self, func: tirx.PrimFunc, target: tvm.target.Target, tunable: bool
     ) -> s_tir.Schedule | None:
         if not is_cpu_target(target):
@@ -166,8 +168,8 @@ class Conv2d(CPUScheduleRule):
             if region_buffer(sch.get(producer).writes[0]).same_as(match.data.buffer):
                 try:
                     sch.compute_inline(producer)
-                except Exception:  # noqa: BLE001 - keep a separate padding nest
-                    pass
+                except Exception as err:  # noqa: BLE001 - keep a separate padding nest
+                    logger.debug("conv2d: padding not inlined: %s", err)
         lb, lf, ly, lx = (con.loop_of(v) for v in (match.b, match.f, match.y, match.x))
         reduce_loops = [con.loop_of(v) for v in con.reduce]
         reduce_loops = [lp for lp in reduce_loops if lp is not None]

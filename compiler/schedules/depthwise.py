@@ -15,8 +15,8 @@ from .common import (
     attach_epilogue,
     choose_factor,
     loop_extent,
-    schedule_spatial,
     schedule_other_blocks,
+    schedule_spatial,
     vector_factor,
 )
 from .conv2d import match_conv2d
@@ -35,7 +35,7 @@ class DepthwiseConv2d(CPUScheduleRule):
     elementwise epilogue per tile. Returns None for anything else.
     """
 
-    def apply(  # noqa: D102 - documented on the class
+    def apply(
         self, func: tirx.PrimFunc, target: tvm.target.Target, tunable: bool
     ) -> s_tir.Schedule | None:
         if not is_cpu_target(target):

@@ -31,7 +31,8 @@ def inline_spatial_chains(sch: s_tir.Schedule) -> None:
                 continue
             try:
                 sch.compute_inline(block)
-            except Exception:  # noqa: BLE001 - e.g. an output block: keep it
+            except Exception as err:  # noqa: BLE001 - e.g. an output block: keep it
+                logger.debug("not inlined: %s", err)
                 continue
             changed = True
             break
@@ -46,7 +47,7 @@ class Fallback(CPUScheduleRule):
     :func:`compiler.schedules.common.schedule_spatial`). Reductions stay serial per output.
     """
 
-    def apply(  # noqa: D102 - documented on the class
+    def apply(
         self, func: tirx.PrimFunc, target: tvm.target.Target, tunable: bool
     ) -> s_tir.Schedule | None:
         if not is_cpu_target(target):

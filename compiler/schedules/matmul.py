@@ -85,10 +85,12 @@ def match_matmul(sch: s_tir.Schedule) -> MatmulMatch | None:
     if lhs is None or rhs is None:
         return None
     packed = packed_factor(rhs, n, 3)
-    if packed is None and not is_plain(rhs.indices[-1], n):
-        # [.., n, k] weights are accepted only so that a pack plan can be made for them
-        if not (len(rhs.indices) == 2 and is_plain(rhs.indices[0], n) and is_plain(rhs.indices[1], k)):
-            return None
+    transposed = (
+        len(rhs.indices) == 2 and is_plain(rhs.indices[0], n) and is_plain(rhs.indices[1], k)
+    )
+    # [n, k] weights are accepted only so that a pack plan can be made for them
+    if packed is None and not is_plain(rhs.indices[-1], n) and not transposed:
+        return None
     return MatmulMatch(con, batch, m, n, k, lhs, rhs, packed)
 
 
@@ -131,7 +133,9 @@ class Matmul(CPUScheduleRule):
         if n_ext % nr != 0 or nr == n_ext == 1:
             return None
         block = sch.get(match.con.block)
-        read_index = [i for i, r in enumerate(block.reads) if region_buffer(r).same_as(match.rhs.buffer)]
+        read_index = [
+            i for i, r in enumerate(block.reads) if region_buffer(r).same_as(match.rhs.buffer)
+        ]
         if len(read_index) != 1:
             return None
         c = nr
@@ -155,7 +159,7 @@ class Matmul(CPUScheduleRule):
 
         return WeightPack(block.name_hint, read_index[0], idx, index_map, pack)
 
-    def apply(  # noqa: D102 - documented on the class
+    def apply(
         self, func: tirx.PrimFunc, target: tvm.target.Target, tunable: bool
     ) -> s_tir.Schedule | None:
         if not is_cpu_target(target):

@@ -149,7 +149,8 @@ def pack_weights(
         if plan is None:
             continue
         if not all(
-            plan.param_index < len(args) and isinstance(args[plan.param_index], tvm.ir.expr.Constant)
+            plan.param_index < len(args)
+            and isinstance(args[plan.param_index], tvm.ir.expr.Constant)
             for args in calls
         ):
             continue
