@@ -27,7 +27,7 @@ def compile(  # noqa: A001 - the API is named after what it does
     output_dir: "str | Path | None" = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     passes: Sequence["PassSpec | Any"] = (),
-    tuning_log: "str | Path | None" = None,
+    tuning_log: "str | Path | None | bool" = None,
     verify: bool = True,
     verify_inputs: Mapping[str, np.ndarray] | None = None,
 ) -> Artifact:
@@ -48,7 +48,7 @@ def compile(  # noqa: A001 - the API is named after what it does
         run in order on the imported Relax module.
     tuning_log
         A MetaSchedule database directory (``tuning_logs/<device>/<target>``); None uses the
-        default location for this target if it has records.
+        default location for this target if it has records; False uses no records.
     verify
         Run the compiled module (when the target runs here) on ``verify_inputs`` (or seeded
         random inputs) and compare with onnxruntime / onnx.reference; stored in the manifest.
@@ -142,8 +142,12 @@ def _verify(art: Artifact, model: onnx.ModelProto,
     return report
 
 
-def _open_database(tuning_log: "str | Path | None", tgt: Target) -> tuple[Any, Path | None]:
+def _open_database(tuning_log: "str | Path | None | bool", tgt: Target
+                   ) -> tuple[Any, Path | None]:
     from .tuning_db import open_database
+
+    if tuning_log is False or tgt.kind != "llvm":
+        return None, None
 
     return open_database(tuning_log, tgt)
 

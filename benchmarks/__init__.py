@@ -1,0 +1,1 @@
+"""Benchmarks: each script is runnable with one command and prints a table."""

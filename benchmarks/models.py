@@ -1,0 +1,99 @@
+"""Whole-model latency: TVM's default pipeline, hwcc untuned, hwcc tuned, onnxruntime.
+
+    python benchmarks/models.py [--models resnet18,mobilenet_v2,bert] [--repeat 20]
+
+ResNet-18, MobileNetV2 and a 4-layer BERT (hidden 256, sequence 128) at batch 1, built by
+``benchmarks/model_zoo.py``. "hwcc tuned" uses the records in ``tuning_logs/`` for this
+machine's target when there are any (``hwcc tune`` makes them) and is left out otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from common import machine, machine_line, ort_session, save_results, table, time_fn
+
+import compiler  # noqa: E402
+from benchmarks import model_zoo  # noqa: E402
+
+
+def _inputs(art: compiler.Artifact) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    out = {}
+    for s in art.inputs:
+        if np.dtype(s.dtype).kind == "f":
+            out[s.name] = rng.standard_normal(s.shape).astype(s.dtype)
+        else:
+            out[s.name] = rng.integers(0, 1000, s.shape).astype(s.dtype)
+    return out
+
+
+def tvm_default_ms(model_path: Path, feeds: dict[str, np.ndarray], repeat: int) -> float:
+    """TVM 0.27's own pipeline: ``from_onnx`` + ``tvm.compile`` for the same llvm target."""
+    import onnx
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from targets import parse_target
+
+    mod = from_onnx(onnx.load(str(model_path)), keep_params_in_input=False)
+    ex = tvm.compile(mod, target=parse_target("host").tvm_target())
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    args = [tvm.runtime.tensor(a) for a in feeds.values()]
+    return time_fn(lambda: vm["main"](*args), repeat=repeat, warmup=1, max_seconds=15)["median_ms"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(model_zoo.MODELS))
+    ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--skip-tvm-default", action="store_true",
+                    help="skip TVM's default pipeline (seconds per run on big models)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    rows = []
+    for name in args.models.split(","):
+        path = model_zoo.get(name)
+        with tempfile.TemporaryDirectory() as tmp:
+            untuned = compiler.compile(path, "host", output_dir=Path(tmp) / "u", verify=False,
+                                       tuning_log=False)
+            feeds = _inputs(untuned)
+            row = {"model": name}
+            row["hwcc_untuned_ms"] = untuned.benchmark(feeds, repeat=args.repeat)["median_ms"]
+            tuned = compiler.compile(path, "host", output_dir=Path(tmp) / "t", verify=False)
+            k = tuned.manifest["kernels"]
+            row["tuned_kernels"] = f"{k['tuned']}/{k['kernels']}"
+            if k["tuned"]:
+                row["hwcc_tuned_ms"] = tuned.benchmark(feeds, repeat=args.repeat)["median_ms"]
+            sess = ort_session(path)
+            row["onnxruntime_ms"] = time_fn(lambda: sess.run(None, feeds),
+                                            repeat=args.repeat)["median_ms"]
+            if not args.skip_tvm_default:
+                row["tvm_default_ms"] = tvm_default_ms(path, feeds, repeat=3)
+        row["untuned_vs_ort"] = row["hwcc_untuned_ms"] / row["onnxruntime_ms"]
+        if "hwcc_tuned_ms" in row:
+            row["tuned_vs_ort"] = row["hwcc_tuned_ms"] / row["onnxruntime_ms"]
+        if "tvm_default_ms" in row:
+            row["speedup_vs_tvm_default"] = row["tvm_default_ms"] / row["hwcc_untuned_ms"]
+        rows.append(row)
+        print(f"{name}: {row}", flush=True)
+    cols = [("model", "model"), ("tvm_default_ms", "TVM default (ms)"),
+            ("hwcc_untuned_ms", "hwcc untuned (ms)"), ("hwcc_tuned_ms", "hwcc tuned (ms)"),
+            ("tuned_kernels", "tuned kernels"), ("onnxruntime_ms", "onnxruntime (ms)"),
+            ("untuned_vs_ort", "untuned / ORT"), ("tuned_vs_ort", "tuned / ORT"),
+            ("speedup_vs_tvm_default", "speed-up vs TVM default")]
+    m = machine()
+    print(f"\nWhole models, batch 1 — {machine_line(m)}\n")
+    print(table(rows, cols))
+    save_results("models", rows, {"columns": cols,
+                                  "title": "Whole models, batch 1 (latency, lower is better)"})
+
+
+if __name__ == "__main__":
+    main()
