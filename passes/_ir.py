@@ -13,10 +13,15 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm import relax
 from tvm.ir.expr import Constant
 
 from compiler.errors import ConfigError
+
+# Errors raised inside a module pass cross TVM's FFI; registered, they come back to the caller
+# as the same class (not a RuntimeError), so users see ``ConfigError`` from ``pass_obj(mod)``.
+tvm_ffi.register_error("ConfigError", ConfigError)
 
 Rewrite = Callable[[relax.VarBinding, relax.Expr], "relax.Expr | None"]
 

@@ -23,9 +23,11 @@ Importance (``importance``):
     L1 / L2 norm of each unit's producer weights (output-channel slices), summed over the
     group's producers.
 ``mean_activation``
-    Mean absolute value of the group's activations on the calibration data.
+    Mean absolute value, on the calibration data, of the group's tensors that consumer layers
+    read (after the activation function).
 ``apoz``
-    1 − fraction of zeros after ReLU (Average Percentage Of Zeros); needs a ReLU in the group.
+    1 − fraction of zeros in those tensors (Average Percentage Of Zeros, for ReLU-like
+    activations); groups with no zeros at all fall back to L2.
 ``reconstruction``
     Squared error the consumer layers' outputs would get from removing the unit alone:
     ``E‖x_k‖² · ‖W_in[k]‖²`` summed over consumers (ThiNet-style, first order).
@@ -157,10 +159,18 @@ def _unit_norms(group: ChannelGroup, consts: dict, p: int) -> np.ndarray:
     return score ** (1.0 / p)
 
 
-def _act_stat(group: ChannelGroup, values: dict, kind: str) -> np.ndarray | None:
-    acts = group.activations
-    if kind == "apoz":
-        acts = tuple(a for a in acts if a.op in ("relu", "clip", "maximum"))
+def _read_acts(group: ChannelGroup, seen: set) -> list:
+    """The group's activations read by consumer layers, or all of them when none is."""
+    return [a for a in group.activations if a.binding in seen] or list(group.activations)
+
+
+def _act_stat(group: ChannelGroup, values: dict, kind: str, seen: set) -> np.ndarray | None:
+    """Mean |activation| or non-zero fraction per unit, over the tensors consumers read.
+
+    ``seen`` holds the names of tensors read by consumer layers (what the next layers see);
+    other activations of the group are used only when no consumer input carries the group.
+    """
+    acts = _read_acts(group, seen)
     if not acts:
         return None
     score = np.zeros(group.size)
@@ -170,7 +180,10 @@ def _act_stat(group: ChannelGroup, values: dict, kind: str) -> np.ndarray | None
         stat = (moved != 0).mean(axis=1) if kind == "apoz" else np.abs(moved).mean(axis=1)
         idx = np.arange(group.size).reshape(-1, 1) * a.width + a.offset + np.arange(a.width)
         score += stat[idx].mean(axis=1)
-    return score / len(acts)
+    score /= len(acts)
+    if kind == "apoz" and np.ptp(score) == 0:
+        return None  # no zeros to count (no ReLU-like op): let the caller fall back
+    return score
 
 
 def _reconstruction(group: ChannelGroup, consts: dict, values: dict, inputs: dict) -> np.ndarray:
@@ -397,16 +410,17 @@ class PruneChannels:
         if cfg.importance in ("l1", "l2"):
             p = 1 if cfg.importance == "l1" else 2
             return {g.name: _unit_norms(g, consts, p) for g in groups}
-        inputs: dict[str, str] = {}
+        inputs: dict[str, str] = {}  # consumer layer -> the tensor it reads
+        for b in bindings(main_function(mod)):
+            if op_name(b.value) in ("relax.nn.conv2d", "relax.matmul"):
+                x = b.value.args[0]
+                if isinstance(x, relax.Var):
+                    inputs[b.var.name] = x.name
+        seen = set(inputs.values())
         if cfg.importance == "reconstruction":
-            for b in bindings(main_function(mod)):
-                if op_name(b.value) in ("relax.nn.conv2d", "relax.matmul"):
-                    x = b.value.args[0]
-                    if isinstance(x, relax.Var):
-                        inputs[b.var.name] = x.name
             names = sorted({inputs[m.binding] for g in groups for m in g.consumers()})
         else:
-            names = sorted({a.binding for g in groups for a in g.activations})
+            names = sorted({a.binding for g in groups for a in _read_acts(g, seen)})
         cap = calibration.capture(mod, cfg.calibration, names)
         values = dict(zip(cap.names, cap.values))
         scores = {}
@@ -414,7 +428,7 @@ class PruneChannels:
             if cfg.importance == "reconstruction":
                 s = _reconstruction(g, consts, values, inputs) if g.consumers() else None
             else:
-                s = _act_stat(g, values, cfg.importance)
+                s = _act_stat(g, values, cfg.importance, seen)
             if s is None:
                 logger.warning("group %s: no data for %s; using L2", g.name, cfg.importance)
                 s = _unit_norms(g, consts, 2)
