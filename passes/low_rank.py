@@ -219,7 +219,7 @@ def read_report(mod: tvm.IRModule) -> dict:
 def format_report(report: Mapping) -> str:
     """A table a person can read: per layer the chosen rank, parameters and FLOPs saved."""
     header = (
-        f"{'layer':<12} {'op':<7} {'weight':<16} {'method':<8} {'rank':>9} "
+        f"{'layer':<12} {'op':<7} {'weight':<16} {'method':<8} {'rank':>11} "
         f"{'energy':>7} {'params':>17} {'MFLOPs':>17}  note"
     )
     lines = [header]
@@ -233,17 +233,22 @@ def format_report(report: Mapping) -> str:
         note = "" if lay["status"] == "factorized" else f"skipped: {lay['reason']}"
         lines.append(
             f"{lay['layer']:<12} {lay['op']:<7} {'x'.join(map(str, lay['shape'])):<16} "
-            f"{lay.get('method', '-'):<8} {rank_s + '/' + full_s:>9} "
+            f"{lay.get('method', '-'):<8} {rank_s + '/' + full_s:>11} "
             f"{'-' if energy is None else f'{energy:.3f}':>7} "
             f"{lay['params_before']:>8}->{pa:<8} "
             f"{lay['flops_before'] / 1e6:>8.2f}->{fa / 1e6:<8.2f} {note}"
         )
     pb, pa = report.get("params_before", 0), report.get("params_after", 0)
     fb, fa = report.get("flops_before", 0), report.get("flops_after", 0)
+
+    def change(before: int, after: int) -> str:
+        return f"{100 * (after - before) / before:+.1f}%" if before else "n/a"
+
     lines.append(
-        f"total: {report.get('factorized', 0)} layers factorized; parameters {pb} -> {pa} "
-        f"({100 * (1 - pa / pb) if pb else 0:.1f}% saved), FLOPs {fb / 1e6:.2f}M -> "
-        f"{fa / 1e6:.2f}M ({100 * (1 - fa / fb) if fb else 0:.1f}% saved)"
+        f"total: {report.get('factorized', 0)} of {len(report.get('layers', []))} layers "
+        f"factorized; parameters {pb} -> {pa} ({change(pb, pa)}), "
+        f"FLOPs {fb / 1e6:.2f}M -> {fa / 1e6:.2f}M ({change(fb, fa)})"
+        + ("; last factors re-fitted on calibration data" if report.get("recovered") else "")
     )
     return "\n".join(lines)
 
