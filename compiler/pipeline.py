@@ -71,6 +71,7 @@ def run_passes(mod: Any, passes: Sequence[Any]) -> tuple[Any, list[dict[str, Any
         pass_obj = item.build() if isinstance(item, PassSpec) else item
         name = item.name if isinstance(item, PassSpec) else _pass_name(pass_obj)
         t0 = time.perf_counter()
+        before_attrs = _hwcc_attrs(mod)
         try:
             mod = pass_obj(mod)
         except HwccError:
@@ -83,11 +84,36 @@ def run_passes(mod: Any, passes: Sequence[Any]) -> tuple[Any, list[dict[str, Any
         report: dict[str, Any] = {"name": name, "config": _config_dict(pass_obj),
                                   "seconds": round(time.perf_counter() - t0, 3)}
         extra = getattr(pass_obj, "report", None)
-        if isinstance(extra, dict):
+        if not isinstance(extra, dict):
+            extra = _report_from_attrs(mod, before_attrs)
+        if extra:
             report["report"] = extra
         reports.append(report)
         logger.info("pass %s done in %.2f s", name, report["seconds"])
     return mod, reports
+
+
+def _hwcc_attrs(mod: Any) -> dict[str, str]:
+    """``hwcc.*`` attributes of ``main``: where passes leave their JSON reports."""
+    attrs = mod["main"].attrs if "main" in [gv.name_hint for gv in mod.get_global_vars()] \
+        else None
+    if attrs is None:
+        return {}
+    return {str(k): str(attrs[k]) for k in attrs.keys() if str(k).startswith("hwcc.")}
+
+
+def _report_from_attrs(mod: Any, before: dict[str, str]) -> dict[str, Any] | None:
+    """The report a pass attached to ``main`` (a new or changed ``hwcc.*`` attribute)."""
+    import json
+
+    for key, value in _hwcc_attrs(mod).items():
+        if before.get(key) != value:
+            try:
+                data = json.loads(value)
+            except ValueError:
+                data = value
+            return data if isinstance(data, dict) else {"value": data}
+    return None
 
 
 def _pass_name(pass_obj: Any) -> str:
