@@ -257,3 +257,30 @@ def schedule_other_blocks(
             schedule_spatial(sch, block, lanes, num_cores)
         except Exception as err:  # noqa: BLE001 - a helper nest stays serial, still correct
             logger.debug("left block %s serial: %s", sch.get(block).name_hint, err)
+
+
+def compute_padding_at(sch: s_tir.Schedule, pad: SBlockRV, loop: LoopRV, lanes: int) -> bool:
+    """Compute a padding block under ``loop``, split into a zero fill and an interior copy.
+
+    ``decompose_padding`` removes the per-element select so that both parts vectorize. Returns
+    False (schedule unchanged or only ``compute_at`` applied, both correct) when it fails.
+    """
+    try:
+        sch.compute_at(pad, loop, preserve_unit_loops=True)
+        loops = list(sch.get_loops(pad))
+        var = sch.get(loop).loop_var
+        pos = [i for i, lp in enumerate(loops) if sch.get(lp).loop_var.same_as(var)]
+        if not pos or pos[0] + 1 >= len(loops):
+            return True
+        first = loops[pos[0] + 1]
+        if sch.can_decompose_padding(pad, first):
+            fill = sch.decompose_padding(pad, first)
+            for block in (fill, pad):
+                inner = sch.get_loops(block)[-1]
+                ext = loop_extent(sch, inner)
+                if ext is not None and ext >= lanes:
+                    sch.vectorize(inner)
+        return True
+    except Exception as err:  # noqa: BLE001 - caller decides what to do instead
+        logger.debug("padding not computed per task: %s", err)
+        return False

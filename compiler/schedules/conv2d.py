@@ -24,6 +24,8 @@ from .common import (
     MIN_PARALLEL_WORK,
     attach_epilogue,
     choose_factor,
+    compute_padding_at,
+    is_spatial_block,
     schedule_other_blocks,
     vector_factor,
 )
@@ -104,6 +106,16 @@ def _channel_block(match: ConvMatch, target: tvm.target.Target) -> int:
     return match.packed or vector_factor(match.con.extent(match.f), lanes, max_vectors=2)
 
 
+def _place_padding(sch: s_tir.Schedule, pad, par, lanes: int) -> None:
+    """Compute the padded input per parallel task (vectorized, no select), else inline it."""
+    if compute_padding_at(sch, pad, par, lanes):
+        return
+    try:
+        sch.compute_inline(pad)
+    except Exception as err:  # noqa: BLE001 - keep a separate padding nest
+        logger.debug("conv2d: padding not inlined: %s", err)
+
+
 class Conv2d(CPUScheduleRule):
     """Conv2d NCHW (not grouped): output channels in vector registers, weights packed.
 
@@ -163,13 +175,11 @@ class Conv2d(CPUScheduleRule):
         xt = max(1, budget // -(-c // lanes))
         x_ext = con.extent(match.x)
         xt = choose_factor(x_ext, xt, minimum=max(1, xt // 2))
-        # inline padding (a scalar select on the broadcast input, not in the vector lane)
+        pad = None
         for producer in sch.get_producers(main):
-            if region_buffer(sch.get(producer).writes[0]).same_as(match.data.buffer):
-                try:
-                    sch.compute_inline(producer)
-                except Exception as err:  # noqa: BLE001 - keep a separate padding nest
-                    logger.debug("conv2d: padding not inlined: %s", err)
+            written = region_buffer(sch.get(producer).writes[0])
+            if written.same_as(match.data.buffer) and is_spatial_block(sch, producer):
+                pad = producer
         lb, lf, ly, lx = (con.loop_of(v) for v in (match.b, match.f, match.y, match.x))
         reduce_loops = [con.loop_of(v) for v in con.reduce]
         reduce_loops = [lp for lp in reduce_loops if lp is not None]
@@ -177,14 +187,19 @@ class Conv2d(CPUScheduleRule):
         xo = xi = None
         if lx is not None:
             xo, xi = sch.split(lx, [None, xt])
-        outer = [lp for lp in (lb, fo, ly) if lp is not None]
-        tile = outer + ([xo] if xo is not None else [])
-        sch.reorder(*tile, *reduce_loops, *([xi] if xi is not None else []), fi)
+        # rows outside channel blocks: the input rows a task reads are reused by every block
+        outer = [lp for lp in (lb, ly) if lp is not None]
+        inner_tile = [fo] + ([xo] if xo is not None else [])
+        if not outer:
+            outer, inner_tile = [fo], inner_tile[1:]
+        sch.reorder(*outer, *inner_tile, *reduce_loops, *([xi] if xi is not None else []), fi)
         par = sch.fuse(*outer) if len(outer) > 1 else outer[0]
-        tile_loop = xo if xo is not None else par
+        tile_loop = inner_tile[-1] if inner_tile else par
         tail = attach_epilogue(sch, main, tile_loop, lanes)
         if tail is not None:
             sch.transform_layout(main, ("write", 0), lambda b, f, y, x: (b, y, x, f))
+        if pad is not None:
+            _place_padding(sch, pad, par, lanes)
         work = int(np.prod(list(con.extents.values())))
         if work >= MIN_PARALLEL_WORK:
             sch.parallel(par)

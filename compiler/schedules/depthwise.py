@@ -14,6 +14,8 @@ from .common import (
     MIN_PARALLEL_WORK,
     attach_epilogue,
     choose_factor,
+    compute_padding_at,
+    is_spatial_block,
     loop_extent,
     schedule_other_blocks,
     schedule_spatial,
@@ -64,14 +66,9 @@ class DepthwiseConv2d(CPUScheduleRule):
         par = sch.fuse(*outer) if len(outer) > 1 else outer[0]
         tail = attach_epilogue(sch, main, xo, lanes)
         for producer in sch.get_producers(main):
-            if region_buffer(sch.get(producer).writes[0]).same_as(match.data.buffer):
-                try:
-                    sch.compute_at(producer, par, preserve_unit_loops=True)
-                    loops = sch.get_loops(producer)
-                    if loop_extent(sch, loops[-1]) and loop_extent(sch, loops[-1]) >= lanes:
-                        sch.vectorize(loops[-1])
-                except Exception:  # noqa: BLE001 - padding stays a separate nest
-                    logger.debug("depthwise: padding not computed per task")
+            written = region_buffer(sch.get(producer).writes[0])
+            if written.same_as(match.data.buffer) and is_spatial_block(sch, producer):
+                compute_padding_at(sch, producer, par, lanes)
         work = int(np.prod(list(con.extents.values())))
         if work >= MIN_PARALLEL_WORK:
             sch.parallel(par)

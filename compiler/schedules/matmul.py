@@ -95,13 +95,23 @@ def match_matmul(sch: s_tir.Schedule) -> MatmulMatch | None:
 
 
 def _tiles(match: MatmulMatch, target: tvm.target.Target) -> tuple[int, int]:
+    """Register tile ``(MR, NR)``: ``MR x NR/lanes`` accumulators fill about half the registers.
+
+    Small ``M`` (GEMV-like dense layers) gets a wider ``NR`` (up to 8 vectors) so that each task
+    has several independent FMA chains, while keeping at least 4 tasks per core.
+    """
     info = cpu_info(target)
     lanes = info.lanes(32)
     n_ext = match.con.extent(match.n)
     m_ext = match.con.extent(match.m)
-    nr = match.packed or vector_factor(n_ext, lanes, max_vectors=2)
-    vecs = -(-nr // lanes)
     budget = 16 if info.vector_registers >= 32 else 12
+    max_vecs = 2
+    if m_ext < budget // 2:
+        max_vecs = max(2, min(8, budget // m_ext))
+        while max_vecs > 2 and n_ext // (max_vecs * lanes) < 4 * info.num_cores:
+            max_vecs //= 2
+    nr = match.packed or vector_factor(n_ext, lanes, max_vectors=max_vecs)
+    vecs = -(-nr // lanes)
     mr = max(1, budget // vecs)
     mr = choose_factor(m_ext, mr, minimum=max(1, mr // 2))
     return mr, nr
