@@ -37,6 +37,7 @@ import tvm_ffi
 from tvm import relax, topi
 
 from compiler.errors import ConfigError
+from compiler.pipeline import register_pass
 
 from ._ir import bindings, const, const_array, is_const, main_function, op_name, rebuild_main
 
@@ -305,3 +306,6 @@ class Canonicalize:
 def batch_norm_count(mod: tvm.IRModule) -> int:
     """Number of ``R.nn.batch_norm`` calls left in ``main`` (used as a precondition check)."""
     return sum(op_name(b.value) == "relax.nn.batch_norm" for b in bindings(main_function(mod)))
+
+
+register_pass("canonicalize", lambda cfg: Canonicalize(cfg))

@@ -32,9 +32,18 @@ Importance (``importance``):
     Squared error the consumer layers' outputs would get from removing the unit alone:
     ``E‖x_k‖² · ‖W_in[k]‖²`` summed over consumers (ThiNet-style, first order).
 
+Typical use (the compile driver does the same through ``compiler.pipeline`` with the names
+``canonicalize``, ``prune_channels``, ``recover``)::
+
+    mod = Canonicalize()(from_onnx(model, keep_params_in_input=False))
+    pruned = PruneChannels(PruneConfig(ratio=0.5, multiple_of=8))(mod)
+    recovered = Recover(RecoverConfig(teacher=mod, calibration=calib))(pruned)
+    read_report(pruned)  # what was pruned; refit_layers tells Recover what to re-fit
+
 Report: the returned module's ``main`` carries the attribute ``"hwcc.prune_channels"`` — a JSON
 string (read it with :func:`read_report`) with, per group, its name, size, kept/removed units,
-the removed unit indices, the layers to re-fit (``refit_layers``: consumers whose inputs
+the removed unit indices, the weight elements they took away (``params_removed``, counted as if
+the group were pruned alone), the layers to re-fit (``refit_layers``: consumers whose inputs
 shrank) and, per producer layer, the removed output channels (``removed_outputs``), plus
 parameter counts of ``main``'s constants before and after, and the blocked groups with their
 reasons.
@@ -53,6 +62,7 @@ import tvm
 from tvm import relax
 
 from compiler.errors import ConfigError
+from compiler.pipeline import register_pass
 
 from . import calibration
 from ._ir import bindings, const, const_array, is_const, main_function, op_name, rebuild_main
@@ -317,6 +327,28 @@ def _refit_layers(groups: list[ChannelGroup], removed: dict) -> list[str]:
     return list(dict.fromkeys(layers))
 
 
+def _const_shapes(mod: tvm.IRModule) -> dict[tuple[str, int], tuple[int, ...]]:
+    """(binding, arg) -> shape of every constant argument of ``main``'s calls."""
+    out = {}
+    for b in bindings(main_function(mod)):
+        if isinstance(b.value, relax.Call):
+            for i, a in enumerate(b.value.args):
+                if is_const(a):
+                    out[(b.var.name, i)] = tuple(const_array(a).shape)
+    return out
+
+
+def _group_params_removed(group: ChannelGroup, units: object, shapes: dict) -> int:
+    """Weight elements the group's removed units take away (as if pruned alone)."""
+    n = len(units)  # type: ignore[arg-type]
+    total = 0
+    for m in group.members:
+        shape = shapes.get((m.binding, m.arg))
+        if shape is not None and n:
+            total += n * m.width * math.prod(shape) // shape[m.axis]
+    return total
+
+
 def _removed_outputs(groups: list[ChannelGroup], removed: dict) -> dict[str, list[int]]:
     """Producer layer -> removed output-channel indices (in the original numbering)."""
     out: dict[str, set] = {}
@@ -362,6 +394,7 @@ class PruneChannels:
             reasons = "; ".join(f"{b['group']}: {b['reason']}" for b in blocked) or "no layers"
             raise ConfigError(f"nothing to prune in this model ({reasons})")
         before = param_count(mod)
+        shapes = _const_shapes(mod)
         removed: dict[str, np.ndarray] = {}
         if wants:
             scores = self._scores(mod, prunable)
@@ -383,6 +416,7 @@ class PruneChannels:
                     "kept": g.size - len(removed.get(g.name, ())),
                     "removed": len(removed.get(g.name, ())),
                     "removed_units": [int(i) for i in removed.get(g.name, ())],
+                    "params_removed": _group_params_removed(g, removed.get(g.name, ()), shapes),
                     "layers": sorted(
                         {m.binding for m in g.members if m.role in ("out", "dw", "in")}
                     ),
@@ -434,3 +468,6 @@ class PruneChannels:
                 s = _unit_norms(g, consts, 2)
             scores[g.name] = s
         return scores
+
+
+register_pass("prune_channels", lambda cfg: PruneChannels(cfg))

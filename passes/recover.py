@@ -38,6 +38,7 @@ import tvm
 from tvm import relax
 
 from compiler.errors import ConfigError
+from compiler.pipeline import register_pass
 
 from . import calibration
 from ._ir import bindings, const, const_array, is_const, main_function, op_name, rebuild_main
@@ -397,3 +398,6 @@ class Recover:
         out = tvm.IRModule(dict(out.functions_items()), attrs=out.attrs)
         out[out.get_global_var("main")] = func
         return out
+
+
+register_pass("recover", lambda cfg: Recover(cfg))

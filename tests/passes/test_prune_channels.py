@@ -181,3 +181,15 @@ def test_unknown_layer_ratio_group() -> None:
     _, mod = zoo("mlp")
     with pytest.raises(ConfigError, match="prunable groups"):
         PruneChannels(PruneConfig(layer_ratios={"nope": 0.5}))(mod)
+
+
+def test_pipeline_runs_the_passes_by_name() -> None:
+    """The compile driver finds the passes by name and picks up the report from main."""
+    from compiler.pipeline import PassSpec, run_passes
+
+    mod = imported(get_model("mlp"))
+    specs = [PassSpec("canonicalize"), PassSpec("prune_channels", PruneConfig(ratio=0.5))]
+    _, reports = run_passes(mod, specs)
+    report = reports[1]["report"]
+    assert report["params_after"] < report["params_before"]
+    assert all(g["params_removed"] > 0 for g in report["groups"])
