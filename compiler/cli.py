@@ -130,10 +130,18 @@ def cmd_targets(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _compile_passes(args: argparse.Namespace) -> list[Any]:
+def _compile_passes(args: argparse.Namespace, shapes: dict[str, tuple[int, ...]]) -> list[Any]:
+    from targets import parse_target
+
+    from .frontend import read_model, resolve_input_specs
     from .passes_cli import passes_from_args
 
-    return passes_from_args(args)
+    if not any(getattr(args, k, None) is not None for k in ("prune", "low_rank")):
+        return []
+    model, _ = read_model(args.model)
+    specs = resolve_input_specs(model, shapes)
+    lanes = parse_target(args.target).capabilities.fp32_lanes
+    return passes_from_args(args, specs, lanes)
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -141,7 +149,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from .frontend import parse_input_shapes
 
     shapes = parse_input_shapes(args.input_shape or [])
-    passes = _compile_passes(args)
+    passes = _compile_passes(args, shapes)
     out = args.output or str(Path("out") / Path(args.model).stem)
     art = api.compile(args.model, args.target, output_dir=out, input_shapes=shapes,
                       passes=passes, tuning_log=args.tune_log, verify=not args.no_verify)

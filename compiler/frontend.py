@@ -317,7 +317,6 @@ def _import(model: onnx.ModelProto, specs: list[TensorSpec], opset: int):
     with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
         warnings.simplefilter("ignore")
         mod = _NodeTrackingImporter.run(model, specs, opset)
-    mod = relax.transform.DecomposeOpsForInference()(mod)
     if not relax.analysis.check_well_formed(mod):
         raise ModelLoadError("TVM produced an ill-formed Relax module for this model")
     return mod

@@ -53,8 +53,11 @@ def _primfuncs(mod) -> dict[str, Any]:
 
 
 def _is_scheduled(func) -> bool:
-    return bool(func.attrs is not None and "tir.is_scheduled" in func.attrs
-                and int(func.attrs["tir.is_scheduled"]))
+    """Whether a PrimFunc carries ``tirx.is_scheduled`` (TVM 0.27) or ``tir.is_scheduled``."""
+    if func.attrs is None:
+        return False
+    return any(key in func.attrs and bool(func.attrs[key])
+               for key in ("tirx.is_scheduled", "tir.is_scheduled"))
 
 
 def _pass_context(target: Target):
@@ -64,6 +67,29 @@ def _pass_context(target: Target):
     if target.kind == "c":
         config["tirx.disable_vectorize"] = True
     return tvm.transform.PassContext(opt_level=3, config=config)
+
+
+def _fuse_passes(tvm_target: Any) -> list[Any]:
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+    return ([relax.transform.DecomposeOpsForInference()]  # batch_norm etc. in inference form
+            + cpu_generic.library_dispatch_passes(tvm_target)
+            # legalize → annotate → fold → FuseOps → FuseTIR: kernels become fused PrimFuncs
+            + cpu_generic.legalize_passes(tvm_target))
+
+
+def legalize_and_fuse(mod, target: Target) -> Any:
+    """Legalize and fuse ``mod`` for a CPU-like target: its kernels become fused PrimFuncs.
+
+    This is the module that tuning extracts its tasks from and that :func:`lower_cpu` applies
+    tuning records to, so that records found by ``hwcc tune`` match at compile time.
+    """
+    import tvm
+
+    tvm_target = target.tvm_target()
+    with tvm_target, _pass_context(target):
+        return tvm.transform.Sequential(_fuse_passes(tvm_target))(mod)
 
 
 def lower_cpu(mod, target: Target, database: Any = None) -> tuple[Any, LowerStats]:
@@ -77,11 +103,7 @@ def lower_cpu(mod, target: Target, database: Any = None) -> tuple[Any, LowerStat
     tvm_target = target.tvm_target()
     stats = LowerStats()
     with tvm_target, _pass_context(target):
-        mod = tvm.transform.Sequential(
-            cpu_generic.library_dispatch_passes(tvm_target)
-            # legalize → annotate → fold → FuseOps → FuseTIR: kernels become fused PrimFuncs
-            + cpu_generic.legalize_passes(tvm_target)
-        )(mod)
+        mod = tvm.transform.Sequential(_fuse_passes(tvm_target))(mod)
         stats.kernels = len(_primfuncs(mod))
         if database is not None:
             # tuned schedules first: they mark their kernels tir.is_scheduled

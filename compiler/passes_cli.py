@@ -1,21 +1,94 @@
 """Command-line options of the compression passes, turned into pass specs for ``compile``.
 
-Kept apart from ``cli.py`` so each pass's flags live next to each other in one place.
+Kept apart from ``cli.py`` so every pass's flags live together. The pipeline order is fixed
+and deliberate: canonicalize (fold BatchNorm/constants) → prune channels → recover → low rank
+→ quantize; each compression that loses accuracy is followed by its teacher-guided recovery
+when calibration data is given.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import logging
+from functools import partial
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .errors import ConfigError
+from .pipeline import PassSpec
+
+logger = logging.getLogger(__name__)
+
+PRUNE_METHODS = {"l1": "l1", "l2": "l2", "activation": "mean_activation", "apoz": "apoz",
+                 "reconstruction": "reconstruction"}
 
 
 def add_pass_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the compression flags of ``hwcc compile``."""
     g = parser.add_argument_group("compression passes")
     g.add_argument("--calib", metavar="FILE.npz", help="calibration inputs keyed by input "
-                   "name (one sample, or a leading sample axis)")
+                   "name (one sample, or a leading sample axis): activation statistics, "
+                   "recovery, quantization")
+    g.add_argument("--prune", type=float, metavar="RATIO", help="structured pruning: remove "
+                   "this fraction of channels / neurons / heads, in [0, 1)")
+    g.add_argument("--prune-method", choices=sorted(PRUNE_METHODS), default="l1",
+                   help="channel importance (default l1; activation, apoz and reconstruction "
+                   "need --calib)")
+    g.add_argument("--prune-scope", choices=["global", "per_layer"], default="global",
+                   help="rank channels across the model or within each layer")
+    g.add_argument("--no-recover", action="store_true", help="skip the teacher-guided "
+                   "least-squares re-fit after pruning / low rank")
+    g.add_argument("--low-rank", metavar="SPEC", help="low-rank factorization: energy=0.95, "
+                   "rank=64 or ratio=0.25")
 
 
-def passes_from_args(args: argparse.Namespace) -> list[Any]:
-    """Pass specs, in pipeline order, for the flags given."""
-    return []
+def load_calibration(path: str, input_specs: Sequence[Any]) -> dict[str, np.ndarray]:
+    """Read a calibration ``.npz``; return arrays with a leading sample axis."""
+    from .cli import load_npz, split_samples
+
+    feeds, form = split_samples(load_npz(path), input_specs, what=f"calibration file {path}")
+    logger.warning("calibration: read %s from %s", form, path)
+    return {s.name: np.stack([f[s.name] for f in feeds]) for s in input_specs}
+
+
+def passes_from_args(args: argparse.Namespace, input_specs: Sequence[Any],
+                     lanes: int) -> list[PassSpec]:
+    """Pass specs, in pipeline order, for the flags given (``lanes``: target fp32 lanes)."""
+    calib = load_calibration(args.calib, input_specs) if args.calib else None
+    return build_passes(prune=args.prune, prune_method=args.prune_method,
+                        prune_scope=args.prune_scope, recover=not args.no_recover,
+                        low_rank=args.low_rank, calibration=calib, lanes=lanes)
+
+
+def build_passes(*, prune: float | None = None, prune_method: str = "l1",
+                 prune_scope: str = "global", recover: bool = True,
+                 low_rank: str | None = None,
+                 calibration: Mapping[str, np.ndarray] | None = None,
+                 lanes: int = 8) -> list[PassSpec]:
+    """The compression pipeline for the given options (shared by the CLI and search)."""
+    specs: list[PassSpec] = []
+    wants = prune is not None or low_rank is not None
+    if not wants:
+        return specs
+    from passes import CanonicalizeConfig, PruneConfig, RecoverConfig
+
+    specs.append(PassSpec("canonicalize", CanonicalizeConfig()))
+    if prune is not None:
+        importance = PRUNE_METHODS[prune_method]
+        if importance in ("mean_activation", "apoz", "reconstruction") and calibration is None:
+            raise ConfigError(f"--prune-method {prune_method} needs calibration data (--calib)")
+        specs.append(PassSpec("prune_channels", PruneConfig(
+            ratio=prune, importance=importance, scope=prune_scope, multiple_of=lanes,
+            calibration=calibration)))
+        if recover and calibration is not None and prune > 0:
+            specs.append(PassSpec("recover", partial(RecoverConfig, calibration=calibration),
+                                  teacher_from="prune_channels"))
+        elif recover and prune > 0:
+            logger.warning("no --calib given: pruning without teacher-guided recovery")
+    if low_rank is not None:
+        from passes.low_rank import low_rank_config_from_arg
+
+        specs.append(PassSpec("low_rank", low_rank_config_from_arg(
+            low_rank, calibration=calibration if recover else None, multiple_of=lanes)))
+    return specs

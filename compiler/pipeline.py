@@ -28,16 +28,32 @@ def register_pass(name: str, factory: Callable[[Any], Any]) -> None:
 
 @dataclass(frozen=True)
 class PassSpec:
-    """A pass asked for by name, with its config object (None for the pass's defaults)."""
+    """A pass asked for by name, with its config object (None for the pass's defaults).
+
+    ``teacher_from`` names an earlier pass of the same pipeline: the module as it was just
+    before that pass ran is put in the config's ``teacher`` field, or passed as ``teacher=`` to
+    ``config`` when it is a factory such as ``functools.partial(RecoverConfig, ...)``
+    (teacher-guided recovery re-fits compressed layers against the model before compression).
+    """
 
     name: str
     config: Any = None
+    teacher_from: str | None = None
 
-    def build(self) -> Any:
+    def build(self, snapshots: dict[str, Any] | None = None) -> Any:
         _load_builtin_passes()
         if self.name not in PASSES:
             raise ConfigError(f"unknown pass '{self.name}'; known: {', '.join(sorted(PASSES))}")
-        return PASSES[self.name](self.config)
+        config = self.config
+        if self.teacher_from is not None:
+            if not snapshots or self.teacher_from not in snapshots:
+                raise ConfigError(f"pass '{self.name}' takes its teacher from pass "
+                                  f"'{self.teacher_from}', which did not run before it")
+            teacher = snapshots[self.teacher_from]
+            # config: a dataclass with a ``teacher`` field, or a factory taking ``teacher=``
+            config = (dataclasses.replace(config, teacher=teacher)
+                      if dataclasses.is_dataclass(config) else config(teacher=teacher))
+        return PASSES[self.name](config)
 
 
 def _load_builtin_passes() -> None:
@@ -52,7 +68,8 @@ def _config_dict(obj: Any) -> Any:
         out = {}
         for f in dataclasses.fields(cfg):
             v = getattr(cfg, f.name)
-            if f.name.startswith("_") or hasattr(v, "shape"):  # skip arrays (calibration data)
+            if f.name.startswith("_") or f.name == "teacher" or hasattr(v, "shape") \
+                    or hasattr(v, "functions_items"):  # skip arrays and IRModules
                 continue
             if isinstance(v, dict) and any(hasattr(x, "shape") for x in v.values()):
                 continue
@@ -67,9 +84,11 @@ def run_passes(mod: Any, passes: Sequence[Any]) -> tuple[Any, list[dict[str, Any
     from tvm import relax
 
     reports: list[dict[str, Any]] = []
+    snapshots: dict[str, Any] = {}
     for item in passes:
-        pass_obj = item.build() if isinstance(item, PassSpec) else item
+        pass_obj = item.build(snapshots) if isinstance(item, PassSpec) else item
         name = item.name if isinstance(item, PassSpec) else _pass_name(pass_obj)
+        snapshots[name] = mod
         t0 = time.perf_counter()
         before_attrs = _hwcc_attrs(mod)
         try:
