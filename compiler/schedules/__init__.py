@@ -57,19 +57,23 @@ def is_scheduled(func: tirx.PrimFunc) -> bool:
     return False
 
 
-def _schedule(func: tirx.PrimFunc, target: tvm.target.Target, rules) -> tirx.PrimFunc | None:
+def _schedule(
+    name: str, func: tirx.PrimFunc, target: tvm.target.Target, rules
+) -> tirx.PrimFunc | None:
     for rule in rules:
         try:
             sch = rule.apply(func, target, False)
         except Exception as err:  # noqa: BLE001 - a failing rule must not break compilation
-            logger.warning("rule %s failed, trying the next one: %s", type(rule).__name__, err)
+            logger.warning(
+                "rule %s failed on %s, trying the next one: %s", type(rule).__name__, name, err
+            )
             continue
         if sch is None:
             continue
         if isinstance(sch, list):
             sch = sch[0]
         assert isinstance(sch, s_tir.Schedule)
-        logger.debug("scheduled with %s", type(rule).__name__)
+        logger.debug("%s scheduled with %s", name, type(rule).__name__)
         return sch.mod["main"].with_attr("tirx.is_scheduled", True)
     return None
 
@@ -105,7 +109,7 @@ def apply_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm
         if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
             continue
         func_target = func.attrs.get("target", None) if func.attrs is not None else None
-        new_func = _schedule(func, func_target or target, rules)
+        new_func = _schedule(gv.name_hint, func, func_target or target, rules)
         if new_func is not None:
             updates[gv] = new_func
     for gv, func in updates.items():

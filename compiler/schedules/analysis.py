@@ -45,7 +45,7 @@ class Contraction:
     out_vars: list[tirx.Var | None]
     spatial: list[tirx.Var]
     reduce: list[tirx.Var]
-    extents: dict[tirx.Var, int]
+    extents: dict[tirx.Var, int | None]
     operands: tuple[Operand, Operand]
 
     @property
@@ -64,9 +64,13 @@ class Contraction:
             return None
         raise KeyError(var)
 
-    def extent(self, var: tirx.Var | None) -> int:
-        """Extent of block iterator ``var`` (1 for a unit dimension)."""
+    def extent(self, var: tirx.Var | None) -> int | None:
+        """Extent of block iterator ``var`` (1 for a unit dimension, None if symbolic)."""
         return 1 if var is None else self.extents[var]
+
+    def is_static(self) -> bool:
+        """Whether every iterator has a static extent."""
+        return all(e is not None for e in self.extents.values())
 
 
 _LOAD = type(tirx.BufferLoad(tirx.decl_buffer((1,), "float32"), [tirx.IntImm("int32", 0)]))
@@ -107,10 +111,10 @@ def block_infos(sch: Schedule) -> list[SBlockInfo] | None:
 def match_contraction(
     sch: Schedule, info: SBlockInfo, dtype: str = "float32"
 ) -> Contraction | None:
-    """Match ``info`` against ``C[s] = C[s] + A[..] * B[..]`` with static extents.
+    """Match ``info`` against ``C[s] = C[s] + A[..] * B[..]`` (extents may be symbolic).
 
     Returns None unless: the block has a zero init, the output indices are distinct spatial
-    iterators covering all spatial iterators, all extents are static, every iterator is bound
+    iterators covering all spatial iterators, every iterator (but unit ones) is bound
     to its own loop, and all three buffers have dtype ``dtype``.
     """
     block = sch.get(info.block_rv)
@@ -123,9 +127,8 @@ def match_contraction(
         return None
     spatial, reduce, extents = [], [], {}
     for iv in block.iter_vars:
-        if not isinstance(iv.dom.extent, tirx.IntImm):
-            return None
-        extents[iv.var] = int(iv.dom.extent.value)
+        ext = iv.dom.extent
+        extents[iv.var] = int(ext.value) if isinstance(ext, tirx.IntImm) else None
         if iv.iter_type == tirx.IterVar.DataPar:
             spatial.append(iv.var)
         elif iv.iter_type == tirx.IterVar.CommReduce:

@@ -259,10 +259,13 @@ def schedule_other_blocks(
             logger.debug("left block %s serial: %s", sch.get(block).name_hint, err)
 
 
-def compute_padding_at(sch: s_tir.Schedule, pad: SBlockRV, loop: LoopRV, lanes: int) -> bool:
-    """Compute a padding block under ``loop``, split into a zero fill and an interior copy.
+def compute_padding_at(
+    sch: s_tir.Schedule, pad: SBlockRV, loop: LoopRV, lanes: int, decompose: bool = True
+) -> bool:
+    """Compute a padding block under ``loop``, optionally split into zero fill + interior copy.
 
-    ``decompose_padding`` removes the per-element select so that both parts vectorize. Returns
+    ``decompose_padding`` removes the per-element select so that both parts vectorize (worth
+    it when the padded tile is reused by many output channels). Returns
     False (schedule unchanged or only ``compute_at`` applied, both correct) when it fails.
     """
     try:
@@ -273,7 +276,7 @@ def compute_padding_at(sch: s_tir.Schedule, pad: SBlockRV, loop: LoopRV, lanes: 
         if not pos or pos[0] + 1 >= len(loops):
             return True
         first = loops[pos[0] + 1]
-        if sch.can_decompose_padding(pad, first):
+        if decompose and sch.can_decompose_padding(pad, first):
             fill = sch.decompose_padding(pad, first)
             for block in (fill, pad):
                 inner = sch.get_loops(block)[-1]

@@ -77,7 +77,7 @@ def match_conv2d(sch: s_tir.Schedule) -> ConvMatch | None:
         if found is None:
             return None
     con = found
-    if con is None or len(con.out_vars) != 4 or not con.reduce:
+    if con is None or len(con.out_vars) != 4 or not con.reduce or not con.is_static():
         return None
     b, f, y, x = con.out_vars
     if f is None or (y is None and x is None):

@@ -68,7 +68,7 @@ class DepthwiseConv2d(CPUScheduleRule):
         for producer in sch.get_producers(main):
             written = region_buffer(sch.get(producer).writes[0])
             if written.same_as(match.data.buffer) and is_spatial_block(sch, producer):
-                compute_padding_at(sch, producer, par, lanes)
+                compute_padding_at(sch, producer, par, lanes, decompose=False)
         work = int(np.prod(list(con.extents.values())))
         if work >= MIN_PARALLEL_WORK:
             sch.parallel(par)

@@ -74,7 +74,7 @@ def match_matmul(sch: s_tir.Schedule) -> MatmulMatch | None:
     k = con.reduce[0]
     m, n = con.out_vars[-2], con.out_vars[-1]
     batch = [v for v in con.out_vars[:-2] if v is not None]
-    if n is None:
+    if n is None or con.extent(n) is None or con.extent(k) is None:
         return None
     lhs = rhs = None
     for op in con.operands:
@@ -104,6 +104,8 @@ def _tiles(match: MatmulMatch, target: tvm.target.Target) -> tuple[int, int]:
     lanes = info.lanes(32)
     n_ext = match.con.extent(match.n)
     m_ext = match.con.extent(match.m)
+    if m_ext is None:  # symbolic rows (dynamic batch): full tiles, a predicate on the tail
+        m_ext = 1 << 20
     budget = 16 if info.vector_registers >= 32 else 12
     max_vecs = 2
     if m_ext < budget // 2:
@@ -201,7 +203,7 @@ class Matmul(CPUScheduleRule):
         tail = attach_epilogue(sch, main, fused, lanes)
         work = 1
         for v in (*match.batch, match.m, match.n, match.k):
-            work *= con.extent(v)
+            work *= con.extent(v) or 1024
         if work >= MIN_PARALLEL_WORK:
             sch.parallel(fused)
         if mi is not None and mr > 1:
