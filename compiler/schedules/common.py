@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from tvm import s_tir, tirx
 from tvm.s_tir.schedule import LoopRV, SBlockRV
 
-from .analysis import region_buffer, same_indices
+from .analysis import param_index, region_buffer, same_indices
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,9 @@ def attach_epilogue(
     not elementwise (it is then left as a separate loop nest, still correct).
     """
     consumers = list(sch.get_consumers(main))
-    if not consumers:
+    out = region_buffer(sch.get(main).writes[0])
+    if not consumers or param_index(sch.mod["main"], out) is not None:
+        # writes a function output (maybe also read by other blocks): accumulate locally
         tail = sch.cache_write(main, 0, "local")
     else:
         tail = inline_epilogue_chain(sch, main)

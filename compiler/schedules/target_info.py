@@ -54,7 +54,8 @@ def cpu_info(target: tvm.target.Target) -> CPUInfo:
     -------
     CPUInfo
         512-bit vectors when ``+avx512f`` is in ``mattr``, 256-bit for ``+avx``/``+avx2``,
-        128-bit otherwise (NEON, SSE, RISC-V V at its minimum VLEN).
+        128-bit otherwise (NEON, SSE, RISC-V V at VLEN 128); 32 vector registers for AVX-512,
+        AArch64 and RISC-V, 16 for AVX2/SSE and 32-bit ARM.
     """
     mattr = {a.strip() for a in _attr_list(target, "mattr")}
     triple = str(target.attrs.get("mtriple", "") or "")
@@ -67,8 +68,10 @@ def cpu_info(target: tvm.target.Target) -> CPUInfo:
         bits, regs = 256, 16
     elif triple.startswith(("aarch64", "arm64")):
         bits, regs = 128, 32
+    elif triple.startswith(("arm", "thumb")) or is_x86:
+        bits, regs = 128, 16  # 32-bit ARM NEON has 16 Q registers; SSE has 16 XMM
     else:
-        bits, regs = 128, 32 if not is_x86 else 16
+        bits, regs = 128, 32  # RISC-V V (VLEN >= 128 assumed) and others
     cores = int(target.attrs.get("num-cores", 1) or 1)
     return CPUInfo(vector_bits=bits, vector_registers=regs, num_cores=max(1, cores))
 
