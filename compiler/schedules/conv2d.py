@@ -124,7 +124,9 @@ class Conv2d(CPUScheduleRule):
     ``[O // c, I, KH, KW, c]`` (``c`` = one or two vectors, dividing ``O``); each task computes a
     ``c x XT`` tile of one output row with all reduction loops inside, accumulating in registers
     (channels innermost), and applies the fused elementwise epilogue (bias, BN-folded affine,
-    ReLU, residual add) per tile. Padding is inlined. Returns None for anything else.
+    ReLU, residual add) per tile. Padding is computed per task (zero fill + vectorized copy).
+    A weight that is not a constant is packed inside the kernel on every call. Returns None for
+    anything else.
     """
 
     def pack_plan(self, func: tirx.PrimFunc, target: tvm.target.Target) -> WeightPack | None:
@@ -164,13 +166,30 @@ class Conv2d(CPUScheduleRule):
             return None
         sch = s_tir.Schedule(func)
         match = match_conv2d(sch)
-        if match is None or match.grouped or match.packed is None:
-            return None  # unpacked weights are strided along f: leave them to the fallback
+        if match is None or match.grouped:
+            return None
         info = cpu_info(target)
         lanes = info.lanes(32)
         con = match.con
         main = con.block
         c = match.packed
+        if c is None:
+            # weight is not a constant: pack it inside the kernel (one copy per call)
+            c = _channel_block(match, target)
+            if con.extent(match.f) % c != 0 or len(match.weight.indices) != 4:
+                return None
+            block = sch.get(main)
+            reads = [
+                i
+                for i, r in enumerate(block.reads)
+                if region_buffer(r).same_as(match.weight.buffer)
+            ]
+            if len(reads) != 1:
+                return None
+            sch.cache_read(main, reads[0], "global")
+            sch.transform_layout(
+                main, ("read", reads[0]), lambda o, i, h, w: (o // c, i, h, w, o % c)
+            )
         budget = 16 if info.vector_registers >= 32 else 12
         xt = max(1, budget // -(-c // lanes))
         x_ext = con.extent(match.x)

@@ -292,3 +292,17 @@ def test_symbolic_batch_builds_and_runs():
     z = helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 40])
     model = _model(nodes, [x], [z], [_const("w", (40, 24)), _const("b", (40,))])
     _check(model, {"x": RNG.standard_normal((5, 24)).astype("float32")})
+
+
+def test_conv2d_with_weight_as_input():
+    """A conv whose weight is a graph input (not a constant) packs it inside the kernel."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1] * 4)]
+    model = _model(
+        nodes, [_vi("x", [1, 8, 9, 9]), _vi("w", [16, 8, 3, 3])], [_vi("y", [1, 16, 9, 9])], []
+    )
+    feeds = {
+        "x": RNG.standard_normal((1, 8, 9, 9)).astype("float32"),
+        "w": RNG.standard_normal((16, 8, 3, 3)).astype("float32"),
+    }
+    mod = _check(model, feeds)
+    assert all("T.vectorized(" in f.script() for f in _prim_funcs(mod).values())
