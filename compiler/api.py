@@ -101,8 +101,9 @@ def compile(  # noqa: A001 - the API is named after what it does
         package.LIBRARY: lambda p: lower.export_library(built.executable, tgt, p),
         package.SOURCE_MODEL: lambda p: p.write_bytes(imported.onnx_model.SerializeToString()),
     }
-    if tgt.kind == "cuda":
-        writers["kernels.cu"] = lambda p: p.write_text(_cuda_source(built.executable))
+    if tgt.kind in _SOURCE_FILES:
+        source = _kernel_source(built.executable, tgt.kind)
+        writers[_SOURCE_FILES[tgt.kind]] = lambda p: p.write_text(source)
 
     if verify and tgt.runs_on_this_machine():
         # Verify from a staging copy before the artifact is published.
@@ -152,12 +153,16 @@ def _open_database(tuning_log: "str | Path | None | bool", tgt: Target
     return open_database(tuning_log, tgt)
 
 
-def _cuda_source(executable: Any) -> str:
-    """CUDA C of every cuda module imported (at any depth) by the built executable."""
+# Targets whose generated kernel source is saved in the artifact, and under which name.
+_SOURCE_FILES = {"cuda": "kernels.cu", "c": "kernels.c"}
+
+
+def _kernel_source(executable: Any, kind: str) -> str:
+    """Source of every ``kind`` module imported (at any depth) by the built executable."""
     sources: list[str] = []
 
     def walk(m: Any) -> None:
-        if getattr(m, "kind", "") == "cuda":
+        if getattr(m, "kind", "") == kind:
             sources.append(m.inspect_source())
         for sub in getattr(m, "imports", ()):
             walk(sub)
@@ -166,5 +171,5 @@ def _cuda_source(executable: Any) -> str:
     if not sources:
         from .errors import CompileError
 
-        raise CompileError("the CUDA build produced no CUDA kernels")
+        raise CompileError(f"the {kind} build produced no {kind} kernels")
     return "\n".join(sources)
