@@ -9,15 +9,16 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 RESULTS = Path(__file__).resolve().parent / "results"
 
-import compiler  # noqa: E402,F401  (sets TVM_NUM_THREADS before TVM's runtime starts)
+import compiler  # noqa: F401  (sets TVM_NUM_THREADS before TVM's runtime starts)
 
 
 def threads() -> int:
@@ -64,7 +65,7 @@ def time_fn(fn: Callable[[], Any], repeat: int = 20, warmup: int = 3,
     return {"median_ms": statistics.median(times), "min_ms": min(times), "runs": len(times)}
 
 
-def ort_session(model_path: "str | Path", n_threads: int | None = None):
+def ort_session(model_path: str | Path, n_threads: int | None = None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()

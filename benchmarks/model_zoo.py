@@ -174,7 +174,7 @@ def _gelu(b: _Builder, x: str) -> str:
 MODELS = {"resnet18": resnet18, "mobilenet_v2": mobilenet_v2, "bert": bert}
 
 
-def get(name: str, cache_dir: "str | Path | None" = None) -> Path:
+def get(name: str, cache_dir: str | Path | None = None) -> Path:
     """Path of the benchmark model ``name``, built once into ``cache_dir``."""
     if name not in MODELS:
         raise ValueError(f"unknown benchmark model {name!r}; known: {', '.join(MODELS)}")

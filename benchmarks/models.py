@@ -15,11 +15,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from common import machine, machine_line, ort_session, save_results, table, time_fn
 
-import compiler  # noqa: E402
-from benchmarks import model_zoo  # noqa: E402
+import compiler
+from benchmarks import model_zoo
 
 
 def _inputs(art: compiler.Artifact) -> dict[str, np.ndarray]:

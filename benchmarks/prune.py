@@ -16,13 +16,12 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from common import machine, machine_line, save_results, table
 
-import compiler  # noqa: E402
-from compiler.passes_cli import build_passes  # noqa: E402
-from examples import example_data, example_model  # noqa: E402
-from targets import parse_target  # noqa: E402
+import compiler
+from compiler.passes_cli import build_passes
+from examples import example_data, example_model
+from targets import parse_target
 
 
 def accuracy(art: compiler.Artifact, data: dict[str, np.ndarray]) -> float:

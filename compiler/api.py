@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -20,14 +21,14 @@ from .runtime import Artifact, random_inputs
 logger = logging.getLogger(__name__)
 
 
-def compile(  # noqa: A001 - the API is named after what it does
-    model: "str | Path | onnx.ModelProto",
-    target: "str | Target" = "host",
+def compile(
+    model: str | Path | onnx.ModelProto,
+    target: str | Target = "host",
     *,
-    output_dir: "str | Path | None" = None,
+    output_dir: str | Path | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
-    passes: Sequence["PassSpec | Any"] = (),
-    tuning_log: "str | Path | None | bool" = None,
+    passes: Sequence[PassSpec | Any] = (),
+    tuning_log: str | Path | None | bool = None,
     verify: bool = True,
     verify_inputs: Mapping[str, np.ndarray] | None = None,
 ) -> Artifact:
@@ -143,7 +144,7 @@ def _verify(art: Artifact, model: onnx.ModelProto,
     return report
 
 
-def _open_database(tuning_log: "str | Path | None | bool", tgt: Target
+def _open_database(tuning_log: str | Path | None | bool, tgt: Target
                    ) -> tuple[Any, Path | None]:
     from .tuning_db import open_database
 

@@ -6,7 +6,8 @@ Used by ``compile`` (the manifest's agreement report), by passes and by search.
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx

@@ -12,9 +12,10 @@ import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -38,7 +39,7 @@ class TensorSpec:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TensorSpec":
+    def from_dict(cls, d: Mapping[str, Any]) -> TensorSpec:
         return cls(str(d["name"]), tuple(int(x) for x in d["shape"]), str(d["dtype"]))
 
 
@@ -61,7 +62,7 @@ def _onnx_dtype(elem_type: int) -> str:
         return f"onnx-type-{elem_type}"
 
 
-def read_model(model: "str | Path | onnx.ModelProto") -> tuple[onnx.ModelProto, str]:
+def read_model(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     """Read an ONNX model from a path (external data included) or take a ModelProto as is."""
     if isinstance(model, onnx.ModelProto):
         return model, "<ModelProto>"
@@ -224,7 +225,7 @@ def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, str]]:
     return bad
 
 
-def load_model(model: "str | Path | onnx.ModelProto",
+def load_model(model: str | Path | onnx.ModelProto,
                input_shapes: Mapping[str, Sequence[int]] | None = None) -> ImportedModel:
     """Read, check and import an ONNX model into a Relax IRModule with weights as constants.
 

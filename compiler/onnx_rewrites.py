@@ -9,7 +9,7 @@ that TVM imports correctly: never an approximation.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import onnx

@@ -11,8 +11,9 @@ import json
 import logging
 import statistics
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -20,12 +21,12 @@ from targets import host_arch
 
 from .errors import ArtifactError, RuntimeInputError
 from .frontend import TensorSpec
-from .package import FORMAT, LIBRARY, MANIFEST, sha256_file
+from .package import FORMAT, MANIFEST, sha256_file
 
 logger = logging.getLogger(__name__)
 
 
-def read_manifest(path: "str | Path") -> dict[str, Any]:
+def read_manifest(path: str | Path) -> dict[str, Any]:
     """Read and sanity-check ``manifest.json`` of an artifact directory."""
     path = Path(path)
     if not path.is_dir():
@@ -72,7 +73,7 @@ class Artifact:
         return str(self.manifest["target"]["target"])
 
     @classmethod
-    def load(cls, path: "str | Path") -> "Artifact":
+    def load(cls, path: str | Path) -> Artifact:
         """Check the manifest, the file hashes and the architecture, then load the module.
 
         Raises
@@ -116,7 +117,7 @@ class Artifact:
         self._device = device
 
     # -- inputs ---------------------------------------------------------------------------
-    def check_inputs(self, inputs: "Mapping[str, Any] | Sequence[Any]") -> list[np.ndarray]:
+    def check_inputs(self, inputs: Mapping[str, Any] | Sequence[Any]) -> list[np.ndarray]:
         """Validate names, shapes and dtypes; return arrays in the model's input order."""
         names = [s.name for s in self.inputs]
         if not isinstance(inputs, Mapping):
@@ -159,7 +160,7 @@ class Artifact:
         """Bytes of the module library on disk."""
         return int(self.manifest["files"][self.manifest["library"]]["bytes"])
 
-    def run(self, inputs: "Mapping[str, Any] | Sequence[Any]") -> dict[str, np.ndarray]:
+    def run(self, inputs: Mapping[str, Any] | Sequence[Any]) -> dict[str, np.ndarray]:
         """Run once; returns output name → numpy array."""
         import tvm
 
@@ -170,7 +171,7 @@ class Artifact:
         outs = _flatten(result)
         return {spec.name: o for spec, o in zip(self.outputs, outs)}
 
-    def benchmark(self, inputs: "Mapping[str, Any] | None" = None, repeat: int = 50,
+    def benchmark(self, inputs: Mapping[str, Any] | None = None, repeat: int = 50,
                   warmup: int = 5) -> dict[str, Any]:
         """Time ``repeat`` runs after ``warmup`` runs; milliseconds, inputs already on device."""
         import tvm

@@ -49,7 +49,7 @@ def target_key(target: Target) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", key).strip("_")
 
 
-def log_dir(target: Target, root: "str | Path | None" = None, device: str | None = None) -> Path:
+def log_dir(target: Target, root: str | Path | None = None, device: str | None = None) -> Path:
     root = Path(root) if root is not None else default_log_root()
     return root / (device or device_name(target)) / target_key(target)
 
@@ -74,7 +74,7 @@ def _clean_lines(src: Path, dst: Path) -> int:
     return bad
 
 
-def open_database(tuning_log: "str | Path | None", target: Target) -> tuple[Any, Path | None]:
+def open_database(tuning_log: str | Path | None, target: Target) -> tuple[Any, Path | None]:
     """Open the MetaSchedule database for ``target`` (None when there are no records)."""
     path = Path(tuning_log) if tuning_log is not None else log_dir(target)
     if not has_records(path):

@@ -17,8 +17,8 @@ from .base import Capabilities, Target, host_arch
 from .registry import FAMILIES, known_triples, parse_target, target_table
 
 __all__ = [
-    "Capabilities",
     "FAMILIES",
+    "Capabilities",
     "Target",
     "host_arch",
     "known_triples",

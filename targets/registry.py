@@ -7,7 +7,7 @@ this machine's triple with its detected features; ``cuda`` for ``nvptx64-nvidia-
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 from compiler.errors import TargetError
 
@@ -82,7 +82,7 @@ def known_triples() -> list[str]:
     return names + ["host"] + sorted(_ALIASES)
 
 
-def parse_target(spec: "str | Target") -> Target:
+def parse_target(spec: str | Target) -> Target:
     """Parse ``TRIPLE [-mcpu=CPU] [-mattr=+a,+b] [-arch=sm_XX] [-cores=N]`` into a Target.
 
     Raises

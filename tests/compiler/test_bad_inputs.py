@@ -11,7 +11,6 @@ import pytest
 from onnx import TensorProto, helper
 
 import compiler
-from tests import models
 from compiler.errors import (
     ArtifactError,
     InputShapeError,
@@ -20,6 +19,7 @@ from compiler.errors import (
     TargetError,
     UnsupportedOpError,
 )
+from tests import models
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -47,9 +47,9 @@ SLICE = [
 
 
 def _cases() -> dict[str, object]:
-    from onnx.backend.test.loader import load_model_tests
-
     import warnings
+
+    from onnx.backend.test.loader import load_model_tests
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

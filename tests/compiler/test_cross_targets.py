@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import compiler
-from tests import models
 from compiler.errors import ArtifactError
+from tests import models
 
 CROSS = [
     ("aarch64-linux-gnu -mattr=+neon", "aarch64-linux-gnu-g++", "AArch64"),
