@@ -3,6 +3,7 @@
 from .canonicalize import Canonicalize, CanonicalizeConfig
 from .prune_channels import PruneChannels, PruneConfig
 from .recover import Recover, RecoverConfig
+from .quantize import Quantize, QuantizeConfig  # noqa: F401  (registers the "quantize" pass)
 
 __all__ = [
     "Canonicalize",
