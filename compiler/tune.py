@@ -1,0 +1,924 @@
+"""Tune a model's kernels with MetaSchedule and append the records to its tuning log.
+
+:func:`tune` imports the model, runs the same compression passes and the same
+legalize/fuse pipeline as :func:`compiler.compile` (:func:`compiler.lower.legalize_and_fuse`),
+extracts one task per distinct fused kernel and searches MetaSchedule's own schedule space
+with the XGBoost cost model and the gradient task scheduler. Records go to a
+``JSONDatabase`` in ``tuning_logs/<device>/<target-key>/`` (:func:`compiler.tuning_db.log_dir`),
+which a later ``compile`` for the same target opens with no extra flag.
+
+What makes a run dependable:
+
+* **The slow-import trap.** TVMScript's parser calls ``inspect.getmodule`` for frames of
+  pseudo-files, which scans every loaded module; ``import tvm.s_tir.tensor_intrin`` then
+  takes close to a minute and every builder worker times out (0 valid trials, silently).
+  Here the main process imports it with ``inspect.getmodule`` memoised for files that do
+  not exist, and builder workers use :func:`build_kernel`, which does not import it at all.
+* **Nothing measured is lost.** The JSON database appends (and flushes) one line per
+  record, so Ctrl-C or a crash keeps every record committed so far; a corrupted line is
+  dropped (with a warning, the original kept as ``*.bak``) before a run appends to the log.
+* **Resume.** ``trials`` is the model's total: records already in the log count towards it,
+  tasks that have their share are skipped and the rest continue from the best records found.
+* **Honest numbers.** Builder and runner failures are counted; a run that measures no valid
+  candidate raises :class:`~compiler.errors.TuningError`. Each kernel's default-schedule
+  latency (hwcc's ``compiler.schedules``) is measured with the same runner as the candidates,
+  and for targets that run here the whole model is built and timed before and after.
+* **Remote devices.** With ``rpc_tracker``/``rpc_key`` kernels are built here (linked with
+  the target's cross compiler when it has one) and measured on the device through TVM's RPC
+  tracker; a device that vanishes ends the run with what it measured, and says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from targets import Target, parse_target
+
+from .errors import ConfigError, HwccError, TargetError, TuningError
+
+logger = logging.getLogger(__name__)
+
+#: Trials per task when neither ``trials`` nor ``time_budget_s`` is given.
+DEFAULT_TRIALS_PER_TASK = 32
+#: Largest batch of candidates generated (and measured) per search iteration of a task.
+MAX_TRIALS_PER_ITER = 16
+#: Seconds one candidate may take to build (compiling only; no worker start-up in it).
+BUILD_TIMEOUT_S = 60.0
+#: Seconds one candidate may take to run locally, or to connect, upload and run remotely.
+RUN_TIMEOUT_S = 30.0
+#: A measured latency at or above this many seconds is MetaSchedule's mark of a failure.
+_FAILED_SECS = 1e9
+
+
+class TuningInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`tune`; ``report`` holds what was measured (all of it is on disk)."""
+
+    def __init__(self, report: TuneReport) -> None:
+        super().__init__("tuning interrupted")
+        self.report = report
+
+
+class _StopTuning(Exception):
+    """Raised by our callbacks to end the search early (time budget, lost device)."""
+
+
+# -- reports ------------------------------------------------------------------------------
+@dataclass
+class TaskReport:
+    """One tuning task: a distinct fused kernel of the model.
+
+    Attributes
+    ----------
+    name : str
+        The fused kernel's name (e.g. ``fused_conv2d_add_relu``).
+    weight : int
+        How many times the model calls it.
+    trials, valid, build_errors, run_errors : int
+        Candidates measured in this run, those that built and ran, and the failures.
+    records : int
+        Records of this kernel in the log after the run (all runs; failures included).
+    default_ms : float or None
+        Latency with hwcc's default schedule, measured in this run (None: not measurable).
+    best_ms : float or None
+        Best tuned latency in the log, all runs (None: no valid record).
+    skipped : bool
+        The log already had this kernel's share of trials; it was not tuned again.
+    used : bool
+        ``compile`` applies a tuned schedule to this kernel (it has records, and its best
+        beat the default schedule).
+    """
+
+    name: str
+    weight: int
+    trials: int = 0
+    valid: int = 0
+    build_errors: int = 0
+    run_errors: int = 0
+    records: int = 0
+    default_ms: float | None = None
+    best_ms: float | None = None
+    skipped: bool = False
+    used: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "weight": self.weight, "trials": self.trials,
+                "valid": self.valid, "build_errors": self.build_errors,
+                "run_errors": self.run_errors, "records": self.records,
+                "default_ms": _round(self.default_ms), "best_ms": _round(self.best_ms),
+                "skipped": self.skipped, "used": self.used}
+
+
+@dataclass
+class TuneReport:
+    """What a tuning run did, per task and for the whole model.
+
+    ``before_ms``/``after_ms`` are the model's latency with default schedules only and with the
+    tuning log applied: measured end to end on this machine when the target runs here
+    (``latency_source == "model"``), else the weighted sum of the kernels' latencies measured
+    on the device (``"kernels"``).
+    """
+
+    model: str
+    target: str
+    device: str
+    log_dir: Path
+    tasks: list[TaskReport] = field(default_factory=list)
+    trials_requested: int = 0
+    before_ms: float | None = None
+    after_ms: float | None = None
+    latency_source: str = "kernels"
+    stopped: str | None = None
+    seconds: float = 0.0
+    remote: str | None = None
+    first_build_error: str | None = None
+    first_run_error: str | None = None
+
+    @property
+    def trials(self) -> int:
+        return sum(t.trials for t in self.tasks)
+
+    @property
+    def valid_trials(self) -> int:
+        return sum(t.valid for t in self.tasks)
+
+    @property
+    def build_errors(self) -> int:
+        return sum(t.build_errors for t in self.tasks)
+
+    @property
+    def run_errors(self) -> int:
+        return sum(t.run_errors for t in self.tasks)
+
+    @property
+    def speedup(self) -> float | None:
+        if self.before_ms and self.after_ms:
+            return self.before_ms / self.after_ms
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "target": self.target, "device": self.device,
+            "log_dir": str(self.log_dir), "remote": self.remote,
+            "tasks": [t.to_dict() for t in self.tasks],
+            "trials": self.trials, "valid_trials": self.valid_trials,
+            "trials_requested": self.trials_requested,
+            "build_errors": self.build_errors, "run_errors": self.run_errors,
+            "first_build_error": self.first_build_error,
+            "first_run_error": self.first_run_error,
+            "before_ms": _round(self.before_ms), "after_ms": _round(self.after_ms),
+            "speedup": _round(self.speedup), "latency_source": self.latency_source,
+            "stopped": self.stopped, "seconds": round(self.seconds, 1),
+        }
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 4)
+
+
+# -- the import trap ----------------------------------------------------------------------
+@contextlib.contextmanager
+def fast_tvmscript_import() -> Iterator[None]:
+    """Memoise ``inspect.getmodule`` for pseudo-files while TVMScript-heavy modules import.
+
+    ``inspect.getsourcefile`` asks ``getmodule(obj, filename)`` for frames whose file does
+    not exist (``<frozen ...>``, ``<string>``), and each such call scans all of
+    ``sys.modules``. TVMScript's parser does that for every parsed function, which is what
+    makes ``import tvm.s_tir.tensor_intrin`` (done by every ``TuneContext``) take ~50 s.
+    """
+    original = inspect.getmodule
+    cache: dict[str, Any] = {}
+
+    def getmodule(obj: Any, _filename: str | None = None) -> Any:
+        if _filename is not None and not os.path.exists(_filename):
+            if _filename not in cache:
+                cache[_filename] = original(obj, _filename)
+            return cache[_filename]
+        return original(obj, _filename)
+
+    inspect.getmodule = getmodule
+    try:
+        yield
+    finally:
+        inspect.getmodule = original
+
+
+# -- builder / runner functions (run in worker processes; keep them importable) -------------
+def build_kernel(mod: Any, target: Any, _params: Any = None) -> Any:
+    """MetaSchedule's default build without its ``import tvm.s_tir.tensor_intrin``.
+
+    A candidate's tensor intrinsics are already inlined by the time it is built; importing
+    the intrinsic registry only costs each builder worker tens of seconds.
+    """
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm_build(mod, target=target)
+
+
+def export_kernel(mod: Any, cross_cc: str | None = None) -> str:
+    """Export a built kernel as a shared library (cross-linked when ``cross_cc`` is given)."""
+    from tvm.support import cc
+
+    path = os.path.join(tempfile.mkdtemp(prefix="hwcc-tune-"), "kernel.so")
+    if cross_cc:
+        mod.export_library(path, fcompile=cc.cross_compiler(cross_cc))
+    else:
+        mod.export_library(path)
+    return path
+
+
+# -- the log ------------------------------------------------------------------------------
+#: Records of kernels whose tuned schedules measured slower than hwcc's default schedule.
+#: Same format as the records file (indices into the same workload file); ``compile`` never
+#: reads it, so those kernels keep their default schedule, while resuming still counts them.
+SLOWER = "hwcc_slower_than_default.json"
+
+
+def _record_files(path: Path) -> list[Path]:
+    from .tuning_db import RECORDS
+
+    return [path / RECORDS, path / SLOWER]
+
+
+def repair_log(path: Path) -> int:
+    """Drop corrupted lines from a MetaSchedule JSON log in place; return how many.
+
+    Records point at workloads by line number, so a dropped workload line drops its records
+    and renumbers the others. The original files are kept as ``*.bak`` when anything changed.
+    """
+    from .tuning_db import WORKLOADS
+
+    wl_path = path / WORKLOADS
+    wl_lines = _read_lines(wl_path)
+    renumber: dict[int, int] = {}
+    kept_wl: list[str] = []
+    bad = 0
+    for i, line in enumerate(wl_lines):
+        if _parses(line):
+            renumber[i] = len(kept_wl)
+            kept_wl.append(line)
+        else:
+            bad += 1
+            logger.warning("%s:%d: corrupted workload skipped", wl_path, i + 1)
+    renumbered = len(kept_wl) != len(wl_lines)
+    rewrite: dict[Path, list[str]] = {wl_path: kept_wl}
+    for rec_path in _record_files(path):
+        kept: list[str] = []
+        for i, line in enumerate(_read_lines(rec_path)):
+            try:
+                rec = json.loads(line)
+                rec[0] = renumber[int(rec[0])]
+            except (ValueError, TypeError, KeyError, IndexError):
+                bad += 1
+                logger.warning("%s:%d: corrupted tuning record skipped", rec_path, i + 1)
+                continue
+            kept.append(json.dumps(rec, separators=(",", ":")) if renumbered else line)
+        rewrite[rec_path] = kept
+    if bad or any(_missing_newline(p) for p in rewrite):
+        for p, lines in rewrite.items():
+            if p.exists():
+                shutil.copyfile(p, p.with_name(p.name + ".bak"))
+                _write_lines(p, lines)
+    return bad
+
+
+def _read_lines(p: Path) -> list[str]:
+    if not p.exists():
+        return []
+    return [ln for ln in p.read_text(errors="replace").splitlines() if ln.strip()]
+
+
+def _write_lines(p: Path, lines: Sequence[str]) -> None:
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text("".join(ln + "\n" for ln in lines))
+    os.replace(tmp, p)
+
+
+def _parses(line: str) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
+
+
+def _missing_newline(p: Path) -> bool:
+    if not p.exists() or p.stat().st_size == 0:
+        return False
+    with open(p, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
+
+
+@dataclass
+class _LogEntry:
+    """One kernel's records in a log: how many, and the best valid latencies."""
+
+    records: int = 0
+    best_ms: float | None = None  # in the records file (what compile applies)
+    best_slower_ms: float | None = None  # in the slower-than-default file
+
+
+def read_log(path: Path) -> dict[str, _LogEntry]:
+    """Per workload structural hash: record count and best latencies, read from the files."""
+    from .tuning_db import WORKLOADS
+
+    hashes = [json.loads(ln)[0] for ln in _read_lines(path / WORKLOADS)]
+    out: dict[str, _LogEntry] = {}
+    for rec_path in _record_files(path):
+        live = rec_path.name != SLOWER
+        for line in _read_lines(rec_path):
+            idx, (_trace, run_secs, *_rest) = json.loads(line)
+            entry = out.setdefault(str(hashes[idx]), _LogEntry())
+            entry.records += 1
+            ms_ = _mean_ms(run_secs)
+            if ms_ is None:
+                continue
+            if live and (entry.best_ms is None or ms_ < entry.best_ms):
+                entry.best_ms = ms_
+            if not live and (entry.best_slower_ms is None or ms_ < entry.best_slower_ms):
+                entry.best_slower_ms = ms_
+    return out
+
+
+def _partition_log(path: Path, slower: set[str]) -> None:
+    """Keep records of kernels in ``slower`` (structural hashes) out of the records file."""
+    from .tuning_db import RECORDS, WORKLOADS
+
+    hashes = [str(json.loads(ln)[0]) for ln in _read_lines(path / WORKLOADS)]
+    live, side = [], []
+    for rec_path in _record_files(path):
+        for line in _read_lines(rec_path):
+            (side if hashes[json.loads(line)[0]] in slower else live).append(line)
+    if len(side) != len(_read_lines(path / SLOWER)):
+        _write_lines(path / RECORDS, live)
+        _write_lines(path / SLOWER, side)
+
+
+# -- the run ------------------------------------------------------------------------------
+@dataclass
+class _Task:
+    """An extracted task with its state for this run."""
+
+    name: str
+    weight: int
+    mod: Any  # IRModule with one PrimFunc "main"
+    report: TaskReport
+    index: int = -1  # position among the tuned tasks
+
+    @property
+    def shash(self) -> str:
+        import tvm_ffi
+
+        return str(tvm_ffi.structural_hash(self.mod))
+
+
+@dataclass
+class _Remote:
+    host: str
+    port: int
+    key: str
+
+    def __str__(self) -> str:
+        return f"{self.key}@{self.host}:{self.port}"
+
+
+def _parse_tracker(rpc_tracker: str | None, rpc_key: str | None) -> _Remote | None:
+    if rpc_tracker is None and rpc_key is None:
+        return None
+    if not rpc_tracker or not rpc_key:
+        raise ConfigError("remote tuning needs both an RPC tracker (HOST:PORT) and a device key")
+    host, sep, port = rpc_tracker.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"malformed RPC tracker '{rpc_tracker}'; expected HOST:PORT")
+    return _Remote(host, int(port), rpc_key)
+
+
+def _check_tracker(remote: _Remote) -> None:
+    """Fail early, in one line, when the tracker is unreachable or has no such device."""
+    if not _tracker_has_key(remote, raise_errors=True):
+        raise TuningError(f"RPC tracker {remote.host}:{remote.port} has no device with key "
+                          f"'{remote.key}' (start one: python -m tvm.exec.rpc_server "
+                          f"--tracker {remote.host}:{remote.port} --key {remote.key})")
+
+
+def _tracker_has_key(remote: _Remote, raise_errors: bool = False) -> bool:
+    from tvm import rpc
+
+    try:
+        summary = rpc.connect_tracker(remote.host, remote.port).summary()
+    except Exception as err:  # noqa: BLE001 - socket and TVM errors alike
+        if raise_errors:
+            raise TuningError(f"cannot reach RPC tracker {remote.host}:{remote.port}: "
+                              f"{_last_line(err)}") from None
+        return False
+    for info in summary.get("server_info", []):
+        key = str(info.get("key", ""))
+        if key.split(":", 1)[-1] == remote.key or key == remote.key:
+            return True
+    queue = summary.get("queue_info", {})
+    return remote.key in queue and bool(queue[remote.key].get("free", 0) or
+                                        queue[remote.key].get("pending", 0))
+
+
+def _last_line(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(err).__name__)[:300]
+
+
+def _mean_ms(run_secs: Any) -> float | None:
+    if run_secs is None:
+        return None
+    vals = [float(v) for v in run_secs]
+    if not vals or min(vals) >= _FAILED_SECS:
+        return None
+    return 1e3 * sum(vals) / len(vals)
+
+
+class _Session:
+    """Builder, runner, counters and progress of one run, shared by the callbacks."""
+
+    def __init__(self, tasks: list[_Task], target: Target, remote: _Remote | None,
+                 time_budget_s: float | None, total_trials: int, progress: bool,
+                 t_start: float) -> None:
+        from tvm.s_tir import meta_schedule as ms
+
+        self.ms = ms
+        self.tasks = tasks
+        self.remote = remote
+        self.deadline = None if time_budget_s is None else t_start + time_budget_s
+        self.stop_reason: str | None = None
+        self.interrupted = False
+        self.first_build_error: str | None = None
+        self.first_run_error: str | None = None
+        self.best: dict[int, float] = {}
+        self.builder = ms.builder.LocalBuilder(
+            max_workers=max(1, os.cpu_count() or 1), timeout_sec=BUILD_TIMEOUT_S,
+            f_build=build_kernel,
+            f_export=functools.partial(export_kernel, cross_cc=target.cross_cc))
+        evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50,
+                                              enable_cpu_cache_flush=False)
+        if remote is None:
+            inner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=evaluator)
+        else:
+            inner = ms.runner.RPCRunner(
+                rpc_config=ms.runner.RPCConfig(
+                    tracker_host=remote.host, tracker_port=remote.port, tracker_key=remote.key,
+                    session_timeout_sec=int(RUN_TIMEOUT_S)),
+                evaluator_config=evaluator, max_workers=1)
+        self.runner = _make_sync_runner(inner, self)
+        self.bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total_trials, desc="tuning", unit="trial", leave=True,
+                            dynamic_ncols=True)
+
+    # called by _SyncRunner after a batch ran
+    def check_device(self, results: list[Any]) -> None:
+        if self.remote is None or not results:
+            return
+        if all(r.error_msg is not None for r in results) and not _tracker_has_key(self.remote):
+            self.stop_reason = f"device '{self.remote.key}' lost (no longer on the tracker)"
+            logger.warning("%s: ending the run with what was measured", self.stop_reason)
+
+    def on_measured(self, task_id: int, builder_results: list[Any],
+                    runner_results: list[Any]) -> None:
+        task = next(t for t in self.tasks if t.index == task_id)
+        rep = task.report
+        for b, r in zip(builder_results, runner_results):
+            rep.trials += 1
+            if b.error_msg is not None:
+                rep.build_errors += 1
+                self.first_build_error = self.first_build_error or _error_line(b.error_msg)
+                continue
+            ms_ = _mean_ms(r.run_secs) if r.error_msg is None else None
+            if ms_ is None:
+                rep.run_errors += 1
+                self.first_run_error = self.first_run_error or _error_line(
+                    r.error_msg or "no valid time")
+                continue
+            rep.valid += 1
+            if task_id not in self.best or ms_ < self.best[task_id]:
+                self.best[task_id] = ms_
+        if self.bar is not None:
+            self.bar.update(len(builder_results))
+            best = self.best.get(task_id)
+            self.bar.set_postfix_str(
+                f"{task.name[:32]} best {best:.3f} ms" if best is not None else task.name[:32],
+                refresh=True)
+        self.check_stop()
+
+    def check_stop(self) -> None:
+        """Raise :class:`_StopTuning` when the run must end (after a batch is committed)."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.stop_reason = self.stop_reason or "time budget reached"
+        if self.interrupted:
+            self.stop_reason = self.stop_reason or "interrupted"
+        if self.stop_reason:
+            raise _StopTuning(self.stop_reason)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@contextlib.contextmanager
+def _stop_on_sigint(session: _Session) -> Iterator[None]:
+    """First Ctrl-C: finish the batch in flight, commit it, stop. Second: abort at once.
+
+    A ``KeyboardInterrupt`` raised inside MetaSchedule's C++ loop comes back through the FFI
+    as a plain ``RuntimeError``, so the first Ctrl-C only sets a flag that our callbacks check.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: Any) -> None:
+        if session.interrupted:
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        session.interrupted = True
+        logger.warning("interrupted: stopping after the batch in flight "
+                       "(Ctrl-C again to stop at once; measured records are kept either way)")
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _error_line(msg: str) -> str:
+    lines = [ln.strip() for ln in str(msg).splitlines() if ln.strip()]
+    for ln in reversed(lines):  # the last informative line of a traceback
+        if not ln.startswith(("File ", "^", "~")):
+            return ln[:300]
+    return (lines[-1] if lines else "unknown error")[:300]
+
+
+def _make_sync_runner(inner: Any, session: _Session) -> Any:
+    """A runner that waits for its batch, so builds never overlap measurements."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.runner import PyRunner, RunnerFuture
+
+    @derived_object
+    class _SyncRunner(PyRunner):
+        def run(self, runner_inputs: list[Any]) -> list[Any]:
+            results = [f.result() for f in inner.run(runner_inputs)]
+            session.check_device(results)
+            return [RunnerFuture(f_done=lambda: True, f_result=functools.partial(_same, r))
+                    for r in results]
+
+    return _SyncRunner()
+
+
+def _same(x: Any) -> Any:
+    return x
+
+
+def _make_callback(session: _Session) -> Any:
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+    @derived_object
+    class _Progress(PyMeasureCallback):
+        def apply(self, task_scheduler: Any, task_id: int, measure_candidates: Any,
+                  builder_results: Any, runner_results: Any) -> None:
+            session.on_measured(task_id, list(builder_results), list(runner_results))
+
+    return _Progress()
+
+
+def _measure_defaults(session: _Session, tasks: list[_Task], default_mod: Any,
+                      tvm_target: Any) -> None:
+    """Latency of each kernel with hwcc's default schedule, measured like the candidates."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    inputs, owners = [], []
+    for t in tasks:
+        gv = default_mod.get_global_var(t.name) if t.name in _names(default_mod) else None
+        if gv is None:
+            continue
+        func = default_mod[gv].with_attr("global_symbol", "main")  # private after FuseTIR
+        inputs.append(ms.builder.BuilderInput(tvm.IRModule({"main": func}), tvm_target))
+        owners.append((t, ms.arg_info.ArgInfo.from_prim_func(func)))
+    if not inputs:
+        return
+    built = session.builder.build(inputs)
+    run_inputs, run_owners = [], []
+    for res, (t, args) in zip(built, owners):
+        if res.error_msg is not None:
+            logger.warning("default schedule of %s did not build: %s", t.name,
+                           _error_line(res.error_msg))
+            continue
+        run_inputs.append(ms.runner.RunnerInput(res.artifact_path, "cpu", args))
+        run_owners.append((t, res.artifact_path))
+    if not run_inputs:
+        return
+    for fut, (t, path) in zip(session.runner.run(run_inputs), run_owners):
+        r = fut.result()
+        t.report.default_ms = _mean_ms(r.run_secs) if r.error_msg is None else None
+        if r.error_msg is not None:
+            logger.warning("default schedule of %s did not run: %s", t.name,
+                           _error_line(r.error_msg))
+        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+
+
+def _names(mod: Any) -> set[str]:
+    return {gv.name_hint for gv in mod.get_global_vars()}
+
+
+def _time_model(mod: Any, target: Target, database: Any, inputs: Mapping[str, Any]) -> float:
+    """Build ``mod`` like ``compile`` does and time it here; median milliseconds."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    from .lower import build
+
+    built = build(mod, target, database=database)
+    dev = tvm.cpu()
+    vm = relax.VirtualMachine(built.executable, dev)
+    args = [tvm.runtime.tensor(np.asarray(v), dev) for v in inputs.values()]
+    timer = vm.time_evaluator("main", dev, number=5, repeat=5, min_repeat_ms=100)
+    return float(timer(*args).median) * 1e3
+
+
+def tune(
+    model: Any,
+    target: str | Target = "host",
+    *,
+    trials: int | None = None,
+    time_budget_s: float | None = None,
+    log_dir: str | Path | None = None,
+    device: str | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    passes: Sequence[Any] = (),
+    rpc_tracker: str | None = None,
+    rpc_key: str | None = None,
+    progress: bool = True,
+) -> TuneReport:
+    """Tune the kernels of ``model`` for ``target`` and append the records to its log.
+
+    Parameters
+    ----------
+    model
+        Path to an ONNX file or an ``onnx.ModelProto``.
+    target
+        Target triple (see ``hwcc targets``) or a :class:`targets.Target`; CPU (llvm) targets.
+    trials
+        Trials (measured candidates) for the whole model, records already in the log
+        included: a second run with the same number resumes, or does nothing when done.
+        Default: 32 per task, or unbounded when only ``time_budget_s`` is given.
+    time_budget_s
+        Stop cleanly, keeping every record, once this many seconds have passed (checked
+        after each batch of candidates).
+    log_dir
+        Root of the tuning logs (default ``tuning_logs/`` or ``$HWCC_TUNING_LOGS``); records go
+        to ``<log_dir>/<device>/<target-key>/``, where ``compile`` looks for them.
+    device
+        Name of the device class in the log path (default: derived from the target).
+    input_shapes
+        Pins dynamic input dimensions by input name.
+    passes
+        Compression passes, as for :func:`compiler.compile` (tune what you will compile).
+    rpc_tracker, rpc_key
+        ``HOST:PORT`` of a TVM RPC tracker and the key of the device to measure on.
+    progress
+        Show a tqdm progress bar (tasks, trials, best latency so far) on stderr.
+
+    Returns
+    -------
+    TuneReport
+        Per task and for the model: trials, valid trials, failures, latency before and after.
+
+    Raises
+    ------
+    TuningError
+        No valid candidate was measured, the tracker or device is unreachable.
+    TuningInterrupted
+        On Ctrl-C (a ``KeyboardInterrupt``); its ``report`` holds the partial results, and
+        every record measured so far is in the log.
+    """
+    from . import frontend, lower, tuning_db
+    from .pipeline import run_passes
+
+    t_start = time.monotonic()
+    if trials is not None and (isinstance(trials, bool) or int(trials) < 1):
+        raise ConfigError(f"trials must be a positive integer; got {trials}")
+    if time_budget_s is not None and not time_budget_s > 0:
+        raise ConfigError(f"time budget must be positive; got {time_budget_s} s")
+    tgt = parse_target(target)
+    if tgt.kind != "llvm":
+        raise TargetError(f"tuning supports CPU (llvm) targets; '{tgt}' is a {tgt.kind} target")
+    remote = _parse_tracker(rpc_tracker, rpc_key)
+    if remote is None and not tgt.runs_on_this_machine():
+        raise TargetError(f"'{tgt}' does not run on this machine; tune it on the device with "
+                          "--rpc-tracker HOST:PORT --rpc-key KEY")
+    if remote is not None and tgt.cross_cc and shutil.which(tgt.cross_cc) is None:
+        raise TargetError(f"cross compiler '{tgt.cross_cc}' for {tgt.triple} not found")
+
+    imported = frontend.load_model(model, input_shapes)
+    mod = imported.mod
+    if passes:
+        mod, _ = run_passes(mod, passes)
+    path = tuning_db.log_dir(tgt, root=log_dir, device=device)
+    report = TuneReport(model=imported.source, target=str(tgt),
+                        device=device or tuning_db.device_name(tgt), log_dir=path,
+                        remote=str(remote) if remote else None)
+    if remote is not None:
+        _check_tracker(remote)
+
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from .schedules import apply_default_schedules
+
+    tvm_target = tgt.tvm_target()
+    fused = lower.legalize_and_fuse(mod, tgt)
+    with tvm_target, lower._pass_context(tgt):
+        default_mod = apply_default_schedules(fused, tvm_target)
+    extracted = ms.relax_integration.extract_tasks(fused, tvm_target)
+    tasks = [
+        _Task(t.task_name, int(t.weight), t.dispatched[0], TaskReport(t.task_name, int(t.weight)))
+        for t in extracted if not t.mod.attrs.get("tirx.is_scheduled", False)
+    ]
+    if not tasks:
+        raise TuningError(f"{imported.source} has no kernels to tune")
+    total = int(trials) if trials is not None else (
+        DEFAULT_TRIALS_PER_TASK * len(tasks) if time_budget_s is None else 10_000 * len(tasks))
+    report.trials_requested = total
+    report.tasks = [t.report for t in tasks]
+    share = max(1, math.ceil(total / len(tasks)))
+
+    path.mkdir(parents=True, exist_ok=True)
+    bad = repair_log(path)
+    if bad:
+        logger.warning("%s: %d corrupted lines dropped (originals kept as *.bak)", path, bad)
+    database = ms.database.JSONDatabase(work_dir=str(path), module_equality="structural")
+    todo: list[_Task] = []
+    before = read_log(path)
+    for t in tasks:
+        entry = before.get(t.shash, _LogEntry())
+        t.report.records = entry.records
+        if entry.records >= share and (entry.best_ms or entry.best_slower_ms) is not None:
+            t.report.skipped = True
+        else:
+            todo.append(t)
+    # a kernel short of its share continues; one with no valid record starts over
+    need = {t.name: share - t.report.records if t.report.records < share else share
+            for t in todo}
+    budget = sum(need.values())
+    if todo and len(todo) < len(tasks):
+        logger.info("resuming: %d of %d tasks already have %d records each",
+                    len(tasks) - len(todo), len(tasks), share)
+
+    work_dir = Path(tempfile.mkdtemp(prefix="hwcc-tune-"))
+    session = _Session(tasks, tgt, remote, time_budget_s, budget if todo else 0,
+                       progress and bool(todo), t_start)
+    try:
+        with fast_tvmscript_import(), _stop_on_sigint(session):
+            import tvm.s_tir.tensor_intrin  # noqa: F401 - what each TuneContext imports
+
+            _measure_defaults(session, tasks, default_mod, tvm_target)
+            if todo:
+                session.check_stop()
+                _run_search(session, todo, database, tvm_target, work_dir, need)
+    except _StopTuning:
+        pass
+    except KeyboardInterrupt:
+        session.interrupted = True
+    except Exception as err:
+        # our stops and a second Ctrl-C reach here wrapped by the FFI (as RuntimeError &c.)
+        if isinstance(err, HwccError):
+            raise
+        if session.stop_reason is None and not session.interrupted:
+            raise TuningError(f"tuning failed: {_last_line(err)}") from err
+    finally:
+        session.close()
+        shutil.rmtree(work_dir, ignore_errors=True)
+    interrupted = session.interrupted
+    report.stopped = "interrupted" if interrupted else session.stop_reason
+    report.first_build_error = session.first_build_error
+    report.first_run_error = session.first_run_error
+
+    _settle_log(path, tasks)
+    report.seconds = time.monotonic() - t_start
+    if interrupted:
+        raise TuningInterrupted(report)
+
+    if report.trials and not report.valid_trials:
+        err = TuningError(
+            f"no valid candidate in {report.trials} trials ({report.build_errors} failed to "
+            f"build, {report.run_errors} failed to run); first error: "
+            f"{report.first_build_error or report.first_run_error}")
+        err.report = report  # type: ignore[attr-defined]
+        raise err
+    _model_latency(report, tasks, mod, tgt, remote, imported)
+    report.seconds = time.monotonic() - t_start
+    _log_summary(report)
+    return report
+
+
+def _settle_log(path: Path, tasks: list[_Task]) -> None:
+    """Demote kernels whose best tuned schedule is slower than the default; fill the report.
+
+    Compile applies a kernel's best record whenever it has one, so a tuned schedule that lost
+    to hwcc's default schedule (both measured by this run's runner) would make the model
+    slower; its records move to :data:`SLOWER`, where resuming still counts them.
+    """
+    entries = read_log(path)
+    slower = set()
+    for t in tasks:
+        e = entries.get(t.shash, _LogEntry())
+        best = min((x for x in (e.best_ms, e.best_slower_ms) if x is not None), default=None)
+        if best is not None and t.report.default_ms is not None and best >= t.report.default_ms:
+            slower.add(t.shash)
+            logger.warning("%s: best tuned schedule %.4f ms is not faster than the default "
+                           "schedule %.4f ms; compile keeps the default", t.name, best,
+                           t.report.default_ms)
+        t.report.records = e.records
+        t.report.best_ms = best
+        t.report.used = best is not None and t.shash not in slower
+    _partition_log(path, slower)
+
+
+def _run_search(session: _Session, todo: list[_Task], database: Any, tvm_target: Any,
+                work_dir: Path, need: Mapping[str, int]) -> None:
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.utils import fork_seed
+
+    contexts, weights = [], []
+    for i, (t, seed) in enumerate(zip(todo, fork_seed(None, n=len(todo)))):
+        t.index = i
+        ctx = ms.TuneContext(
+            mod=t.mod, target=tvm_target, space_generator="post-order-apply",
+            search_strategy="evolutionary", task_name=t.name, rand_state=seed,
+            num_threads="physical", logger=logging.getLogger(f"{__name__}.metaschedule"))
+        contexts.append(ctx.clone())
+        weights.append(float(t.weight))
+    per_task = max(need.values())
+    callbacks = [
+        ms.measure_callback.AddToDatabase(),
+        ms.measure_callback.RemoveBuildArtifact(),
+        ms.measure_callback.UpdateCostModel(),
+        _make_callback(session),
+    ]
+    ms.tune_tasks(
+        tasks=contexts, task_weights=weights, work_dir=str(work_dir),
+        max_trials_global=sum(need.values()), max_trials_per_task=per_task,
+        num_trials_per_iter=max(1, min(MAX_TRIALS_PER_ITER, min(need.values()))),
+        builder=session.builder, runner=session.runner, database=database,
+        cost_model="xgb",
+        measure_callbacks=callbacks, task_scheduler="gradient")
+
+
+def _model_latency(report: TuneReport, tasks: list[_Task], mod: Any, tgt: Target,
+                   remote: _Remote | None, imported: Any) -> None:
+    """Before/after latency of the model: end to end here, else summed over kernels."""
+    from . import tuning_db
+    from .runtime import random_inputs
+
+    if remote is None and tgt.runs_on_this_machine():
+        try:
+            feeds = random_inputs(imported.inputs, seed=0)
+            db, _ = tuning_db.open_database(report.log_dir, tgt)
+            report.before_ms = _time_model(mod, tgt, None, feeds)
+            report.after_ms = _time_model(mod, tgt, db, feeds)
+            report.latency_source = "model"
+            return
+        except HwccError as err:
+            logger.warning("could not time the whole model (%s); summing kernels", err)
+    known = [t for t in tasks if t.report.default_ms is not None]
+    if known:
+        report.before_ms = sum(t.weight * t.report.default_ms for t in known)
+        report.after_ms = sum(
+            t.weight * (t.report.best_ms if t.report.used else t.report.default_ms)
+            for t in known)
+        report.latency_source = "kernels"
+
+
+def _log_summary(report: TuneReport) -> None:
+    logger.info("tuned %d tasks with %d trials (%d valid) in %.0f s; %s -> %s ms (%s); log %s",
+                len(report.tasks), report.trials, report.valid_trials, report.seconds,
+                _round(report.before_ms), _round(report.after_ms), report.latency_source,
+                report.log_dir)
