@@ -40,7 +40,9 @@ Guarantees: the result is well formed, with the same inputs and outputs; each fa
 keeps its binding name on its *last* factor (so :func:`passes.recover.refit` and later passes
 find it), the factors before it are bound as ``<name>_lr0``, ``<name>_lr1``; a bias add after the
 layer is untouched. At full rank the module computes the same function up to float rounding.
-Layers not factorized are unchanged.
+Layers not factorized are unchanged. Where ``main`` binds the same name more than once (some
+TVM passes leave such repeats), the rebuilt ``main`` has the repeats renamed, since recovery
+finds layers by name.
 
 Recovery: with ``recover=True`` the last factor of every factorized layer (and its bias) is
 re-fitted by least squares on the calibration data so that the layer's output matches the
@@ -380,7 +382,7 @@ def _check_rank(r: int, full: int, name: str, what: str) -> None:
 def _plan_matmul(name: str, w: np.ndarray, rows: int, cfg: LowRankConfig) -> _Plan:
     m, n = w.shape
     full = min(m, n)
-    _, _, s = np.linalg.svd(w.astype(np.float64), full_matrices=False)
+    s = np.linalg.svd(w.astype(np.float64), compute_uv=False)
     r = choose_rank(s, cfg)
     _check_rank(r, full, name, f"weight {m}x{n}")
     entry = {
@@ -401,7 +403,7 @@ def _plan_conv(
     ho, wo = yshape[2], yshape[3]
     if kh == 1 and kw == 1:
         mat = w.reshape(o, i).T  # (I, O): y = x · mat per pixel
-        _, _, s = np.linalg.svd(mat.astype(np.float64), full_matrices=False)
+        s = np.linalg.svd(mat.astype(np.float64), compute_uv=False)
         r = choose_rank(s, cfg)
         _check_rank(r, min(o, i), name, f"1x1 conv {o}x{i}")
         a, b, _ = svd_factors(mat, r)  # a: (I, r), b: (r, O)
@@ -468,13 +470,28 @@ def _plan_conv(
     return _Plan(entry, _chain(calls))
 
 
-def _plan_layer(binding: relax.VarBinding, cfg: LowRankConfig) -> _Plan | None:
+def _const_weight(arg: relax.Expr, producers: dict) -> np.ndarray | None:
+    """A constant weight, or the transpose of one (Gemm ``transB=1`` before FoldConstant)."""
+    if is_const(arg):
+        return const_array(arg)
+    value = producers.get(arg) if isinstance(arg, relax.Var) else None
+    if op_name(value) == "relax.permute_dims" and is_const(value.args[0]):
+        w = const_array(value.args[0])
+        axes = value.attrs.axes
+        if w.ndim == 2 and (axes is None or [int(a) for a in axes] == [1, 0]):
+            return np.ascontiguousarray(w.T)
+    return None
+
+
+def _plan_layer(binding: relax.VarBinding, cfg: LowRankConfig, producers: dict) -> _Plan | None:
     """The plan of one binding; None when it is not a conv2d / matmul with a constant weight."""
     call, name = binding.value, binding.var.name
     op = op_name(call)
-    if op not in ("relax.matmul", "relax.nn.conv2d") or not is_const(call.args[1]):
+    if op not in ("relax.matmul", "relax.nn.conv2d"):
         return None
-    w = const_array(call.args[1])
+    w = _const_weight(call.args[1], producers)
+    if w is None:
+        return None
     xshape, yshape = static_shape(call.args[0]), static_shape(binding.var)
     kind = "matmul" if op == "relax.matmul" else "conv2d"
     if kind == "matmul":
@@ -518,7 +535,7 @@ def _plan_layer(binding: relax.VarBinding, cfg: LowRankConfig) -> _Plan | None:
 
 
 def _skip(entry: dict, reason: str) -> _Plan:
-    for k in ("method", "rank", "energy_kept", "params_after", "flops_after"):
+    for k in ("params_after", "flops_after", "weight_rel_error"):  # rank etc. stay: "would be"
         entry.pop(k, None)
     entry.update(status="skipped", reason=reason)
     return _Plan(entry, None)
@@ -528,8 +545,11 @@ def _skip(entry: dict, reason: str) -> _Plan:
 # Rewrite
 
 
-def _rebuild(mod: tvm.IRModule, plans: dict[relax.Var, _Plan]) -> tvm.IRModule:
-    """Rebuild ``main`` with each planned binding emitted as its chain of factors."""
+def _rebuild(
+    mod: tvm.IRModule, plans: dict[relax.Var, _Plan], rename: dict | None = None
+) -> tvm.IRModule:
+    """Rebuild ``main`` with each planned binding emitted as its chain of factors, and the
+    bindings in ``rename`` (var -> new name) renamed."""
     func = main_function(mod)
     bb = relax.BlockBuilder()
     vmap: dict = {}
@@ -538,9 +558,9 @@ def _rebuild(mod: tvm.IRModule, plans: dict[relax.Var, _Plan]) -> tvm.IRModule:
         for block in func.body.blocks:
             if isinstance(block, relax.DataflowBlock):
                 with bb.dataflow():
-                    _emit_block(bb, block, vmap, plans, dataflow=True)
+                    _emit_block(bb, block, vmap, plans, rename or {}, dataflow=True)
             else:
-                _emit_block(bb, block, vmap, plans, dataflow=False)
+                _emit_block(bb, block, vmap, plans, rename or {}, dataflow=False)
         bb.emit_func_output(substitute(func.body.body, vmap))
     out = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
     out[out.get_global_var("main")] = bb.get()["main"]
@@ -552,11 +572,12 @@ def _emit_block(
     block: relax.BindingBlock,
     vmap: dict,
     plans: dict[relax.Var, _Plan],
+    rename: dict,
     dataflow: bool,
 ) -> None:
     for b in block.bindings:
         value = substitute(b.value, vmap)
-        name = b.var.name
+        name = rename.get(b.var, b.var.name)
         plan = plans.get(b.var)
         if plan is not None and plan.emit is not None:
             value = plan.emit(bb, value.args[0], name)
@@ -566,6 +587,24 @@ def _emit_block(
             vmap[b.var] = bb.emit_output(value, name_hint=name)
         else:
             vmap[b.var] = bb.emit(value, name_hint=name)
+
+
+def _unique_names(mod: tvm.IRModule) -> tvm.IRModule:
+    """``mod`` with repeated binding names of ``main`` made unique (``<name>_d<k>``)."""
+    seen: dict[str, int] = {}
+    taken = {b.var.name for b in bindings(main_function(mod))}
+    rename = {}
+    for b in bindings(main_function(mod)):
+        k = seen.get(b.var.name, 0)
+        seen[b.var.name] = k + 1
+        if k:
+            new = f"{b.var.name}_d{k}"
+            while new in taken:
+                k += 1
+                new = f"{b.var.name}_d{k}"
+            taken.add(new)
+            rename[b.var] = new
+    return _rebuild(mod, {}, rename) if rename else mod
 
 
 def _with_report(mod: tvm.IRModule, report: dict) -> tvm.IRModule:
@@ -594,17 +633,24 @@ class LowRank:
         func = main_function(mod)
         if cfg.calibration is not None:
             calibration.check_calibration(mod, cfg.calibration)
+        if cfg.recover:  # recovery finds layers by binding name
+            mod = _unique_names(mod)
+            func = main_function(mod)
+        producers = {b.var: b.value for b in bindings(func)}
         plans: dict[relax.Var, _Plan] = {}  # keyed by var: binding names need not be unique
         for b in bindings(func):
             if isinstance(b, relax.VarBinding):
-                plan = _plan_layer(b, cfg)
+                plan = _plan_layer(b, cfg, producers)
                 if plan is not None:
                     plans[b.var] = plan
         done = [v.name for v, p in plans.items() if p.emit is not None]
-        out = _rebuild(mod, plans) if done else mod
+        out = mod
+        if done:
+            out = _rebuild(mod, plans)
+            if any(not is_const(producers[v].args[1]) for v, p in plans.items() if p.emit):
+                out = relax.transform.DeadCodeElimination()(out)  # now unused weight transposes
         recovery: dict = {}
         if done and cfg.recover:
-            recovery = {}
             out, recovery = self._recover(mod, out, done)
         layers = [p.entry for p in plans.values()]
         for lay in layers:
@@ -634,6 +680,8 @@ class LowRank:
     ) -> tuple[tvm.IRModule, dict]:
         """Least-squares re-fit of the last factor of the factorized layers named ``names``."""
         from .recover import refit  # recovery is optional; keep the import local
+
+        teacher = relax.transform.FoldConstant()(teacher)  # refit wants constant weights
 
         counts: dict[str, int] = {}
         for mod in (teacher, student):
