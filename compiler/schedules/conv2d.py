@@ -101,9 +101,22 @@ def match_conv2d(sch: s_tir.Schedule) -> ConvMatch | None:
     return ConvMatch(con, b, f, y, x, data, weight, data.uses(f), packed)
 
 
+#: Output-channel vectors per tile (the register tile is ``CHANNEL_VECTORS x XT`` vectors).
+CHANNEL_VECTORS = 2
+
+
 def _channel_block(match: ConvMatch, target: tvm.target.Target) -> int:
     lanes = cpu_info(target).lanes(32)
-    return match.packed or vector_factor(match.con.extent(match.f), lanes, max_vectors=2)
+    extent = match.con.extent(match.f)
+    return match.packed or vector_factor(extent, lanes, max_vectors=CHANNEL_VECTORS)
+
+
+def _width_tile(c: int, x_ext: int, target: tvm.target.Target) -> int:
+    """Output columns per register tile: about half the vector registers hold accumulators."""
+    info = cpu_info(target)
+    budget = 16 if info.vector_registers >= 32 else 12
+    xt = max(1, budget // -(-c // info.lanes(32)))
+    return choose_factor(x_ext, xt, minimum=max(1, xt // 2))
 
 
 def _place_padding(sch: s_tir.Schedule, pad, par, lanes: int) -> None:
@@ -190,10 +203,7 @@ class Conv2d(CPUScheduleRule):
             sch.transform_layout(
                 main, ("read", reads[0]), lambda o, i, h, w: (o // c, i, h, w, o % c)
             )
-        budget = 16 if info.vector_registers >= 32 else 12
-        xt = max(1, budget // -(-c // lanes))
-        x_ext = con.extent(match.x)
-        xt = choose_factor(x_ext, xt, minimum=max(1, xt // 2))
+        xt = _width_tile(c, con.extent(match.x), target)
         pad = None
         for producer in sch.get_producers(main):
             written = region_buffer(sch.get(producer).writes[0])

@@ -18,7 +18,6 @@ from .common import (
     is_spatial_block,
     loop_extent,
     schedule_other_blocks,
-    schedule_spatial,
     vector_factor,
 )
 from .conv2d import match_conv2d
@@ -85,6 +84,3 @@ class DepthwiseConv2d(CPUScheduleRule):
         schedule_other_blocks(sch, skip, lanes, info.num_cores)
         logger.debug("depthwise: XV=%d YT=%d", xv, yt)
         return sch
-
-
-__all__ = ["DepthwiseConv2d", "schedule_spatial"]
