@@ -107,6 +107,11 @@ REWRITES: dict[str, Rewrite] = {
     "LayerNormalization": layer_norm_with_stats,
 }
 
+# QOperator ops (QLinearConv, QLinearMatMul, ConvInteger) become QDQ: see compiler/onnx_qop.py
+from .onnx_qop import QOP_REWRITES  # noqa: E402
+
+REWRITES.update(QOP_REWRITES)
+
 
 def _iter_rewrites(model: onnx.ModelProto) -> Iterator[tuple[int, list, list]]:
     names = NameGen(model)

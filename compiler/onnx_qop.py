@@ -1,0 +1,110 @@
+"""QOperator ONNX ops rewritten to QDQ form before import (TVM 0.27 cannot import them).
+
+``QLinearConv``, ``QLinearMatMul`` and ``ConvInteger`` become ``DequantizeLinear`` →
+``Conv``/``MatMul`` → ``QuantizeLinear`` (or ``Cast`` to int32 for ``ConvInteger``): the exact
+float meaning of the op, which TVM imports as simulated quantization. The ``qdq`` mode of the
+``quantize`` pass (:mod:`passes.quantize`) then turns every ``dequantize → conv/matmul`` back
+into an integer conv/matmul with int32 accumulation, so QOperator and QDQ models compile to
+the same integer kernels. Registered in :data:`compiler.onnx_rewrites.REWRITES`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+logger = logging.getLogger(__name__)
+
+
+def _initializer(model: onnx.ModelProto, name: str) -> np.ndarray | None:
+    for init in model.graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    return None
+
+
+def _arg(node: onnx.NodeProto, i: int) -> str:
+    return node.input[i] if len(node.input) > i else ""
+
+
+def _dq(x: str, scale: str, zp: str, out: str, axis: int | None = None) -> onnx.NodeProto:
+    inputs = [x, scale] + ([zp] if zp else [])
+    attrs = {"axis": axis} if axis is not None else {}
+    return helper.make_node("DequantizeLinear", inputs, [out], **attrs)
+
+
+def _per_channel_axis(model: onnx.ModelProto, scale: str, axis: int) -> int | None:
+    arr = _initializer(model, scale)
+    return axis if arr is not None and arr.size > 1 else None
+
+
+def qlinear_conv(node: onnx.NodeProto, model: onnx.ModelProto, names):
+    """QLinearConv(x, xs, xz, w, ws, wz, ys, yz, [B]) → DQ, DQ, Conv(+DQ bias), Q."""
+    x, xs, xz, w, ws, wz, ys, yz = (_arg(node, i) for i in range(8))
+    bias = _arg(node, 8)
+    n = names(node.name or "qlinearconv")
+    nodes = [
+        _dq(x, xs, xz, f"{n}_x"),
+        _dq(w, ws, wz, f"{n}_w", _per_channel_axis(model, ws, 0)),
+    ]
+    conv_in = [f"{n}_x", f"{n}_w"]
+    if bias:
+        nodes.append(helper.make_node("Mul", [xs, ws], [f"{n}_bs"]))
+        nodes.append(_dq(bias, f"{n}_bs", "", f"{n}_b", _per_channel_axis(model, ws, 0)))
+        conv_in.append(f"{n}_b")
+    conv = helper.make_node("Conv", conv_in, [f"{n}_y"])
+    conv.attribute.extend(node.attribute)
+    nodes.append(conv)
+    nodes.append(helper.make_node("QuantizeLinear", [f"{n}_y", ys, yz], [node.output[0]]))
+    return nodes, []
+
+
+def qlinear_matmul(node: onnx.NodeProto, model: onnx.ModelProto, names):
+    """QLinearMatMul(a, as, az, b, bs, bz, ys, yz) → DQ, DQ, MatMul, Q."""
+    a, as_, az, b, bs, bz, ys, yz = (_arg(node, i) for i in range(8))
+    n = names(node.name or "qlinearmatmul")
+    b_arr = _initializer(model, b)
+    b_axis = _per_channel_axis(model, bs, (b_arr.ndim - 1) if b_arr is not None else 1)
+    nodes = [
+        _dq(a, as_, az, f"{n}_a"),
+        _dq(b, bs, bz, f"{n}_b", b_axis),
+        helper.make_node("MatMul", [f"{n}_a", f"{n}_b"], [f"{n}_y"]),
+        helper.make_node("QuantizeLinear", [f"{n}_y", ys, yz], [node.output[0]]),
+    ]
+    return nodes, []
+
+
+def conv_integer(node: onnx.NodeProto, model: onnx.ModelProto, names):
+    """ConvInteger(x, w, [xz], [wz]) → DQ(scale 1), DQ(scale 1), Conv, Cast(int32).
+
+    Exact while every accumulator stays below 2**24 in magnitude (float32 integers); with the
+    ``qdq`` quantize pass the conv itself runs on integers and only the final cast is float.
+    """
+    x, w, xz, wz = (_arg(node, i) for i in range(4))
+    n = names(node.name or "convinteger")
+    one = names("one")
+    inits = [numpy_helper.from_array(np.array(1.0, np.float32), one)]
+    w_arr = _initializer(model, wz) if wz else None
+    w_axis = 0 if w_arr is not None and w_arr.size > 1 else None
+    if w_axis is not None:
+        ones = names("ones")
+        inits.append(numpy_helper.from_array(np.ones(w_arr.size, np.float32), ones))
+    nodes = [
+        _dq(x, one, xz, f"{n}_x"),
+        _dq(w, ones if w_axis is not None else one, wz, f"{n}_w", w_axis),
+    ]
+    conv = helper.make_node("Conv", [f"{n}_x", f"{n}_w"], [f"{n}_y"])
+    conv.attribute.extend(node.attribute)
+    nodes.append(conv)
+    nodes.append(helper.make_node("Cast", [f"{n}_y"], [node.output[0]], to=onnx.TensorProto.INT32))
+    return nodes, inits
+
+
+QOP_REWRITES = {
+    "QLinearConv": qlinear_conv,
+    "QLinearMatMul": qlinear_matmul,
+    "ConvInteger": conv_integer,
+}
