@@ -275,9 +275,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                     f"{sorted(data)}")
         labels = data.pop(args.labels)
     feeds, form = split_samples(data, art.inputs, what=args.data)
-    if args.limit:
+    if args.limit and args.limit < len(feeds):
         feeds = feeds[: args.limit]
         labels = labels[: args.limit] if labels is not None else None
+        form += f", first {args.limit} used"
     report = evaluate_artifact(art, feeds, labels)
     report["data"] = form
     report["artifact"] = str(art.path)
