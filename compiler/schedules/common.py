@@ -35,8 +35,9 @@ def vector_factor(extent: int, lanes: int, max_vectors: int = 2) -> int:
     """Width of the vectorized inner loop over an axis of ``extent`` elements.
 
     Prefers a multiple of ``lanes`` that divides ``extent`` (up to ``max_vectors`` registers),
-    then any divisor of at least half a vector, then ``extent`` itself when it is shorter than a
-    vector, else a full vector with a tail predicate.
+    then the whole extent when it fits in ``max_vectors`` registers, then a divisor of at least
+    half a vector, else ``max_vectors`` full vectors with a tail predicate (still correct: the
+    vectorizer scalarizes predicated lanes).
     """
     for k in range(max_vectors, 0, -1):
         if extent % (k * lanes) == 0:
