@@ -306,3 +306,21 @@ def test_conv2d_with_weight_as_input():
     }
     mod = _check(model, feeds)
     assert all("T.vectorized(" in f.script() for f in _prim_funcs(mod).values())
+
+
+def test_rules_work_under_dlight_apply_default_schedule():
+    """The rules are plain DLight rules: without the packing step they still schedule correctly."""
+    from tvm.s_tir import dlight as dl
+
+    from compiler.schedules import DEFAULT_RULES
+
+    model, feeds = _conv(8, 16, 10, 3, residual=True)
+    with X86:
+        mod = dl.ApplyDefaultSchedule(*DEFAULT_RULES)(_fused(model))
+    assert all(is_scheduled(f) for f in _prim_funcs(mod).values())
+    ex = tvm.compile(_lower(mod), target=X86, relax_pipeline=None)
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](
+        *[tvm.runtime.tensor(v) for v in feeds.values()]
+    )
+    want = ReferenceEvaluator(model).run(None, feeds)[0]
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
