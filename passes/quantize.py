@@ -319,7 +319,7 @@ def fixed_point(multiplier: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             continue
         e = math.floor(math.log2(v))
         sh = 30 - e
-        q = int(round(v * 2.0**sh))
+        q = round(v * 2.0**sh)
         if q >= 1 << 31:
             q //= 2
             sh -= 1
@@ -396,7 +396,7 @@ def _layer_of(b: relax.Binding, exclude: tuple[str, ...]) -> tuple[Layer | None,
 
 
 def _per_channel_const(expr: relax.Expr, n: int, axis: int, ndim: int) -> np.ndarray | None:
-    """The length-``n`` vector of a constant that broadcasts along ``axis`` of an ``ndim`` tensor."""
+    """The length-``n`` vector of a constant broadcasting along ``axis`` of an ``ndim`` tensor."""
     if not is_const(expr):
         return None
     arr = const_array(expr)
@@ -743,10 +743,11 @@ def _static(mod: tvm.IRModule, cfg: QuantizeConfig, report: dict) -> tvm.IRModul
         return None
 
     out = _cleanup(_rebuild(mod, emit))
+    sym = "asymmetric" if cfg.activation_dtype == "uint8" else "symmetric"
     report.update(
         {
             "scheme": f"weights int{cfg.weight_bits} symmetric per output channel, activations "
-            f"{cfg.activation_dtype} per tensor ({'asymmetric' if cfg.activation_dtype == 'uint8' else 'symmetric'}), "
+            f"{cfg.activation_dtype} per tensor ({sym}), "
             f"int32 accumulation, {cfg.requantize} requantization",
             "layers": {"conv2d": stats["conv2d"], "matmul": stats["matmul"]},
             "requantized_to_int": stats["requantized_to_int"],
@@ -883,6 +884,8 @@ def _qdq_weight(expr: relax.Expr, producer: dict, out_axis_of_weight: int):
     """Integer weight and per-output-channel scale of ``dequantize(const)`` (through at most
     one ``permute_dims``), or None. ``out_axis_of_weight``: the output axis of the weight as
     the layer reads it (0 for OIHW, 1 for a matmul's [K, N])."""
+    if is_const(expr) and const_array(expr).dtype == np.float32:
+        return _int8_grid(const_array(expr), out_axis_of_weight)
     perm = None
     value = producer.get(expr) if isinstance(expr, relax.Var) else expr
     if op_name(value) == "relax.permute_dims":
@@ -909,6 +912,20 @@ def _qdq_weight(expr: relax.Expr, producer: dict, out_axis_of_weight: int):
     elif axis != out_axis_of_weight or s.size != n:
         return None
     return q.astype(np.int8), s
+
+
+def _int8_grid(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Integer weights of a float weight that already lies on a symmetric per-channel int8
+    (or 7-bit) grid, i.e. a ``DequantizeLinear`` of int8 weights folded before import; None
+    when it does not (then the layer stays float)."""
+    for qmax in (127, 63):
+        q, scale = quantize_weight(w, axis, 8 if qmax == 127 else 7)
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        back = q.astype(np.float64) * scale.reshape(shape)
+        if np.all(np.abs(back - w) <= 1e-6 * np.maximum(np.abs(w), 1e-30) + 1e-12):
+            return q, scale
+    return None
 
 
 def _qdq(mod: tvm.IRModule, cfg: QuantizeConfig, report: dict) -> tvm.IRModule:
