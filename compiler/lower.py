@@ -106,7 +106,7 @@ def lower_cpu(mod, target: Target, database: Any = None) -> tuple[Any, LowerStat
         mod = tvm.transform.Sequential(_fuse_passes(tvm_target))(mod)
         stats.kernels = len(_primfuncs(mod))
         if database is not None:
-            # tuned schedules first: they mark their kernels tir.is_scheduled
+            # tuned schedules first: they mark their kernels tirx.is_scheduled
             with database:
                 mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
             stats.tuned = sum(_is_scheduled(f) for f in _primfuncs(mod).values())

@@ -12,6 +12,8 @@ for pkg_cc in g++-aarch64-linux-gnu:aarch64-linux-gnu-g++ \
   command -v "${pkg_cc#*:}" >/dev/null 2>&1 || need+=("${pkg_cc%%:*}")
 done
 command -v readelf >/dev/null 2>&1 || need+=(binutils)
+# qemu-user runs aarch64 / armv7 deployment bundles on this machine (tests of `hwcc bundle`).
+command -v qemu-aarch64-static >/dev/null 2>&1 || need+=(qemu-user-static)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   echo "installing Debian packages: ${need[*]}"
