@@ -1,0 +1,141 @@
+"""int8 latency and accuracy: hwcc fp32 vs hwcc int8 vs onnxruntime fp32 vs onnxruntime int8.
+
+    python benchmarks/quantize.py [--models digits_cnn,mnist_cnn[,resnet18,...]] [--repeat 20]
+
+hwcc int8 is ``canonicalize`` + ``quantize`` (static, minmax, uint8 activations / int8
+per-channel weights, calibrated on the model's calibration set); onnxruntime int8 is the QDQ
+per-channel model from ``onnxruntime.quantization.quantize_static`` on the same calibration
+samples (after ``quant_pre_process``). For the trained example CNNs the table also gives top-1
+accuracy on their held-out data for all four; for the synthetic zoo models (random weights,
+random calibration inputs) only latency and the int8 vs fp32 relative error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from common import machine, machine_line, ort_session, save_results, table, time_fn
+
+import compiler
+from benchmarks import model_zoo
+from compiler.pipeline import PassSpec
+from passes.quantize import QuantizeConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+COLUMNS = [
+    ("model", "model"),
+    ("hwcc_fp32_ms", "hwcc fp32 (ms)"),
+    ("hwcc_int8_ms", "hwcc int8 (ms)"),
+    ("ort_fp32_ms", "ORT fp32 (ms)"),
+    ("ort_int8_ms", "ORT int8 QDQ (ms)"),
+    ("acc_fp32", "top-1 fp32"),
+    ("acc_hwcc_int8", "top-1 hwcc int8"),
+    ("acc_ort_int8", "top-1 ORT int8"),
+    ("int8_rel_error", "hwcc int8 rel. error"),
+]
+
+
+def _data(name: str, path: Path, n_calib: int):
+    """(calibration dict, eval inputs, labels or None) for a model."""
+    if (EXAMPLES / f"{name}.onnx").exists():
+        stem = name.split("_")[0]
+        calib = dict(np.load(EXAMPLES / f"{stem}_calib.npz"))
+        data = np.load(EXAMPLES / f"{stem}_data.npz")
+        return {k: v[:n_calib] for k, v in calib.items()}, data["input"], data["label"]
+    import onnx
+
+    model = onnx.load(str(path))
+    rng = np.random.default_rng(0)
+    calib = {}
+    for vi in model.graph.input:
+        shape = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        calib[vi.name] = rng.standard_normal((n_calib, *shape)).astype(np.float32)
+    first = next(iter(calib))
+    return calib, calib[first][:2], None
+
+
+def _ort_int8(path: Path, calib: dict[str, np.ndarray], out: Path) -> Path:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = out / "pre.onnx"
+    quant_pre_process(str(path), str(pre))
+    n = next(iter(calib.values())).shape[0]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([{k: v[i] for k, v in calib.items()} for i in range(n)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    q = out / "int8.onnx"
+    quantize_static(str(pre), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return q
+
+
+def bench(name: str, repeat: int, n_calib: int, work: Path) -> dict:
+    path = EXAMPLES / f"{name}.onnx"
+    if not path.exists():
+        path = model_zoo.get(name)
+    calib, xs, labels = _data(name, path, n_calib)
+    in_name = next(iter(calib))
+    row: dict = {"model": name}
+    fp32 = compiler.compile(path, "host", passes=[PassSpec("canonicalize")], tuning_log=False,
+                            verify=False, output_dir=work / f"{name}_fp32")
+    int8 = compiler.compile(
+        path, "host", tuning_log=False, verify=False, output_dir=work / f"{name}_int8",
+        passes=[PassSpec("canonicalize"),
+                PassSpec("quantize", QuantizeConfig(calibration=calib, measure=False))],
+    )
+    ort_f = ort_session(path)
+    ort_q = ort_session(_ort_int8(path, calib, work))
+    feed = {in_name: xs[0]}
+    row["hwcc_fp32_ms"] = time_fn(lambda: fp32.run(feed), repeat)["median_ms"]
+    row["hwcc_int8_ms"] = time_fn(lambda: int8.run(feed), repeat)["median_ms"]
+    row["ort_fp32_ms"] = time_fn(lambda: ort_f.run(None, feed), repeat)["median_ms"]
+    row["ort_int8_ms"] = time_fn(lambda: ort_q.run(None, feed), repeat)["median_ms"]
+    outs = {k: [] for k in ("fp32", "int8", "ort8")}
+    for x in xs:
+        f = {in_name: x}
+        outs["fp32"].append(list(fp32.run(f).values())[0])
+        outs["int8"].append(list(int8.run(f).values())[0])
+        outs["ort8"].append(ort_q.run(None, f)[0])
+    o = {k: np.stack(v) for k, v in outs.items()}
+    row["int8_rel_error"] = float(np.linalg.norm(o["int8"] - o["fp32"]) / np.linalg.norm(o["fp32"]))
+    if labels is not None:
+        for key, k in (("acc_fp32", "fp32"), ("acc_hwcc_int8", "int8"), ("acc_ort_int8", "ort8")):
+            row[key] = float(np.mean(o[k].reshape(len(labels), -1).argmax(-1) == labels))
+    row["int8_kernels"] = int8.manifest["kernels"]
+    logging.info("%s: %s", name, row)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="digits_cnn,mnist_cnn")
+    ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--calib", type=int, default=16, help="calibration samples")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="hwcc-bench-q-") as d:
+        for name in args.models.split(","):
+            sub = Path(d) / name
+            sub.mkdir()
+            rows.append(bench(name, args.repeat, args.calib, sub))
+    m = machine()
+    title = "int8: hwcc vs onnxruntime (batch 1, median latency)"
+    save_results("quantize", rows, {"columns": COLUMNS, "title": title})
+    print(f"## {title}\n\n{machine_line(m)}\n\n{table(rows, COLUMNS)}")
+
+
+if __name__ == "__main__":
+    main()
