@@ -60,8 +60,12 @@ def _data(name: str, path: Path, n_calib: int):
 
 
 def _ort_int8(path: Path, calib: dict[str, np.ndarray], out: Path) -> Path:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType
-    from onnxruntime.quantization import quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     pre = out / "pre.onnx"
@@ -105,8 +109,8 @@ def bench(name: str, repeat: int, n_calib: int, work: Path) -> dict:
     outs = {k: [] for k in ("fp32", "int8", "ort8")}
     for x in xs:
         f = {in_name: x}
-        outs["fp32"].append(list(fp32.run(f).values())[0])
-        outs["int8"].append(list(int8.run(f).values())[0])
+        outs["fp32"].append(next(iter(fp32.run(f).values())))
+        outs["int8"].append(next(iter(int8.run(f).values())))
         outs["ort8"].append(ort_q.run(None, f)[0])
     o = {k: np.stack(v) for k, v in outs.items()}
     row["int8_rel_error"] = float(np.linalg.norm(o["int8"] - o["fp32"]) / np.linalg.norm(o["fp32"]))
@@ -114,7 +118,7 @@ def bench(name: str, repeat: int, n_calib: int, work: Path) -> dict:
         for key, k in (("acc_fp32", "fp32"), ("acc_hwcc_int8", "int8"), ("acc_ort_int8", "ort8")):
             row[key] = float(np.mean(o[k].reshape(len(labels), -1).argmax(-1) == labels))
     row["int8_kernels"] = int8.manifest["kernels"]
-    logging.info("%s: %s", name, row)
+    logging.getLogger(__name__).info("%s: %s", name, row)
     return row
 
 
