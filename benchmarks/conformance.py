@@ -1,0 +1,483 @@
+"""ONNX backend conformance: hwcc vs plain TVM on the ONNX node and model tests.
+
+Runs every node test (``onnx.backend.test.loader.load_model_tests(kind="node")``, built in
+memory with reference data) and the ``simple``, ``pytorch-converted`` and
+``pytorch-operator`` model tests through
+
+* **hwcc**: ``compiler.compile(model, "host", verify=False)`` then ``art.run(feeds)``;
+* **tvm**: plain ``tvm.relax.frontend.onnx.from_onnx`` + ``tvm.compile`` + the Relax VM,
+
+each test in a worker subprocess with a time limit (a crash or a hang costs one test, never
+the run). A test *passes* when every output has the reference's shape and dtype and matches it
+within the test's rtol/atol relaxed to at least rtol 1e-3, atol 1e-5. Otherwise it is
+*wrong* (it ran and differs), *unsupported* (hwcc raised an ``HwccError``; for plain TVM: an
+exception during import or build) or *crash* (anything else: another exception, a timeout, a
+dead process).
+
+Inputs. Exporters store axes, shapes, pads, sizes, scales... as constants; the node tests
+feed them as graph inputs. By default (``--inputs exported``) such inputs (the slots listed
+in :data:`STATIC_SLOTS`) become initializers for both compilers; data inputs, integer ones
+included, stay inputs. ``--inputs raw`` feeds every input at run time.
+
+Usage::
+
+    python benchmarks/conformance.py                 # everything, 2 workers
+    python benchmarks/conformance.py --match lstm --compilers hwcc -j 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import queue
+import re
+import sys
+import threading
+import time
+import traceback
+import warnings
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+MODEL_KINDS = ("simple", "pytorch-converted", "pytorch-operator")
+STATUSES = ("pass", "wrong", "unsupported", "crash")
+MIN_RTOL, MIN_ATOL = 1e-3, 1e-5
+
+_REDUCE = ("ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSum", "ReduceL1",
+           "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
+#: Input slots that real exporters store as constants (shapes, axes, pads, sizes, ...).
+STATIC_SLOTS: dict[str, tuple[int, ...]] = {
+    "Reshape": (1,), "Expand": (1,), "Tile": (1,), "ConstantOfShape": (0,),
+    "Slice": (1, 2, 3, 4), "Squeeze": (1,), "Unsqueeze": (1,), "Pad": (1, 3),
+    "Resize": (1, 2, 3), "Upsample": (1,), "TopK": (1,), "OneHot": (1,), "Range": (0, 1, 2),
+    "Split": (1,), "SplitToSequence": (1,), "CumSum": (1,), "Trilu": (1,),
+    "NonMaxSuppression": (2, 3, 4), "DFT": (1, 2), "STFT": (1, 3), "CenterCropPad": (1,),
+    "Col2Im": (1, 2), "AffineGrid": (1,), "BlackmanWindow": (0,), "HannWindow": (0,),
+    "HammingWindow": (0,), "MelWeightMatrix": (0, 1, 2, 3, 4),
+    **{op: (1,) for op in _REDUCE},
+}
+
+
+# ----------------------------------------------------------------------------------------
+# test cases
+# ----------------------------------------------------------------------------------------
+def _read_pb(path: Path) -> np.ndarray:
+    import onnx
+    from onnx import numpy_helper
+
+    t = onnx.TensorProto()
+    t.ParseFromString(path.read_bytes())
+    return numpy_helper.to_array(t)
+
+
+def load_cases() -> dict[str, dict[str, Any]]:
+    """All test cases by name: ``{"kind", "model", "inputs", "outputs", "rtol", "atol"}``."""
+    import onnx
+    from onnx.backend.test.loader import load_model_tests
+
+    cases: dict[str, dict[str, Any]] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for c in load_model_tests(kind="node"):
+            ins, outs = c.data_sets[0]
+            cases[c.name] = {"kind": "node", "model": c.model, "inputs": list(ins),
+                             "outputs": list(outs), "rtol": c.rtol, "atol": c.atol}
+        for kind in MODEL_KINDS:
+            for c in load_model_tests(kind=kind):
+                d = Path(c.model_dir)
+                sets = sorted(d.glob("test_data_set_*"))
+                if not sets:
+                    continue
+                ins = [_read_pb(p) for p in sorted(sets[0].glob("input_*.pb"),
+                                                    key=lambda p: int(p.stem.split("_")[1]))]
+                outs = [_read_pb(p) for p in sorted(sets[0].glob("output_*.pb"),
+                                                     key=lambda p: int(p.stem.split("_")[1]))]
+                cases[f"{kind}/{c.name}"] = {
+                    "kind": kind, "model": onnx.load(str(d / "model.onnx")), "inputs": ins,
+                    "outputs": outs, "rtol": c.rtol, "atol": c.atol}
+    return cases
+
+
+def case_op(name: str, case: dict[str, Any], cases: dict[str, dict[str, Any]]) -> str:
+    """The op a test is about (the op of the plain test for ``_expanded`` variants)."""
+    if case["kind"] != "node":
+        return case["kind"]
+    if "_expanded" in name:
+        base = name.split("_expanded")[0]
+        if base in cases and base != name:
+            return case_op(base, cases[base], cases)
+    ops = [n.op_type for n in case["model"].graph.node if n.op_type != "Constant"]
+    return ops[-1] if ops else "Constant"
+
+
+def as_array(a: Any) -> Any:
+    """Reference data as numpy (TensorProtos and numpy scalars included); lists stay."""
+    import onnx
+    from onnx import numpy_helper
+
+    if isinstance(a, onnx.TensorProto):
+        return numpy_helper.to_array(a)
+    if isinstance(a, np.generic):
+        return np.asarray(a)
+    return a
+
+
+def input_shapes(model, feeds: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Shapes of the fed arrays for inputs whose declared shape is not fully static (what a
+    user pins with ``--input-shape``)."""
+    shapes = {}
+    for vi in model.graph.input:
+        a = feeds.get(vi.name)
+        if not isinstance(a, np.ndarray) or not vi.type.HasField("tensor_type"):
+            continue
+        tt = vi.type.tensor_type
+        dims = list(tt.shape.dim) if tt.HasField("shape") else None
+        if dims is None or any(not d.HasField("dim_value") or d.dim_value <= 0 for d in dims):
+            shapes[vi.name] = tuple(a.shape)
+    return shapes
+
+
+def prepare(case: dict[str, Any], inputs_mode: str):
+    """The model and feeds as a compiler sees them (static slots frozen in ``exported``)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = case["model"]
+    real = [vi for vi in model.graph.input
+            if vi.name not in {t.name for t in model.graph.initializer}]
+    feeds = {vi.name: as_array(a) for vi, a in zip(real, case["inputs"])}
+    if inputs_mode == "raw":
+        return model, feeds
+    static_uses: Counter = Counter()
+    all_uses: Counter = Counter()
+    for node in model.graph.node:
+        slots = STATIC_SLOTS.get(node.op_type, ())
+        for i, name in enumerate(node.input):
+            all_uses[name] += 1
+            static_uses[name] += i in slots
+    # frozen only when every use is a static slot (an input that is also data stays an input)
+    freeze = [n for n in feeds if static_uses[n] and static_uses[n] == all_uses[n]
+              and isinstance(feeds[n], np.ndarray)]
+    if not freeze:
+        return model, feeds
+    frozen = onnx.ModelProto()
+    frozen.CopyFrom(model)
+    keep = [vi for vi in frozen.graph.input if vi.name not in freeze]
+    for n in freeze:
+        frozen.graph.initializer.append(numpy_helper.from_array(np.asarray(feeds.pop(n)), n))
+    del frozen.graph.input[:]
+    frozen.graph.input.extend(keep)
+    return frozen, feeds
+
+
+# ----------------------------------------------------------------------------------------
+# one test, in a worker
+# ----------------------------------------------------------------------------------------
+def compare(got: list[Any], want: list[Any], rtol: float, atol: float) -> str | None:
+    """None when ``got`` matches ``want``; else a short reason."""
+    rtol, atol = max(rtol, MIN_RTOL), max(atol, MIN_ATOL)
+    if len(got) < len(want):
+        return f"{len(got)} outputs, expected {len(want)}"
+    for i, (g, w) in enumerate(zip(got, want)):
+        w = as_array(w)
+        if not isinstance(w, np.ndarray):
+            return f"output {i}: reference is a {type(w).__name__}"
+        g = np.asarray(g)
+        if g.shape != w.shape:
+            return f"output {i}: shape {list(g.shape)}, expected {list(w.shape)}"
+        if g.dtype != w.dtype:
+            return f"output {i}: dtype {g.dtype}, expected {w.dtype}"
+        if w.dtype.kind in "OSU":
+            if not np.array_equal(g, w):
+                return f"output {i}: values differ"
+            continue
+        gf, wf = g.astype(np.float64), w.astype(np.float64)
+        if not np.allclose(gf, wf, rtol=rtol, atol=atol, equal_nan=True):
+            err = np.nanmax(np.abs(gf - wf)) if gf.size else 0.0
+            return f"output {i}: max abs error {err:.3g}"
+    return None
+
+
+def _run_hwcc(model, feeds: dict[str, np.ndarray], workdir: Path) -> list[Any]:
+    import compiler
+
+    art = compiler.compile(model, "host", output_dir=workdir / "a", verify=False,
+                           input_shapes=input_shapes(model, feeds) or None)
+    out = art.run(feeds)
+    return [out[s.name] for s in art.outputs]
+
+
+def _flatten(x: Any) -> list[Any]:
+    import tvm
+
+    if isinstance(x, (list, tuple)) or type(x).__name__ in ("Array", "Tuple"):
+        return [y for item in x for y in _flatten(item)]
+    if isinstance(x, tvm.runtime.Tensor):
+        return [x.numpy()]
+    return [np.asarray(x)]
+
+
+def _run_tvm(model, feeds: dict[str, np.ndarray]) -> tuple[str, Any]:
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    try:
+        mod = from_onnx(model, shape_dict=input_shapes(model, feeds) or None,
+                        keep_params_in_input=False)
+        ex = tvm.compile(mod, target="llvm")
+    except Exception as err:  # noqa: BLE001 - import / build failure: TVM's "unsupported"
+        return "error", err
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    # from_onnx takes the graph inputs in order (and may rename them, e.g. "0" -> "input_0")
+    inits = {t.name for t in model.graph.initializer}
+    names = [vi.name for vi in model.graph.input if vi.name not in inits]
+    args = [tvm.runtime.tensor(np.asarray(feeds[n])) for n in names]
+    return "ok", _flatten(vm["main"](*args))
+
+
+def run_one(case: dict[str, Any], compiler_name: str, inputs_mode: str, workdir: Path
+            ) -> dict[str, Any]:
+    """Status and detail of one test through one compiler (in the worker process)."""
+    import contextlib
+    import io
+
+    from compiler.errors import HwccError
+
+    model, feeds = prepare(case, inputs_mode)
+    sink = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(sink), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if compiler_name == "hwcc":
+                got = _run_hwcc(model, feeds, workdir)
+            else:
+                kind, got = _run_tvm(model, feeds)
+                if kind == "error":
+                    return {"status": "unsupported", "detail": _line(got)}
+    except HwccError as err:
+        return {"status": "unsupported", "detail": _line(err)}
+    except Exception as err:  # noqa: BLE001 - any other failure is a crash
+        return {"status": "crash", "detail": _line(err)}
+    reason = compare(got, case["outputs"], case["rtol"], case["atol"])
+    return {"status": "pass"} if reason is None else {"status": "wrong", "detail": reason}
+
+
+def _line(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    return f"{type(err).__name__}: {(lines[-1] if lines else '')[:300]}"
+
+
+def _worker(conn, inputs_mode: str) -> None:
+    import logging
+    import shutil
+    import tempfile
+
+    logging.disable(logging.WARNING)
+    cases = load_cases()
+    conn.send("ready")
+    while True:
+        task = conn.recv()
+        if task is None:
+            return
+        name, compiler_name = task
+        workdir = Path(tempfile.mkdtemp(prefix="hwcc-conf-"))
+        try:
+            result = run_one(cases[name], compiler_name, inputs_mode, workdir)
+        except BaseException as err:  # noqa: BLE001 - report, keep the worker alive
+            result = {"status": "crash", "detail": _line(err) or traceback.format_exc()[-300:]}
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        conn.send(result)
+
+
+# ----------------------------------------------------------------------------------------
+# the pool (parent side)
+# ----------------------------------------------------------------------------------------
+class _Slot:
+    """One worker subprocess, restarted after a crash or a timeout."""
+
+    def __init__(self, ctx, inputs_mode: str) -> None:
+        self.ctx, self.inputs_mode = ctx, inputs_mode
+        self.proc = None
+        self.conn = None
+
+    def _start(self) -> None:
+        parent, child = self.ctx.Pipe()
+        self.proc = self.ctx.Process(target=_worker, args=(child, self.inputs_mode), daemon=True)
+        self.proc.start()
+        self.conn = parent
+        if not parent.poll(300) or parent.recv() != "ready":
+            raise RuntimeError("conformance worker did not start")
+
+    def _stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.join(5)
+        self.proc = self.conn = None
+
+    def run(self, task: tuple[str, str], timeout: float) -> dict[str, Any]:
+        if self.proc is None or not self.proc.is_alive():
+            self._start()
+        t0 = time.perf_counter()
+        self.conn.send(task)
+        try:
+            ready = self.conn.poll(timeout)
+            result = self.conn.recv() if ready else None
+        except (EOFError, OSError):
+            result = {"status": "crash", "detail": f"worker died (exit {self.proc.exitcode})"}
+        if result is None:
+            result = {"status": "crash", "detail": f"timeout after {timeout:.0f} s"}
+            self._stop()
+        elif result.get("detail", "").startswith("worker died"):
+            self._stop()
+        result["seconds"] = round(time.perf_counter() - t0, 2)
+        return result
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.send(None)
+            except OSError:
+                pass
+        self._stop()
+
+
+def run_all(tasks: list[tuple[str, str]], jobs: int, timeout: float, inputs_mode: str,
+            log_path: Path | None) -> dict[tuple[str, str], dict[str, Any]]:
+    ctx = mp.get_context("spawn")
+    todo: queue.Queue = queue.Queue()
+    for t in tasks:
+        todo.put(t)
+    results: dict[tuple[str, str], dict[str, Any]] = {}
+    lock = threading.Lock()
+    log = open(log_path, "a") if log_path else None  # noqa: SIM115 - closed below
+    start = time.perf_counter()
+
+    def loop() -> None:
+        slot = _Slot(ctx, inputs_mode)
+        try:
+            while True:
+                try:
+                    task = todo.get_nowait()
+                except queue.Empty:
+                    return
+                res = slot.run(task, timeout)
+                with lock:
+                    results[task] = res
+                    if log:
+                        log.write(json.dumps({"test": task[0], "compiler": task[1], **res}) + "\n")
+                        log.flush()
+                    n = len(results)
+                    if n % 50 == 0 or n == len(tasks):
+                        print(f"  {n}/{len(tasks)} done, {time.perf_counter() - start:.0f} s",
+                              file=sys.stderr, flush=True)
+        finally:
+            slot.close()
+
+    threads = [threading.Thread(target=loop) for _ in range(max(1, jobs))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if log:
+        log.close()
+    return results
+
+
+# ----------------------------------------------------------------------------------------
+# report
+# ----------------------------------------------------------------------------------------
+def summarize(results: dict[tuple[str, str], dict[str, Any]], ops: dict[str, str],
+              compilers: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    per_op: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
+    totals: dict[str, Counter] = defaultdict(Counter)
+    for (name, comp), res in results.items():
+        per_op[ops[name]][comp][res["status"]] += 1
+        group = "node" if "/" not in name else name.split("/")[0]
+        totals[(comp, group)][res["status"]] += 1
+        totals[(comp, "all")][res["status"]] += 1
+    total_rows = []
+    for comp in compilers:
+        for group in ("node", *MODEL_KINDS, "all"):
+            c = totals.get((comp, group))
+            if not c:
+                continue
+            n = sum(c.values())
+            total_rows.append({"compiler": comp, "tests": group, "total": n,
+                               **{s: c[s] for s in STATUSES},
+                               "pass_rate": round(100.0 * c["pass"] / n, 1)})
+    op_rows = []
+    for op in sorted(per_op):
+        row: dict[str, Any] = {"op": op}
+        for comp in compilers:
+            c = per_op[op][comp]
+            row[comp] = "/".join(str(c[s]) for s in STATUSES)
+        op_rows.append(row)
+    return total_rows, op_rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-j", "--jobs", type=int, default=2, help="worker processes (default 2)")
+    ap.add_argument("--timeout", type=float, default=90.0, help="seconds per test (default 90)")
+    ap.add_argument("--match", default=None, help="regex on test names (a subset; not saved)")
+    ap.add_argument("--compilers", default="hwcc,tvm", help="hwcc,tvm (default both)")
+    ap.add_argument("--inputs", choices=("exported", "raw"), default="exported")
+    ap.add_argument("--log", type=Path, default=None, help="append per-test JSON lines here")
+    ap.add_argument("--no-save", action="store_true", help="do not write results/*.json")
+    ap.add_argument("--from-log", type=Path, nargs="+", default=None,
+                    help="summarize --log files of earlier runs (later lines win); run nothing")
+    args = ap.parse_args(argv)
+
+    compilers = [c for c in args.compilers.split(",") if c]
+    cases = load_cases()
+    ops = {name: case_op(name, c, cases) for name, c in cases.items()}
+    names = sorted(cases)
+    if args.match:
+        names = [n for n in names if re.search(args.match, n)]
+    tasks = [(n, c) for n in names for c in compilers]
+    del cases
+    t0 = time.perf_counter()
+    if args.from_log:
+        results = {}
+        for path in args.from_log:
+            for line in path.read_text().splitlines():
+                rec = json.loads(line)
+                results[(rec.pop("test"), rec.pop("compiler"))] = rec
+        results = {t: results[t] for t in tasks if t in results}
+    else:
+        print(f"{len(names)} tests x {compilers}, {args.jobs} workers, inputs={args.inputs}",
+              file=sys.stderr)
+        results = run_all(tasks, args.jobs, args.timeout, args.inputs, args.log)
+    wall = time.perf_counter() - t0
+    total_rows, op_rows = summarize(results, ops, compilers)
+
+    from benchmarks.common import save_results, table
+
+    print("\nPer op (pass/wrong/unsupported/crash):")
+    print(table(op_rows, [("op", "op"), *[(c, c) for c in compilers]]))
+    cols = [("compiler", "compiler"), ("tests", "tests"), ("total", "total"),
+            *[(s, s) for s in STATUSES], ("pass_rate", "pass %")]
+    print("\nTotals:")
+    print(table(total_rows, cols))
+    wrong = sorted(n for (n, c), r in results.items() if c == "hwcc" and r["status"] == "wrong")
+    if wrong:
+        print(f"\nhwcc wrong values ({len(wrong)}): {', '.join(wrong)}")
+    print(f"\n{len(tasks)} runs in {wall:.0f} s")
+    if not args.match and not args.no_save:
+        title = (f"ONNX backend conformance ({len(names)} tests: node + "
+                 f"{', '.join(MODEL_KINDS)}; inputs={args.inputs})")
+        save_results("conformance", total_rows, {"columns": [list(c) for c in cols],
+                                                 "title": title})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
