@@ -63,6 +63,7 @@ def compile(
     imported = frontend.load_model(model, input_shapes)
     mod = imported.mod
     pass_reports: list[dict[str, Any]] = []
+    passes = [*_import_passes(mod), *passes]
     if passes:
         mod, pass_reports = run_passes(mod, passes)
 
@@ -118,6 +119,16 @@ def compile(
     path = package.write_artifact(out, manifest, writers)
     logger.info("wrote %s", path)
     return Artifact(path, package_manifest(path))
+
+
+def _import_passes(mod: Any) -> list[PassSpec]:
+    """Passes every model of a kind needs: a QDQ model (quantized by another tool) has its
+    dequantize → conv/matmul → quantize chains rewritten to integer kernels."""
+    from passes.quantize import QuantizeConfig, has_qdq
+
+    if has_qdq(mod):
+        return [PassSpec("quantize", QuantizeConfig(mode="qdq"))]
+    return []
 
 
 def package_manifest(path: Path) -> dict[str, Any]:

@@ -137,12 +137,11 @@ def _compile_passes(args: argparse.Namespace, shapes: dict[str, tuple[int, ...]]
     from .frontend import read_model, resolve_input_specs
     from .passes_cli import passes_from_args
 
-    if not any(getattr(args, k, None) is not None for k in ("prune", "low_rank")):
+    if not any(getattr(args, k, None) is not None for k in ("prune", "low_rank", "quantize")):
         return []
     model, _ = read_model(args.model)
     specs = resolve_input_specs(model, shapes)
-    lanes = parse_target(args.target).capabilities.fp32_lanes
-    return passes_from_args(args, specs, lanes)
+    return passes_from_args(args, specs, parse_target(args.target).capabilities)
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -152,8 +151,15 @@ def cmd_compile(args: argparse.Namespace) -> int:
     shapes = parse_input_shapes(args.input_shape or [])
     passes = _compile_passes(args, shapes)
     out = args.output or str(Path("out") / Path(args.model).stem)
+    verify_inputs = None
+    if args.calib and passes:
+        # check agreement on real data (the first calibration sample), not on random inputs
+        from .passes_cli import first_sample
+
+        verify_inputs = first_sample(passes)
     art = api.compile(args.model, args.target, output_dir=out, input_shapes=shapes,
-                      passes=passes, tuning_log=args.tune_log, verify=not args.no_verify)
+                      passes=passes, tuning_log=args.tune_log, verify=not args.no_verify,
+                      verify_inputs=verify_inputs)
     m = art.manifest
     latency = None
     runs_here = "verification" in m
@@ -182,8 +188,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
     v = m.get("verification")
     if v:
         top1 = f", top-1 agreement {v['top1_agreement']:.1%}" if "top1_agreement" in v else ""
+        on = "the first calibration sample" if verify_inputs is not None else \
+            f"{v['inputs']} inputs"
         print(f"  agreement    max abs err {v['max_abs_err']:.2e}, max rel err "
-              f"{v['max_rel_err']:.2e} vs {v['reference']} on {v['inputs']} inputs{top1}")
+              f"{v['max_rel_err']:.2e} vs {v['reference']} (float model) on {on}{top1}")
     else:
         print("  agreement    not checked (the target does not run on this machine)")
     if latency:

@@ -2,7 +2,7 @@
 
 Kept apart from ``cli.py`` so every pass's flags live together. The pipeline order is fixed
 and deliberate: canonicalize (fold BatchNorm/constants) → prune channels → recover → low rank
-→ quantize; each compression that loses accuracy is followed by its teacher-guided recovery
+→ quantize (last: it needs the final weights); each compression that loses accuracy is followed by its teacher-guided recovery
 when calibration data is given.
 """
 
@@ -42,6 +42,11 @@ def add_pass_arguments(parser: argparse.ArgumentParser) -> None:
                    "least-squares re-fit after pruning / low rank")
     g.add_argument("--low-rank", metavar="SPEC", help="low-rank factorization: energy=0.95, "
                    "rank=64 or ratio=0.25")
+    g.add_argument("--quantize", choices=["int8", "int8-dynamic", "fp16"],
+                   help="int8 (static, calibrated on --calib), int8-dynamic (activation scales "
+                   "at run time, for MatMul/Gemm), or fp16 weights")
+    g.add_argument("--calib-method", choices=["minmax", "percentile", "entropy"],
+                   default="minmax", help="activation range observer for --quantize int8")
 
 
 def load_calibration(path: str, input_specs: Sequence[Any]) -> dict[str, np.ndarray]:
@@ -54,22 +59,26 @@ def load_calibration(path: str, input_specs: Sequence[Any]) -> dict[str, np.ndar
 
 
 def passes_from_args(args: argparse.Namespace, input_specs: Sequence[Any],
-                     lanes: int) -> list[PassSpec]:
-    """Pass specs, in pipeline order, for the flags given (``lanes``: target fp32 lanes)."""
+                     capabilities: Any) -> list[PassSpec]:
+    """Pass specs, in pipeline order, for the flags given (for a target's capabilities)."""
+    lanes = capabilities.fp32_lanes
     calib = load_calibration(args.calib, input_specs) if args.calib else None
     return build_passes(prune=args.prune, prune_method=args.prune_method,
                         prune_scope=args.prune_scope, recover=not args.no_recover,
-                        low_rank=args.low_rank, calibration=calib, lanes=lanes)
+                        low_rank=args.low_rank, quantize=args.quantize,
+                        calib_method=args.calib_method, calibration=calib, lanes=lanes,
+                        capabilities=capabilities)
 
 
 def build_passes(*, prune: float | None = None, prune_method: str = "l1",
                  prune_scope: str = "global", recover: bool = True,
                  low_rank: str | None = None,
+                 quantize: str | None = None, calib_method: str = "minmax",
                  calibration: Mapping[str, np.ndarray] | None = None,
-                 lanes: int = 8) -> list[PassSpec]:
+                 lanes: int = 8, capabilities: Any = None) -> list[PassSpec]:
     """The compression pipeline for the given options (shared by the CLI and search)."""
     specs: list[PassSpec] = []
-    wants = prune is not None or low_rank is not None
+    wants = prune is not None or low_rank is not None or quantize is not None
     if not wants:
         return specs
     from passes import CanonicalizeConfig, PruneConfig, RecoverConfig
@@ -92,4 +101,23 @@ def build_passes(*, prune: float | None = None, prune_method: str = "l1",
 
         specs.append(PassSpec("low_rank", low_rank_config_from_arg(
             low_rank, calibration=calibration if recover else None, multiple_of=lanes)))
+    if quantize is not None:
+        from passes.quantize import quantize_config_from_args
+
+        if quantize == "int8" and calibration is None:
+            raise ConfigError("--quantize int8 calibrates activation ranges: give --calib "
+                              "FILE.npz (or use --quantize int8-dynamic)")
+        specs.append(PassSpec("quantize", quantize_config_from_args(
+            quantize, calibration, calib_method, capabilities)))
     return specs
+
+
+def first_sample(specs: Sequence[PassSpec]) -> dict[str, np.ndarray] | None:
+    """The first calibration sample carried by any pass config (for verification)."""
+    for spec in specs:
+        cfg = spec.config
+        calib = getattr(cfg, "calibration", None) or getattr(
+            getattr(cfg, "keywords", {}), "get", lambda _k: None)("calibration")
+        if calib:
+            return {k: np.asarray(v[0]) for k, v in calib.items()}
+    return None

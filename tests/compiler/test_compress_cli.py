@@ -77,3 +77,20 @@ def test_calibration_file_that_does_not_fit(tmp_path: Path,
     assert main(["compile", DIGITS, "-o", str(tmp_path / "a"), "--prune", "0.3", "--calib",
                  str(tmp_path / "empty.npz")]) == 1
     assert "no samples" in capsys.readouterr().err
+
+
+def test_quantize_int8_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--quantize int8 --calib: scheme and calibration agreement in the manifest; accuracy."""
+    m = _compile(tmp_path, capsys, "--quantize", "int8", "--calib", CALIB,
+                 "--calib-method", "percentile")
+    q = [p for p in m["passes"] if p["name"] == "quantize"][0]
+    assert q["config"]["mode"] == "int8" and q["config"]["method"] == "percentile"
+    assert "int8" in q["report"]["scheme"]
+    assert m["compressed"]["weight_bytes"] < 0.4 * m["model"]["weight_bytes"]
+    assert _accuracy(tmp_path, capsys) > 0.95
+
+
+def test_quantize_int8_needs_calibration(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compile", DIGITS, "-o", str(tmp_path / "a"), "--quantize", "int8"]) == 1
+    assert "--calib" in capsys.readouterr().err
