@@ -160,7 +160,8 @@ def make_bundle(artifact_dir: str | Path, out_dir: str | Path) -> Path:
         shutil.copy2(runner, tmp / RUNNER)
         os.chmod(tmp / RUNNER, 0o755)
         (tmp / IO_SPEC).write_text(io_spec(manifest["inputs"], manifest["outputs"]))
-        (tmp / "README.txt").write_text(_readme(manifest, arch))
+        requires = libc_requirements([tmp / RUNNER, tmp / "module.so", *runtime.libraries])
+        (tmp / "README.txt").write_text(_readme(manifest, arch, requires))
         files = {}
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
             rel = path.relative_to(tmp).as_posix()
@@ -176,6 +177,7 @@ def make_bundle(artifact_dir: str | Path, out_dir: str | Path) -> Path:
             "compiler": cxx,
             "runtime": {"apache-tvm": runtime.versions[0], "apache-tvm-ffi": runtime.versions[1],
                         "source": runtime.source},
+            "requires": requires,
             "inputs": manifest["inputs"],
             "outputs": manifest["outputs"],
             "files": files,
@@ -232,6 +234,31 @@ def file_stem(name: str, used: set[str] | frozenset[str] = frozenset()) -> str:
     while candidate in used:
         candidate, n = f"{stem}_{n}", n + 1
     return candidate
+
+
+def libc_requirements(paths: Sequence[Path]) -> dict[str, str]:
+    """Newest glibc / libstdc++ symbol versions the ELF files ask for (what the device needs).
+
+    Returns
+    -------
+    dict
+        ``{"glibc": "2.34", "libstdc++": "GLIBCXX_3.4.29"}``; a key is absent when no file
+        needs that library.
+    """
+    found: dict[str, tuple[int, ...]] = {}
+    for path in paths:
+        data = Path(path).read_bytes()
+        for key, pattern in (("glibc", rb"GLIBC_(2\.[0-9]+(?:\.[0-9]+)?)\x00"),
+                             ("libstdc++", rb"GLIBCXX_(3\.4(?:\.[0-9]+)?)\x00")):
+            for m in re.finditer(pattern, data):
+                version = tuple(int(x) for x in m.group(1).decode().split("."))
+                found[key] = max(found.get(key, version), version)
+    out = {}
+    if "glibc" in found:
+        out["glibc"] = ".".join(map(str, found["glibc"]))
+    if "libstdc++" in found:
+        out["libstdc++"] = "GLIBCXX_" + ".".join(map(str, found["libstdc++"]))
+    return out
 
 
 def cache_dir() -> Path:
@@ -506,7 +533,7 @@ def _is_replaceable_bundle(path: Path) -> bool:
         return False
 
 
-def _readme(manifest: Mapping[str, Any], arch: str) -> str:
+def _readme(manifest: Mapping[str, Any], arch: str, requires: Mapping[str, str]) -> str:
     def describe(specs: Sequence[Mapping[str, Any]]) -> str:
         used: set[str] = set()
         rows = []
@@ -522,6 +549,9 @@ def _readme(manifest: Mapping[str, Any], arch: str) -> str:
         "  ./hwcc_run --inputs IN_DIR --outputs OUT_DIR [--repeat N] [--threads N]\n\n"
         f"Inputs (.npy, little-endian, C order):\n{describe(manifest['inputs'])}\n"
         f"Outputs:\n{describe(manifest['outputs'])}\n\n"
-        "The device needs glibc and libstdc++ (any Linux distribution of the last years);\n"
-        "TVM's runtime is in lib/. No Python is needed.\n"
+        f"The device needs Linux on {arch} with glibc >= {requires.get('glibc', '?')} and a "
+        f"libstdc++ providing {requires.get('libstdc++', '?')}\n"
+        "(e.g. Debian 12, Ubuntu 22.04, Raspberry Pi OS bookworm or newer). TVM's runtime is\n"
+        "in lib/; no Python is needed. Set TVM_NUM_THREADS or --threads to choose the threads\n"
+        "(default: all cores).\n"
     )

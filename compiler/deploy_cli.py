@@ -3,7 +3,7 @@
 Registered by :func:`add_bundle_parser`; :func:`cmd_bundle` is a thin layer over
 :func:`compiler.deploy.make_bundle`. Human output says what was written and how to run it;
 ``--json`` prints one object (``bundle``, ``machine``, ``target``, ``runner``, ``runtime``,
-``inputs``, ``outputs``, ``files``, ``bytes``, ``run``).
+``requires``, ``inputs``, ``outputs``, ``files``, ``bytes``, ``run``).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
             "target": info["target"],
             "runner": str(Path(path) / info["runner"]),
             "runtime": info["runtime"],
+            "requires": info.get("requires", {}),
             "inputs": info["inputs"],
             "outputs": info["outputs"],
             "files": info["files"],
@@ -61,6 +62,9 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     rt = info["runtime"]
     print(f"  runtime   apache-tvm {rt['apache-tvm']}, apache-tvm-ffi {rt['apache-tvm-ffi']} "
           f"({'installed wheels' if rt['source'] == 'installed' else 'PyPI wheels'})")
+    req = info.get("requires", {})
+    print(f"  device    Linux {info['machine']}, glibc >= {req.get('glibc', '?')}, libstdc++ with "
+          f"{req.get('libstdc++', '?')}; no Python")
     for kind in ("inputs", "outputs"):
         specs = ", ".join(f"{s['name']} {s['dtype']}{list(s['shape'])}" for s in info[kind])
         print(f"  {kind:<9} {specs}")

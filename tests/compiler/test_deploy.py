@@ -88,6 +88,7 @@ def test_host_bundle_runs_without_python_and_matches_reference(
     model, bundle = host_case.model, host_case.bundle
     info = json.loads((bundle / "bundle.json").read_text())
     assert info["machine"] == "x86_64" and info["runtime"]["apache-tvm"].startswith("0.27")
+    assert info["requires"]["glibc"].startswith("2.")
     for name in ("hwcc_run", "module.so", "io.txt", "manifest.json",
                  "lib/libtvm_runtime.so", "lib/libtvm_ffi.so"):
         assert (bundle / name).is_file(), name
@@ -152,6 +153,35 @@ def test_runner_rejects_bad_inputs_with_one_line(host_case: HostCase,
         assert message in err and spec["name"] in err, err
     proc = _run([runner, "--repeat", "zero"], cwd=tmp_path)
     assert proc.returncode == 2 and "--repeat needs a positive integer" in proc.stderr
+
+
+def test_runner_handles_int64_scalars_odd_names_and_several_outputs(tmp_path: Path) -> None:
+    """Gather by int64 indices, ArgMax (int64 output), ReduceSum to a 0-d output; the input
+    name ``x:0`` is read from ``x_0.npy``."""
+    from onnx import TensorProto, helper
+
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["x:0", "idx"], ["gathered"], axis=0),
+         helper.make_node("ArgMax", ["x:0"], ["argmax"], axis=1, keepdims=0),
+         helper.make_node("ReduceSum", ["x:0"], ["total"], keepdims=0)],
+        "multi", [vi("x:0", TensorProto.FLOAT, [3, 5]), vi("idx", TensorProto.INT64, [2])],
+        [vi("gathered", TensorProto.FLOAT, [2, 5]), vi("argmax", TensorProto.INT64, [3]),
+         vi("total", TensorProto.FLOAT, [])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    art = compiler.compile(model, "host", output_dir=tmp_path / "art", verify=False)
+    bundle = make_bundle(art.path, tmp_path / "bundle")
+    assert "input\tx:0\tx_0\tfloat32\t3,5" in (bundle / "io.txt").read_text()
+    feeds = {"x:0": np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32),
+             "idx": np.array([2, 0], np.int64)}
+    inputs = _write_inputs(tmp_path / "in", feeds)
+    proc = _run([str(bundle / "hwcc_run"), "--inputs", str(inputs), "--outputs",
+                 str(tmp_path / "out")], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for name, want in _reference(model, feeds).items():
+        got = np.load(tmp_path / "out" / f"{name}.npy")
+        assert got.dtype == want.dtype and got.shape == want.shape, name
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def _fake_artifact(src: Path, dst: Path, **target: str) -> Path:
