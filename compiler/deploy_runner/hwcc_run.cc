@@ -362,7 +362,7 @@ int run(const Options& opt, const std::string& bundle) {
     double mean = 0;
     for (double x : ms) mean += x / double(n);
     std::printf("latency: median %.4f ms, mean %.4f ms, min %.4f ms, max %.4f ms "
-                "over %zu runs (%s threads)\n",
+                "over %zu runs, TVM_NUM_THREADS=%s\n",
                 median, mean, sorted.front(), sorted.back(), n, std::getenv("TVM_NUM_THREADS"));
   }
   return 0;
