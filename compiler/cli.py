@@ -137,7 +137,7 @@ def _compile_passes(args: argparse.Namespace, shapes: dict[str, tuple[int, ...]]
     from .frontend import read_model, resolve_input_specs
     from .passes_cli import passes_from_args
 
-    if not any(getattr(args, k, None) is not None for k in ("prune", "low_rank", "quantize")):
+    if not any(getattr(args, k, None) is not None for k in ("prune", "low_rank", "sparsity", "quantize")):
         return []
     model, _ = read_model(args.model)
     specs = resolve_input_specs(model, shapes)

@@ -2,7 +2,7 @@
 
 Kept apart from ``cli.py`` so every pass's flags live together. The pipeline order is fixed
 and deliberate: canonicalize (fold BatchNorm/constants) → prune channels → recover → low rank
-→ quantize (last: it needs the final weights); each compression that loses accuracy is followed by its teacher-guided recovery
+→ sparsify → quantize (last: it needs the final weights); each compression that loses accuracy is followed by its teacher-guided recovery
 when calibration data is given.
 """
 
@@ -42,6 +42,12 @@ def add_pass_arguments(parser: argparse.ArgumentParser) -> None:
                    "least-squares re-fit after pruning / low rank")
     g.add_argument("--low-rank", metavar="SPEC", help="low-rank factorization: energy=0.95, "
                    "rank=64 or ratio=0.25")
+    g.add_argument("--sparsity", type=float, metavar="RATIO", help="weight sparsity in [0, 1] "
+                   "compiled into sparse kernels where they are faster (layers stay dense "
+                   "otherwise)")
+    g.add_argument("--sparse-block", default="auto", metavar="BLOCK",
+                   help="sparsity pattern: RxC blocks (1x4, 4x1, 8x1, 16x1), N:M (2:4, 1:4), "
+                   "none (unstructured) or auto (a block of the target's vector width)")
     g.add_argument("--quantize", choices=["int8", "int8-dynamic", "fp16"],
                    help="int8 (static, calibrated on --calib), int8-dynamic (activation scales "
                    "at run time, for MatMul/Gemm), or fp16 weights")
@@ -65,7 +71,8 @@ def passes_from_args(args: argparse.Namespace, input_specs: Sequence[Any],
     calib = load_calibration(args.calib, input_specs) if args.calib else None
     return build_passes(prune=args.prune, prune_method=args.prune_method,
                         prune_scope=args.prune_scope, recover=not args.no_recover,
-                        low_rank=args.low_rank, quantize=args.quantize,
+                        low_rank=args.low_rank, sparsity=args.sparsity,
+                        sparse_block=args.sparse_block, quantize=args.quantize,
                         calib_method=args.calib_method, calibration=calib, lanes=lanes,
                         capabilities=capabilities)
 
@@ -73,12 +80,13 @@ def passes_from_args(args: argparse.Namespace, input_specs: Sequence[Any],
 def build_passes(*, prune: float | None = None, prune_method: str = "l1",
                  prune_scope: str = "global", recover: bool = True,
                  low_rank: str | None = None,
+                 sparsity: float | None = None, sparse_block: str = "auto",
                  quantize: str | None = None, calib_method: str = "minmax",
                  calibration: Mapping[str, np.ndarray] | None = None,
                  lanes: int = 8, capabilities: Any = None) -> list[PassSpec]:
     """The compression pipeline for the given options (shared by the CLI and search)."""
     specs: list[PassSpec] = []
-    wants = prune is not None or low_rank is not None or quantize is not None
+    wants = any(x is not None for x in (prune, low_rank, sparsity, quantize))
     if not wants:
         return specs
     from passes import CanonicalizeConfig, PruneConfig, RecoverConfig
@@ -101,6 +109,12 @@ def build_passes(*, prune: float | None = None, prune_method: str = "l1",
 
         specs.append(PassSpec("low_rank", low_rank_config_from_arg(
             low_rank, calibration=calibration if recover else None, multiple_of=lanes)))
+    if sparsity is not None:
+        from passes.sparsify import sparsify_config_from_args
+
+        block = f"{max(1, lanes // 2)}x1" if sparse_block == "auto" else sparse_block
+        specs.append(PassSpec("sparsify", sparsify_config_from_args(
+            sparsity, block, calibration=calibration if recover else None, lanes=lanes)))
     if quantize is not None:
         from passes.quantize import quantize_config_from_args
 

@@ -94,3 +94,13 @@ def test_quantize_int8_needs_calibration(tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["compile", DIGITS, "-o", str(tmp_path / "a"), "--quantize", "int8"]) == 1
     assert "--calib" in capsys.readouterr().err
+
+
+def test_sparsity_flag_reports_per_layer_choice(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """--sparsity: every considered layer is reported as sparse, dense or skipped, with why."""
+    m = _compile(tmp_path, capsys, "--sparsity", "0.9", "--sparse-block", "4x1")
+    sp = [p for p in m["passes"] if p["name"] == "sparsify"][0]
+    layers = sp["report"]["layers"]
+    assert layers and all(entry["choice"] in ("sparse", "dense", "skipped") for entry in layers)
+    assert all(entry.get("reason") for entry in layers)
