@@ -428,6 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "the manifest)")
     i.set_defaults(func=cmd_inspect)
 
+    from .deploy_cli import add_bundle_parser
+
+    add_bundle_parser(sub)
+
     t = sub.add_parser("targets", help="list the known target triples")
     t.add_argument("--json", action="store_true", help="print one JSON object")
     t.set_defaults(func=cmd_targets)

@@ -7,9 +7,12 @@ cd "$(dirname "$0")/.."
 # Cross compilers (aarch64, armv7, riscv64) link modules for non-host targets.
 need=()
 for pkg_cc in g++-aarch64-linux-gnu:aarch64-linux-gnu-g++ \
+              libc6-dev-arm64-cross:/usr/aarch64-linux-gnu/lib/libc.so.6 \
               g++-arm-linux-gnueabihf:arm-linux-gnueabihf-g++ \
               g++-riscv64-linux-gnu:riscv64-linux-gnu-g++; do
-  command -v "${pkg_cc#*:}" >/dev/null 2>&1 || need+=("${pkg_cc%%:*}")
+  tool="${pkg_cc#*:}"
+  if [[ "$tool" == /* ]]; then [ -e "$tool" ] || need+=("${pkg_cc%%:*}")
+  else command -v "$tool" >/dev/null 2>&1 || need+=("${pkg_cc%%:*}"); fi
 done
 command -v readelf >/dev/null 2>&1 || need+=(binutils)
 # qemu-user runs aarch64 / armv7 deployment bundles on this machine (tests of `hwcc bundle`).
