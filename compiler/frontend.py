@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .errors import InputShapeError, ModelLoadError, UnsupportedOpError
+from .errors import HwccError, InputShapeError, ModelLoadError, UnsupportedOpError
 
 logger = logging.getLogger(__name__)
 
@@ -260,9 +260,16 @@ def load_model(model: str | Path | onnx.ModelProto,
         raise ModelLoadError(f"shape inference failed for {source}: "
                              f"{msg[0] if msg else type(err).__name__}") from None
 
-    from .onnx_rewrites import apply_rewrites
+    from .onnx_prep import prepare  # fold shape subgraphs, expand/rewrite ops (exact)
 
-    pinned = apply_rewrites(pinned)
+    try:
+        pinned = prepare(pinned)
+    except HwccError:
+        raise
+    except Exception as err:  # noqa: BLE001 - shape inference / reference errors, one line
+        msg = str(err).strip().splitlines()
+        raise ModelLoadError(f"graph preparation failed for {source}: "
+                             f"{msg[0] if msg else type(err).__name__}") from None
     bad = unsupported_nodes(pinned)
     if bad:
         op, name, domain = bad[0]

@@ -103,8 +103,64 @@ def layer_norm_with_stats(node: onnx.NodeProto, model: onnx.ModelProto, names: N
     return nodes, inits
 
 
+def _const(model: onnx.ModelProto, name: str) -> np.ndarray | None:
+    for t in model.graph.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t)
+    return None
+
+
+def one_hot(node: onnx.NodeProto, model: onnx.ModelProto, names: NameGen):
+    """OneHot as Equal(indices, arange(depth)) + Where: TVM only takes constant values and
+    depth; depth must be constant here (after folding), values may be computed."""
+    depth = _const(model, node.input[1])
+    rank = _rank(model, node.input[0])
+    if depth is None or rank is None or depth.size != 1:
+        return None
+    d = int(depth.reshape(-1)[0])
+    axis = next((int(helper.get_attribute_value(a)) for a in node.attribute
+                 if a.name == "axis"), -1)
+    axis = axis + rank + 1 if axis < 0 else axis
+    n = names(node.name or "onehot")
+    c = {k: names(f"{n}_{k}") for k in ("zero", "d", "ax", "rng", "i0", "i1")}
+    arange = np.arange(d, dtype=np.int64).reshape([d if i == axis else 1
+                                                   for i in range(rank + 1)])
+    inits = [numpy_helper.from_array(np.array(0, np.int64), c["zero"]),
+             numpy_helper.from_array(np.array(d, np.int64), c["d"]),
+             numpy_helper.from_array(arange, c["rng"]),
+             numpy_helper.from_array(np.array(0, np.int64), c["i0"]),
+             numpy_helper.from_array(np.array(1, np.int64), c["i1"])]
+    if _opset(model) >= 13:
+        inits.append(numpy_helper.from_array(np.array([axis], np.int64), c["ax"]))
+        unsq = helper.make_node("Unsqueeze", [f"{n}_norm", c["ax"]], [f"{n}_u"])
+    else:
+        unsq = helper.make_node("Unsqueeze", [f"{n}_norm"], [f"{n}_u"], axes=[axis])
+    nodes = [
+        helper.make_node("Cast", [node.input[0]], [f"{n}_i"], to=onnx.TensorProto.INT64),
+        helper.make_node("Less", [f"{n}_i", c["zero"]], [f"{n}_neg"]),
+        helper.make_node("Add", [f"{n}_i", c["d"]], [f"{n}_wrapped"]),
+        helper.make_node("Where", [f"{n}_neg", f"{n}_wrapped", f"{n}_i"], [f"{n}_norm"]),
+        unsq,
+        helper.make_node("Equal", [f"{n}_u", c["rng"]], [f"{n}_hot"]),
+        helper.make_node("Gather", [node.input[2], c["i0"]], [f"{n}_off"], axis=0),
+        helper.make_node("Gather", [node.input[2], c["i1"]], [f"{n}_on"], axis=0),
+        helper.make_node("Where", [f"{n}_hot", f"{n}_on", f"{n}_off"], [node.output[0]]),
+    ]
+    return nodes, inits
+
+
+def _recurrent(node: onnx.NodeProto, model: onnx.ModelProto, names: NameGen):
+    from .onnx_rnn import recurrent
+
+    return recurrent(node, model, names)
+
+
 REWRITES: dict[str, Rewrite] = {
     "LayerNormalization": layer_norm_with_stats,
+    "LSTM": _recurrent,  # no converter in TVM: unrolled over the static sequence length
+    "GRU": _recurrent,
+    "RNN": _recurrent,
+    "OneHot": one_hot,  # TVM: constant depth and values only
 }
 
 # QOperator ops (QLinearConv, QLinearMatMul, ConvInteger) become QDQ: see compiler/onnx_qop.py
