@@ -23,6 +23,8 @@ from tvm.s_tir.dlight import ScheduleRule
 from .conv2d import Conv2d
 from .depthwise import DepthwiseConv2d
 from .fallback import Fallback
+from .int8_conv2d import Int8Conv2d  # int8 rules (VNNI): first, only integer kernels match
+from .int8_dense import Int8Dense
 from .matmul import Matmul
 from .packing import pack_weights
 from .target_info import CPUInfo, cpu_info, is_cpu_target
@@ -35,6 +37,8 @@ __all__ = [
     "Conv2d",
     "DepthwiseConv2d",
     "Fallback",
+    "Int8Conv2d",
+    "Int8Dense",
     "Matmul",
     "apply_default_schedules",
     "cpu_info",
@@ -42,7 +46,11 @@ __all__ = [
 ]
 
 #: Rules tried in order; the first that returns a schedule wins.
-DEFAULT_RULES: tuple[ScheduleRule, ...] = (Matmul(), Conv2d(), DepthwiseConv2d(), Fallback())
+DEFAULT_RULES: tuple[ScheduleRule, ...] = (
+    # int8 rules first (u8xs8->s32 blocks only; their pack_plan packs weights to VNNI layout)
+    Int8Dense(), Int8Conv2d(),
+    Matmul(), Conv2d(), DepthwiseConv2d(), Fallback(),
+)
 
 _SCHEDULED_ATTRS = ("tirx.is_scheduled", "tir.is_scheduled")
 

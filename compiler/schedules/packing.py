@@ -38,6 +38,9 @@ class WeightPack:
         Old indices -> new indices, as passed to ``Schedule.transform_layout``.
     pack : Callable[[np.ndarray], np.ndarray]
         The same mapping applied to the constant with numpy (must agree with ``index_map``).
+    pad_value : int or float or None
+        When ``index_map`` pads (int8 VNNI layouts round dimensions up), the value ``pack``
+        writes into the padding (passed to ``transform_layout``); None: no padding allowed.
     """
 
     block: str
@@ -45,6 +48,7 @@ class WeightPack:
     param_index: int
     index_map: Callable
     pack: Callable[[np.ndarray], np.ndarray]
+    pad_value: int | float | None = None  # int8 rules: zero padding of rounded-up dims
 
 
 PackPlanner = Callable[[tirx.PrimFunc, tvm.target.Target], "WeightPack | None"]
@@ -157,7 +161,9 @@ def pack_weights(
         try:
             sch = s_tir.Schedule(func)
             block = sch.get_sblock(plan.block)
-            sch.transform_layout(block, ("read", plan.read_index), plan.index_map)
+            sch.transform_layout(
+                block, ("read", plan.read_index), plan.index_map, pad_value=plan.pad_value
+            )
             new_funcs[name] = (sch.mod["main"], plan)
         except Exception as err:  # noqa: BLE001 - leave the function unpacked
             logger.debug("could not pack weight of %s: %s", name, err)
