@@ -69,6 +69,15 @@ def check_dtypes(model: onnx.ModelProto) -> None:
     """
     from .errors import UnsupportedOpError
 
+    for out in model.graph.output:
+        kind = out.type.WhichOneof("value")
+        if kind not in (None, "tensor_type"):
+            producer = next((n for n in model.graph.node if out.name in n.output), None)
+            raise UnsupportedOpError(producer.op_type if producer else "<graph output>",
+                                     producer.name if producer else out.name,
+                                     _default_opset(model),
+                                     f"output '{out.name}' is a {kind.replace('_type', '')}; "
+                                     "only tensor outputs are supported")
     bad: dict[str, str] = {}
     for name, tp in value_types(model).items():
         if tp.WhichOneof("value") == "tensor_type" and \

@@ -199,3 +199,9 @@ def apply_rewrites(model: onnx.ModelProto) -> onnx.ModelProto:
     del out.graph.node[:]
     out.graph.node.extend(new_nodes)
     return out
+
+# Cases where TVM is silently wrong: exact rewrites or clear refusals (compiler/onnx_guards.py)
+from .onnx_guards import GUARDS  # noqa: E402
+
+for _op, _guard in GUARDS.items():
+    REWRITES.setdefault(_op, _guard)
