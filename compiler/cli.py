@@ -429,7 +429,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_inspect)
 
     from .deploy_cli import add_bundle_parser
+    from .search_cli import add_search_parser
+    from .tune_cli import add_tune_parser
 
+    add_tune_parser(sub)
+    add_search_parser(sub)
     add_bundle_parser(sub)
 
     t = sub.add_parser("targets", help="list the known target triples")
