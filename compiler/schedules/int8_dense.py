@@ -87,7 +87,7 @@ def match_int8_matmul(sch: s_tir.Schedule, lanes: int) -> Int8MatmulMatch | None
     """Find the single u8×s8→s32 matmul contraction of the function, or None.
 
     Requirements: one integer contraction (:func:`.int8_common.match_int_contraction`) with one
-    reduction ``k`` and static ``n``/``k`` extents; ``A`` is ``uint8``, indexed ``[.., m, k]``
+    reduction ``k`` and static extents (no dynamic batch); ``A`` is ``uint8``, indexed ``[.., m, k]``
     with ``k`` last and plain; ``B`` is ``int8``, uses only ``k`` and ``n`` (no batch), laid out
     ``[k, n]``, ``[n, k]`` or packed for ``lanes``. All other blocks data-parallel.
     """
@@ -100,7 +100,9 @@ def match_int8_matmul(sch: s_tir.Schedule, lanes: int) -> Int8MatmulMatch | None
     k = con.reduce[0]
     m, n = con.out_vars[-2], con.out_vars[-1]
     batch = [v for v in con.out_vars[:-2] if v is not None]
-    if n is None or con.extent(n) is None or con.extent(k) is None:
+    if n is None or not con.is_static():
+        # symbolic rows (dynamic batch): the tensorized block does not match under the row
+        # predicate; such kernels are left to the float rules' fallback
         return None
     lhs = rhs = None
     for op in con.operands:
@@ -240,7 +242,7 @@ class Int8Dense(CPUScheduleRule):
     """u8×s8→s32 matmul / dense with a constant weight: VNNI-packed and tensorized.
 
     Applies to targets with ``+avx512vnni``; returns None elsewhere (and for non-constant
-    weights, int8×int8 activations, symbolic ``N``/``K``), leaving the block to later rules.
+    weights, int8×int8 activations, symbolic extents), leaving the block to later rules.
     """
 
     def pack_plan(self, func: tirx.PrimFunc, target: tvm.target.Target) -> WeightPack | None:

@@ -257,3 +257,22 @@ def test_quantized_digits_cnn_keeps_float_accuracy(tmp_path):
             hits += int(np.argmax(out) == y[i])
         acc[name] = hits / len(x)
     assert acc["int8"] >= acc["fp32"] - 0.02, acc
+
+
+def test_int8_dense_dynamic_rows_left_to_fallback_exact():
+    """A symbolic row count (dynamic batch) is declined by the int8 rule (weight left
+    unpacked) and still computes exactly."""
+    w = np.random.default_rng(5).integers(-128, 128, size=(40, 24)).astype("int8")
+    bb = relax.BlockBuilder()
+    n = tvm.tirx.Var("n", "int64")
+    x = relax.Var("x", relax.TensorType((n, 40), "uint8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit(relax.op.matmul(x, relax.const(w), out_dtype="int32")))
+        bb.emit_func_output(out)
+    ex, _ = _build(bb.get(), RUN_TARGET)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    for m in (1, 7):
+        xin = np.random.default_rng(m).integers(0, 256, size=(m, 40)).astype("uint8")
+        got = vm["main"](tvm.runtime.tensor(xin)).numpy()
+        np.testing.assert_array_equal(got, xin.astype(np.int32) @ w.astype(np.int32))
