@@ -191,3 +191,23 @@ def pad_accumulator(sch: s_tir.Schedule, block, ndim: int, lanes: int) -> None:
         pad_value=None,
         assume_injective_transform=True,
     )
+
+
+def inline_other_producers(sch: s_tir.Schedule, tail, main) -> None:
+    """Inline the data-parallel producers of ``tail`` other than ``main``.
+
+    ``reverse_compute_at`` needs every producer of the epilogue under the tile loop; an
+    epilogue that also reads a computed tensor (a dequantized residual in QDQ models) gets that
+    computation inlined (recomputed per element, cheap elementwise work). Producers that cannot
+    be inlined are left; the caller's ``reverse_compute_at`` then fails and the rule declines.
+    """
+    main_name = sch.get(main).name_hint
+    for producer in list(sch.get_producers(tail)):
+        if sch.get(producer).name_hint == main_name:
+            continue
+        if not all(iv.iter_type == tirx.IterVar.DataPar for iv in sch.get(producer).iter_vars):
+            continue
+        try:
+            sch.compute_inline(producer)
+        except Exception as err:  # noqa: BLE001 - see docstring
+            logger.debug("epilogue producer not inlined: %s", err)

@@ -41,6 +41,7 @@ from .int8_common import (
     K_BLOCK,
     DotISA,
     dot_isa,
+    inline_other_producers,
     read_index,
     round_up,
     single_int_contraction,
@@ -242,6 +243,7 @@ def schedule_int8_conv2d(
     par = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     tile_loop = tile[-1] if tile else par
     if tail is not None:
+        inline_other_producers(sch, tail, main)
         sch.reverse_compute_at(tail, tile_loop, preserve_unit_loops=True)
         inner_tail = sch.get_loops(tail)[-1]
         ext = sch.get(inner_tail).extent

@@ -35,6 +35,7 @@ from .int8_common import (
     K_BLOCK,
     DotISA,
     dot_isa,
+    inline_other_producers,
     last_dim_blocked,
     pad_accumulator,
     read_index,
@@ -216,6 +217,7 @@ def schedule_int8_matmul(
     sch.reorder(*outer, ko, *([ii] if ii is not None else []), joi, ji, ki)
     fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     if tail is not None:
+        inline_other_producers(sch, tail, main)
         sch.reverse_compute_at(tail, fused, preserve_unit_loops=True)
         tail_loops = list(sch.get_loops(tail))
         inner = tail_loops[-1]
