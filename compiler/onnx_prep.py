@@ -398,12 +398,17 @@ def remove_dead(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     inits = [t for t in g.initializer if t.name in live]
     if not removed and len(inits) == len(g.initializer):
         return model, 0
+    dropped = {t.name for t in g.initializer} - {t.name for t in inits}
     out = onnx.ModelProto()
     out.CopyFrom(model)
     del out.graph.node[:]
     out.graph.node.extend(reversed(keep_rev))
     del out.graph.initializer[:]
     out.graph.initializer.extend(inits)
+    # an initializer listed as a graph input (a default value) goes with its input entry
+    kept_inputs = [v for v in g.input if v.name not in dropped]
+    del out.graph.input[:]
+    out.graph.input.extend(kept_inputs)
     return out, removed
 
 
@@ -412,7 +417,12 @@ def infer(model: onnx.ModelProto) -> onnx.ModelProto:
     bare = onnx.ModelProto()
     bare.CopyFrom(model)
     del bare.graph.value_info[:]
-    return onnx.shape_inference.infer_shapes(bare, strict_mode=True, data_prop=True)
+    try:
+        return onnx.shape_inference.infer_shapes(bare, strict_mode=True, data_prop=True)
+    except Exception:  # noqa: BLE001 - e.g. an exporter's stale output type: infer around it
+        for out in bare.graph.output:
+            out.type.tensor_type.ClearField("shape")
+        return onnx.shape_inference.infer_shapes(bare, data_prop=True)
 
 
 # ----------------------------------------------------------------------------------------
