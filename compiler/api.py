@@ -127,7 +127,8 @@ def _import_passes(mod: Any) -> list[PassSpec]:
     from passes.quantize import QuantizeConfig, has_qdq
 
     if has_qdq(mod):
-        return [PassSpec("quantize", QuantizeConfig(mode="qdq"))]
+        # optional: a model with Q/DQ nodes but no quantized conv/matmul stays as it is
+        return [PassSpec("quantize", QuantizeConfig(mode="qdq"), optional=True)]
     return []
 
 

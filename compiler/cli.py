@@ -201,6 +201,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _pass_summary(p: dict[str, Any]) -> str:
+    if "skipped" in p:
+        return f"skipped ({p['skipped']})"
     rep = p.get("report") or {}
     keys = [k for k in rep if isinstance(rep[k], (int, float, str))][:4]
     return ", ".join(f"{k}={rep[k]}" for k in keys) or f"done in {p['seconds']} s"

@@ -40,6 +40,7 @@ class PassSpec:
     name: str
     config: Any = None
     teacher_from: str | None = None
+    optional: bool = False  # a ConfigError (nothing to do) skips the pass instead of failing
 
     def build(self, snapshots: dict[str, Any] | None = None) -> Any:
         _load_builtin_passes()
@@ -94,6 +95,12 @@ def run_passes(mod: Any, passes: Sequence[Any]) -> tuple[Any, list[dict[str, Any
         before_attrs = _hwcc_attrs(mod)
         try:
             mod = pass_obj(mod)
+        except ConfigError as err:
+            if not (isinstance(item, PassSpec) and item.optional):
+                raise
+            logger.info("pass %s skipped: %s", name, err)
+            reports.append({"name": name, "skipped": str(err)})
+            continue
         except HwccError:
             raise
         except Exception as err:
