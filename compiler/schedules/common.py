@@ -35,13 +35,18 @@ def vector_factor(extent: int, lanes: int, max_vectors: int = 2) -> int:
     """Width of the vectorized inner loop over an axis of ``extent`` elements.
 
     Prefers a multiple of ``lanes`` that divides ``extent`` (up to ``max_vectors`` registers),
-    then the whole extent when it fits in ``max_vectors`` registers, then a divisor of at least
-    half a vector, else ``max_vectors`` full vectors with a tail predicate (still correct: the
-    vectorizer scalarizes predicated lanes).
+    then half a register when it divides ``extent`` (a power-of-two width: LLVM legalizes odd
+    widths such as 24 lanes into slow shuffles and spills), then the whole extent when it fits
+    in ``max_vectors`` registers, then a divisor of at least half a vector, else
+    ``max_vectors`` full vectors with a tail predicate (still correct: the vectorizer scalarizes
+    predicated lanes).
     """
     for k in range(max_vectors, 0, -1):
         if extent % (k * lanes) == 0:
             return k * lanes
+    half = lanes // 2
+    if half >= 4 and extent > half and extent % half == 0:
+        return half
     if extent <= lanes * max_vectors:
         return extent
     best = choose_factor(extent, lanes * max_vectors, minimum=max(2, lanes // 2))

@@ -177,6 +177,21 @@ def test_conv2d_matches_reference(c, o, h, k, stride, pad, group, residual):
     _check(model, feeds)
 
 
+def test_odd_channel_count_uses_power_of_two_vectors():
+    """24 output channels (MobileNetV2) pack into 8-lane blocks, never a 24-lane vector."""
+    from compiler.schedules.common import vector_factor
+
+    assert vector_factor(24, 16, 2) == 8
+    assert vector_factor(96, 16, 2) == 32
+    assert vector_factor(7, 16, 2) == 7
+    model, feeds = _conv(48, 24, 14, 1, pad=0)
+    mod = _check(model, feeds)
+    (conv,) = [f for n, f in _prim_funcs(mod).items() if "conv2d" in n]
+    text = conv.script()
+    assert "T.vectorized(T.int64(8))" in text
+    assert "T.vectorized(T.int64(24))" not in text
+
+
 def test_avx2_target_matches_reference():
     """Same conv and gemm with 256-bit vectors (tiles chosen for 16 registers)."""
     model, feeds = _conv(8, 24, 9, 3)
