@@ -42,7 +42,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -428,13 +428,9 @@ def _tracker_has_key(remote: _Remote, raise_errors: bool = False) -> bool:
             raise TuningError(f"cannot reach RPC tracker {remote.host}:{remote.port}: "
                               f"{_last_line(err)}") from None
         return False
-    for info in summary.get("server_info", []):
-        key = str(info.get("key", ""))
-        if key.split(":", 1)[-1] == remote.key or key == remote.key:
-            return True
-    queue = summary.get("queue_info", {})
-    return remote.key in queue and bool(queue[remote.key].get("free", 0) or
-                                        queue[remote.key].get("pending", 0))
+    # registered servers only: "pending" in queue_info counts requests (ours), not devices
+    return any(str(info.get("key", "")).split(":", 1)[-1] == remote.key
+               for info in summary.get("server_info", []))
 
 
 def _last_line(err: BaseException) -> str:
@@ -475,14 +471,16 @@ class _Session:
         evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50,
                                               enable_cpu_cache_flush=False)
         if remote is None:
-            inner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=evaluator)
+            make_inner = functools.partial(ms.runner.LocalRunner, timeout_sec=RUN_TIMEOUT_S,
+                                           evaluator_config=evaluator)
         else:
-            inner = ms.runner.RPCRunner(
+            make_inner = functools.partial(
+                ms.runner.RPCRunner,
                 rpc_config=ms.runner.RPCConfig(
                     tracker_host=remote.host, tracker_port=remote.port, tracker_key=remote.key,
                     session_timeout_sec=int(RUN_TIMEOUT_S)),
                 evaluator_config=evaluator, max_workers=1)
-        self.runner = _make_sync_runner(inner, self)
+        self.runner = _make_sync_runner(make_inner, self)
         self.bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -491,18 +489,21 @@ class _Session:
                             dynamic_ncols=True)
 
     # called by _SyncRunner after a batch ran
-    def check_device(self, results: list[Any]) -> None:
-        if self.remote is None or not results:
-            return
-        if all(r.error_msg is not None for r in results) and not _tracker_has_key(self.remote):
+    def device_lost(self, result: Any) -> bool:
+        """After a failed remote run: is the device gone from the tracker? (remembered)"""
+        if self.stop_reason is None and self.remote is not None and result.error_msg is not None \
+                and not _tracker_has_key(self.remote):
             self.stop_reason = f"device '{self.remote.key}' lost (no longer on the tracker)"
             logger.warning("%s: ending the run with what was measured", self.stop_reason)
+        return self.stop_reason is not None and self.stop_reason.startswith("device")
 
     def on_measured(self, task_id: int, builder_results: list[Any],
                     runner_results: list[Any]) -> None:
         task = next(t for t in self.tasks if t.index == task_id)
         rep = task.report
         for b, r in zip(builder_results, runner_results):
+            if r.error_msg == _NOT_SENT:
+                continue
             rep.trials += 1
             if b.error_msg is not None:
                 rep.build_errors += 1
@@ -574,24 +575,90 @@ def _error_line(msg: str) -> str:
     return (lines[-1] if lines else "unknown error")[:300]
 
 
-def _make_sync_runner(inner: Any, session: _Session) -> Any:
+def _make_sync_runner(make_inner: Callable[[], Any], session: _Session) -> Any:
     """A runner that waits for its batch, so builds never overlap measurements."""
     from tvm.ir.utils import derived_object
-    from tvm.s_tir.meta_schedule.runner import PyRunner, RunnerFuture
+    from tvm.s_tir.meta_schedule.runner import PyRunner, RunnerFuture, RunnerResult
+
+    state = {"inner": make_inner()}
+
+    def run_one(inp: Any) -> Any:
+        fut = state["inner"].run([inp])[0]
+        deadline = time.monotonic() + RUN_TIMEOUT_S + 15
+        while not fut.done():
+            # A worker stuck in a C++ RPC call holds the GIL, so its own timeout never fires
+            # and the pool waits forever: give up on it here and start a fresh runner.
+            if time.monotonic() > deadline:
+                _kill_pool(getattr(state["inner"], "pool", None))
+                state["inner"] = make_inner()
+                return RunnerResult(run_secs=None, error_msg=(
+                    f"hwcc: no answer from the runner in {RUN_TIMEOUT_S + 15:.0f} s"))
+            time.sleep(0.02)
+        return fut.result()
 
     @derived_object
     class _SyncRunner(PyRunner):
         def run(self, runner_inputs: list[Any]) -> list[Any]:
-            results = [f.result() for f in inner.run(runner_inputs)]
-            session.check_device(results)
+            results = []
+            for inp in runner_inputs:  # one at a time: a lost device costs one timeout
+                if session.device_lost(results[-1] if results else _OK):
+                    results.append(RunnerResult(run_secs=None, error_msg=_NOT_SENT))
+                else:
+                    results.append(run_one(inp))
+            session.device_lost(results[-1] if results else _OK)
             return [RunnerFuture(f_done=lambda: True, f_result=functools.partial(_same, r))
                     for r in results]
 
     return _SyncRunner()
 
 
+def _kill_pool(pool: Any) -> None:
+    """Kill a PopenPoolExecutor whose worker hangs (closing its pipe first would deadlock)."""
+    if pool is None:
+        return
+    for worker in list(getattr(pool, "_worker_map", {}).values()):
+        proc = getattr(worker, "_proc", None)
+        if proc is not None:
+            with contextlib.suppress(OSError):
+                proc.kill()
+    time.sleep(0.5)  # the pool's reader thread sees EOF and cleans the worker up itself
+    with contextlib.suppress(Exception):
+        pool.shutdown(wait=False)
+
+
 def _same(x: Any) -> Any:
     return x
+
+
+class _Ok:
+    error_msg = None
+
+
+_OK = _Ok()
+#: Error of candidates not sent to a device already lost; they are neither counted nor logged.
+_NOT_SENT = "hwcc: not measured (device lost)"
+
+
+def _make_recorder(database: Any) -> Any:
+    """MetaSchedule's AddToDatabase, except for candidates that were never measured."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.database import TuningRecord
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+    @derived_object
+    class _Record(PyMeasureCallback):
+        def apply(self, task_scheduler: Any, task_id: int, measure_candidates: Any,
+                  builder_results: Any, runner_results: Any) -> None:
+            ctx = task_scheduler.tasks_[task_id].ctx
+            workload = database.commit_workload(ctx.mod)
+            for cand, res in zip(measure_candidates, runner_results):
+                if res.error_msg == _NOT_SENT:
+                    continue
+                secs = list(res.run_secs) if res.run_secs is not None else [_FAILED_SECS * 10]
+                database.commit_tuning_record(TuningRecord(
+                    cand.sch.trace, workload, secs, ctx.target, cand.args_info))
+
+    return _Record()
 
 
 def _make_callback(session: _Session) -> Any:
@@ -647,20 +714,30 @@ def _names(mod: Any) -> set[str]:
     return {gv.name_hint for gv in mod.get_global_vars()}
 
 
-def _time_model(mod: Any, target: Target, database: Any, inputs: Mapping[str, Any]) -> float:
-    """Build ``mod`` like ``compile`` does and time it here; median milliseconds."""
+def _time_models(mod: Any, target: Target, databases: Sequence[Any],
+                 inputs: Mapping[str, Any], rounds: int = 3) -> list[float]:
+    """Build ``mod`` like ``compile`` does, once per database, and time each here.
+
+    The builds are timed in alternation and the fastest repeat is kept, so that load from
+    other processes on the machine biases neither side. Milliseconds.
+    """
     import numpy as np
     import tvm
     from tvm import relax
 
     from .lower import build
 
-    built = build(mod, target, database=database)
     dev = tvm.cpu()
-    vm = relax.VirtualMachine(built.executable, dev)
     args = [tvm.runtime.tensor(np.asarray(v), dev) for v in inputs.values()]
-    timer = vm.time_evaluator("main", dev, number=5, repeat=5, min_repeat_ms=100)
-    return float(timer(*args).median) * 1e3
+    timers = []
+    for db in databases:
+        vm = relax.VirtualMachine(build(mod, target, database=db).executable, dev)
+        timers.append(vm.time_evaluator("main", dev, number=5, repeat=3, min_repeat_ms=50))
+    best = [math.inf] * len(timers)
+    for _ in range(rounds):
+        for i, timer in enumerate(timers):
+            best[i] = min(best[i], min(timer(*args).results) * 1e3)
+    return best
 
 
 def tune(
@@ -878,7 +955,7 @@ def _run_search(session: _Session, todo: list[_Task], database: Any, tvm_target:
         weights.append(float(t.weight))
     per_task = max(need.values())
     callbacks = [
-        ms.measure_callback.AddToDatabase(),
+        _make_recorder(database),
         ms.measure_callback.RemoveBuildArtifact(),
         ms.measure_callback.UpdateCostModel(),
         _make_callback(session),
@@ -886,7 +963,8 @@ def _run_search(session: _Session, todo: list[_Task], database: Any, tvm_target:
     ms.tune_tasks(
         tasks=contexts, task_weights=weights, work_dir=str(work_dir),
         max_trials_global=sum(need.values()), max_trials_per_task=per_task,
-        num_trials_per_iter=max(1, min(MAX_TRIALS_PER_ITER, min(need.values()))),
+        # at least two search iterations per task, so the cost model learns between them
+        num_trials_per_iter=max(1, min(MAX_TRIALS_PER_ITER, math.ceil(min(need.values()) / 2))),
         builder=session.builder, runner=session.runner, database=database,
         cost_model="xgb",
         measure_callbacks=callbacks, task_scheduler="gradient")
@@ -901,9 +979,11 @@ def _model_latency(report: TuneReport, tasks: list[_Task], mod: Any, tgt: Target
     if remote is None and tgt.runs_on_this_machine():
         try:
             feeds = random_inputs(imported.inputs, seed=0)
-            db, _ = tuning_db.open_database(report.log_dir, tgt)
-            report.before_ms = _time_model(mod, tgt, None, feeds)
-            report.after_ms = _time_model(mod, tgt, db, feeds)
+            if any(t.report.used for t in tasks):
+                db, _ = tuning_db.open_database(report.log_dir, tgt)
+                report.before_ms, report.after_ms = _time_models(mod, tgt, [None, db], feeds)
+            else:  # compile would build the very same module
+                report.before_ms = report.after_ms = _time_models(mod, tgt, [None], feeds)[0]
             report.latency_source = "model"
             return
         except HwccError as err:
