@@ -27,6 +27,7 @@ from .int8_conv2d import Int8Conv2d  # int8 rules (VNNI): first, only integer ke
 from .int8_dense import Int8Dense
 from .matmul import Matmul
 from .packing import pack_weights
+from .pool import Pool2d
 from .target_info import CPUInfo, cpu_info, is_cpu_target
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ __all__ = [
     "Int8Conv2d",
     "Int8Dense",
     "Matmul",
+    "Pool2d",
     "apply_default_schedules",
     "cpu_info",
     "is_scheduled",
@@ -49,7 +51,7 @@ __all__ = [
 DEFAULT_RULES: tuple[ScheduleRule, ...] = (
     # int8 rules first (u8xs8->s32 blocks only; their pack_plan packs weights to VNNI layout)
     Int8Dense(), Int8Conv2d(),
-    Matmul(), Conv2d(), DepthwiseConv2d(), Fallback(),
+    Matmul(), Conv2d(), DepthwiseConv2d(), Pool2d(), Fallback(),
 )
 
 _SCHEDULED_ATTRS = ("tirx.is_scheduled", "tir.is_scheduled")

@@ -217,6 +217,52 @@ def test_fallback_ops_match_reference():
     _check(model, {"x": RNG.standard_normal((1, 8, 33, 33)).astype("float32")})
 
 
+@pytest.mark.parametrize(
+    "op,h,k,stride,pad,extra",
+    [
+        ("MaxPool", 32, 3, 2, 1, {}),  # ResNet stem pool
+        ("MaxPool", 16, 2, 2, 0, {}),  # no padding block
+        ("AveragePool", 24, 3, 1, 1, {"count_include_pad": 0}),  # sum + per-position divide
+        ("AveragePool", 24, 3, 2, 1, {"count_include_pad": 1}),
+    ],
+)
+def test_pool2d_rule_matches_reference(op, h, k, stride, pad, extra):
+    """Pool2d: max/average pooling numerics, parallel + vectorized, padding per channel."""
+    from compiler.schedules.pool import Pool2d
+
+    oh = (h + 2 * pad - k) // stride + 1
+    node = helper.make_node(
+        op, ["x"], ["y"], kernel_shape=[k, k], strides=[stride] * 2, pads=[pad] * 4, **extra
+    )
+    model = _model([node], [_vi("x", [1, 8, h, h])], [_vi("y", [1, 8, oh, oh])], [])
+    mod = _check(model, {"x": RNG.standard_normal((1, 8, h, h)).astype("float32")})
+    (func,) = _prim_funcs(mod).values()
+    with X86:
+        unscheduled = _prim_funcs(_fused(model))
+    (raw,) = unscheduled.values()
+    assert Pool2d().apply(raw, X86, False) is not None
+    text = func.script()
+    assert "T.vectorized(" in text
+    assert "T.unroll(" in text
+    if pad:
+        assert "if_then_else" not in text  # padding decomposed: fill + copy
+
+
+def test_pool2d_rule_declines_reductions_over_the_last_axis():
+    """Softmax / layer-norm style reductions over the innermost axis are not pools."""
+    from compiler.schedules.pool import Pool2d
+
+    model = _model(
+        [helper.make_node("ReduceMax", ["x"], ["y"], axes=[3], keepdims=0)],
+        [_vi("x", [1, 8, 16, 16])],
+        [_vi("y", [1, 8, 16])],
+        [],
+    )
+    with X86:
+        (raw,) = _prim_funcs(_fused(model)).values()
+    assert Pool2d().apply(raw, X86, False) is None
+
+
 def test_scheduled_kernels_are_parallel_and_vectorized():
     """Matmul, conv, depthwise and elementwise kernels all get parallel + vectorized loops."""
     conv, _ = _conv(16, 32, 14, 3)
