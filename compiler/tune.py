@@ -963,11 +963,16 @@ def _run_search(session: _Session, todo: list[_Task], database: Any, tvm_target:
     ms.tune_tasks(
         tasks=contexts, task_weights=weights, work_dir=str(work_dir),
         max_trials_global=sum(need.values()), max_trials_per_task=per_task,
-        # at least two search iterations per task, so the cost model learns between them
-        num_trials_per_iter=max(1, min(MAX_TRIALS_PER_ITER, math.ceil(min(need.values()) / 2))),
+        num_trials_per_iter=_per_iter(min(need.values())),
         builder=session.builder, runner=session.runner, database=database,
         cost_model="xgb",
         measure_callbacks=callbacks, task_scheduler="gradient")
+
+
+def _per_iter(need: int) -> int:
+    """Candidates per search iteration: ~4 iterations per task (the cost model learns between
+    them), batches of 4 to :data:`MAX_TRIALS_PER_ITER`."""
+    return max(1, min(need, MAX_TRIALS_PER_ITER, max(4, math.ceil(need / 4))))
 
 
 def _model_latency(report: TuneReport, tasks: list[_Task], mod: Any, tgt: Target,
