@@ -5,7 +5,9 @@ FuseOps, FuseTIR`` (and optionally ``MetaScheduleApplyDatabase``). It
 
 1. packs constant weights of matmul/conv kernels into vector-friendly layouts (the PrimFunc's
    parameter and the Relax constants passed to it are rewritten together), then
-2. schedules every PrimFunc not yet marked ``tirx.is_scheduled`` with the first rule that
+2. replaces float32 ``erf`` / ``exp`` calls by vectorizable arithmetic (see
+   :mod:`compiler.schedules.fast_math`), then
+3. schedules every PrimFunc not yet marked ``tirx.is_scheduled`` with the first rule that
    matches, in the order of :data:`DEFAULT_RULES`, like DLight's ``ApplyDefaultSchedule``.
 
 A rule that raises is skipped (logged), so a function is never left half-scheduled; the
@@ -23,6 +25,7 @@ from tvm.s_tir.dlight import ScheduleRule
 from .conv2d import Conv2d
 from .depthwise import DepthwiseConv2d
 from .fallback import Fallback
+from .fast_math import vectorizable_math
 from .int8_conv2d import Int8Conv2d  # int8 rules (VNNI): first, only integer kernels match
 from .int8_dense import Int8Dense
 from .matmul import Matmul
@@ -119,9 +122,12 @@ def apply_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm
         if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
             continue
         func_target = func.attrs.get("target", None) if func.attrs is not None else None
-        new_func = _schedule(gv.name_hint, func, func_target or target, rules)
+        rewritten = vectorizable_math(func)  # libm erf/exp calls would scalarize vector loops
+        new_func = _schedule(gv.name_hint, rewritten, func_target or target, rules)
         if new_func is not None:
             updates[gv] = new_func
+        elif rewritten is not func:
+            updates[gv] = rewritten
     for gv, func in updates.items():
         mod[gv] = func
     return mod

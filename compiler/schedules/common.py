@@ -83,21 +83,24 @@ def is_spatial_block(sch: s_tir.Schedule, block: SBlockRV) -> bool:
 def inline_epilogue_chain(sch: s_tir.Schedule, main: SBlockRV) -> SBlockRV | None:
     """Collapse the elementwise blocks after ``main`` into one consumer block.
 
-    Every spatial consumer except the function's final output block is inlined into its own
-    consumers. Returns the single remaining consumer of ``main`` if there is exactly one and it
+    Every spatial block downstream of ``main`` except the function's final output block is
+    inlined into its own consumers (also when it has several, as in GELU's
+    ``x * (1 + erf(x / sqrt 2))``; each is then computed once per output element). Returns the single remaining consumer of ``main`` if there is exactly one and it
     reads ``main``'s output at the same indices it writes (an elementwise epilogue such as bias
     add, ReLU, GELU, residual add), else None (the epilogue then stays a separate loop nest).
     """
-    for _ in range(16):
-        consumers = list(sch.get_consumers(main))
-        if len(consumers) != 1:
-            return None
-        consumer = consumers[0]
-        nxt = list(sch.get_consumers(consumer))
-        if not nxt:
+    for _ in range(32):
+        # a consumer that feeds further blocks is inlined into all of them; consumers may
+        # branch and join again (GELU: x * (1 + erf(x / sqrt 2)) reads x twice)
+        inlinable = [
+            c
+            for c in sch.get_consumers(main)
+            if is_spatial_block(sch, c) and list(sch.get_consumers(c))
+        ]
+        if not inlinable:
             break
         try:
-            sch.compute_inline(consumer)
+            sch.compute_inline(inlinable[0])
         except Exception:  # noqa: BLE001 - not inlinable: keep the chain as it is
             return None
     consumers = list(sch.get_consumers(main))

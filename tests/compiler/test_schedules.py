@@ -263,6 +263,73 @@ def test_pool2d_rule_declines_reductions_over_the_last_axis():
     assert Pool2d().apply(raw, X86, False) is None
 
 
+def test_vectorizable_erf_exp_match_numpy():
+    """Erf and Exp become vectorizable arithmetic: ~1e-7 accurate, inf/NaN/underflow kept."""
+    import math
+
+    n = 4096
+    x = np.concatenate(
+        [
+            RNG.uniform(-6, 6, n // 2),
+            RNG.uniform(-100, 100, n // 2 - 8),
+            [0.0, -0.0, 88.7, 88.8, np.inf, -np.inf, -90.0, np.nan],
+        ]
+    ).astype("float32")
+    model = _model(
+        [helper.make_node("Erf", ["x"], ["e"]), helper.make_node("Exp", ["x"], ["p"])],
+        [_vi("x", [n])],
+        [_vi("e", [n]), _vi("p", [n])],
+        [],
+    )
+    with X86:
+        mod = apply_default_schedules(_fused(model), X86)
+    for func in _prim_funcs(mod).values():
+        text = func.script()
+        assert "T.erf(" not in text and "T.exp(" not in text
+        assert "T.vectorized(" in text
+    ex = tvm.compile(_lower(mod), target=X86, relax_pipeline=None)
+    erf, exp = (t.numpy() for t in relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)))
+    x64 = x.astype("float64")
+    want_erf = np.array([math.erf(v) if not np.isnan(v) else np.nan for v in x64])
+    np.testing.assert_allclose(erf, want_erf, rtol=0, atol=1e-6, equal_nan=True)
+    with np.errstate(over="ignore"):
+        want_exp = np.exp(x64).astype("float32").astype("float64")
+    normal = np.abs(want_exp) >= np.finfo("float32").tiny
+    np.testing.assert_allclose(exp[normal], want_exp[normal], rtol=1e-6)
+    assert np.all(exp[~normal & ~np.isnan(x)] == 0.0)  # below FLT_MIN: flushed to zero
+    assert np.isnan(exp[-1]) and np.isnan(erf[-1])
+
+
+def test_gelu_epilogue_fused_into_matmul():
+    """GELU (x * 0.5 * (1 + erf(x / sqrt 2)), x read twice) is computed per matmul tile."""
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["y"]),
+        helper.make_node("Add", ["y", "b"], ["h"]),
+        helper.make_node("Div", ["h", "s"], ["d"]),
+        helper.make_node("Erf", ["d"], ["e"]),
+        helper.make_node("Add", ["e", "one"], ["e1"]),
+        helper.make_node("Mul", ["h", "e1"], ["g"]),
+        helper.make_node("Mul", ["g", "half"], ["z"]),
+    ]
+    inits = [
+        _const("w", (64, 128)),
+        _const("b", (128,)),
+        numpy_helper.from_array(np.array(math_sqrt2(), "float32"), "s"),
+        numpy_helper.from_array(np.array(1.0, "float32"), "one"),
+        numpy_helper.from_array(np.array(0.5, "float32"), "half"),
+    ]
+    model = _model(nodes, [_vi("x", [32, 64])], [_vi("z", [32, 128])], inits)
+    mod = _check(model, {"x": RNG.standard_normal((32, 64)).astype("float32")})
+    (func,) = [f for n, f in _prim_funcs(mod).items() if "matmul" in n]
+    text = func.script()
+    assert text.count("T.parallel(") == 1  # one loop nest: the epilogue is inside the tile
+    assert "T.erf(" not in text
+
+
+def math_sqrt2() -> float:
+    return float(np.sqrt(2.0))
+
+
 def test_scheduled_kernels_are_parallel_and_vectorized():
     """Matmul, conv, depthwise and elementwise kernels all get parallel + vectorized loops."""
     conv, _ = _conv(16, 32, 14, 3)
