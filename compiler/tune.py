@@ -298,6 +298,18 @@ def repair_log(path: Path) -> int:
     return bad
 
 
+def _prescheduled(task: Any) -> bool:
+    """Whether an extracted task's kernel was scheduled by hand before tuning (a pass's own
+    kernel, e.g. the sparse BSR kernels, marked ``tirx.is_scheduled``): not tuned."""
+    for mod in (task.mod, *task.dispatched):
+        for _, func in mod.functions_items():
+            attrs = getattr(func, "attrs", None)
+            if attrs is not None and any(key in attrs and bool(attrs[key])
+                                         for key in ("tirx.is_scheduled", "tir.is_scheduled")):
+                return True
+    return False
+
+
 def _read_lines(p: Path) -> list[str]:
     if not p.exists():
         return []
@@ -837,7 +849,7 @@ def tune(
     extracted = ms.relax_integration.extract_tasks(fused, tvm_target)
     tasks = [
         _Task(t.task_name, int(t.weight), t.dispatched[0], TaskReport(t.task_name, int(t.weight)))
-        for t in extracted if not t.mod.attrs.get("tirx.is_scheduled", False)
+        for t in extracted if not _prescheduled(t)
     ]
     if not tasks:
         raise TuningError(f"{imported.source} has no kernels to tune")
