@@ -76,6 +76,11 @@ class Contraction:
 _LOAD = type(tirx.BufferLoad(tirx.decl_buffer((1,), "float32"), [tirx.IntImm("int32", 0)]))
 
 
+def is_load(expr: tirx.PrimExpr) -> bool:
+    """Whether ``expr`` is a buffer load (``TensorLoad`` in TVM 0.27)."""
+    return isinstance(expr, _LOAD)
+
+
 def load_buffer(load: tirx.PrimExpr) -> tirx.Buffer:
     """The buffer a load reads (``source`` in TVM 0.27, ``buffer`` before)."""
     return load.source if hasattr(load, "source") else load.buffer

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from tvm import s_tir, tirx
 from tvm.s_tir.schedule import LoopRV, SBlockRV
 
-from .analysis import param_index, region_buffer, same_indices
+from .analysis import is_load, load_buffer, param_index, region_buffer, same_indices
 
 logger = logging.getLogger(__name__)
 
@@ -270,15 +270,37 @@ def schedule_other_blocks(
             logger.debug("left block %s serial: %s", sch.get(block).name_hint, err)
 
 
+def is_plain_copy(sch: s_tir.Schedule, block: SBlockRV) -> bool:
+    """Whether ``block`` stores a load of another buffer at its own indices (no select)."""
+    stmt = sch.get(block)
+    store = stmt.body
+    if not isinstance(store, tirx.BufferStore):
+        return False
+    value = store.value
+    if not is_load(value) or load_buffer(value).same_as(store.buffer):
+        return False
+    return same_indices(list(value.indices), list(store.indices))
+
+
 def compute_padding_at(
     sch: s_tir.Schedule, pad: SBlockRV, loop: LoopRV, lanes: int, decompose: bool = True
 ) -> bool:
     """Compute a padding block under ``loop``, optionally split into zero fill + interior copy.
 
+    A padding block that pads nothing (a plain copy, as legalization emits for ``pad=0``) is
+    inlined instead, so that its consumer reads the input directly.
+
     ``decompose_padding`` removes the per-element select so that both parts vectorize (worth
     it when the padded tile is reused by many output channels). Returns
     False (schedule unchanged or only ``compute_at`` applied, both correct) when it fails.
     """
+    if is_plain_copy(sch, pad):
+        # zero padding legalizes to an identity copy: read the input directly instead
+        try:
+            sch.compute_inline(pad)
+            return True
+        except Exception as err:  # noqa: BLE001 - fall through to computing it per task
+            logger.debug("identity padding not inlined: %s", err)
     try:
         sch.compute_at(pad, loop, preserve_unit_loops=True)
         loops = list(sch.get_loops(pad))

@@ -192,6 +192,18 @@ def test_odd_channel_count_uses_power_of_two_vectors():
     assert "T.vectorized(T.int64(24))" not in text
 
 
+def test_unpadded_conv_reads_its_input_directly():
+    """pad=0 legalizes to an identity copy block; the conv rules inline it (no pad_temp)."""
+    for model, feeds in (_conv(64, 32, 14, 1, pad=0, residual=True), _conv(32, 32, 14, 3, pad=0)):
+        mod = _check(model, feeds)
+        (conv,) = [f for n, f in _prim_funcs(mod).items() if "conv2d" in n]
+        assert "pad_temp" not in conv.script()
+    model, feeds = _conv(16, 32, 14, 3, pad=1)  # real padding is still computed per task
+    mod = _check(model, feeds)
+    (conv,) = [f for n, f in _prim_funcs(mod).items() if "conv2d" in n]
+    assert "pad_temp" in conv.script()
+
+
 def test_avx2_target_matches_reference():
     """Same conv and gemm with 256-bit vectors (tiles chosen for 16 registers)."""
     model, feeds = _conv(8, 24, 9, 3)
