@@ -111,7 +111,7 @@ def print_report(report: Any) -> None:
     for r in rows:
         note = "skipped (enough records)" if r["skipped"] else ""
         if r["best_ms"] is not None and not r["used"]:
-            note = (note + "; " if note else "") + "default kept (tuned not faster)"
+            note = (note + "; " if note else "") + "default kept (tuned not 10% faster)"
         print(f"  {r['name']:<{w}}  {r['weight']:>5}  {r['trials']:>6}  {r['valid']:>5}  "
               f"{r['records']:>7}  {_ms(r['best_ms']):>9}  {_ms(r['default_ms']):>10}  {note}")
     d = report.to_dict()
