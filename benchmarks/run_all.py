@@ -1,0 +1,48 @@
+"""Run the benchmark scripts one after another, then refresh the README's results section.
+
+    python benchmarks/run_all.py [--only models,prune,...] [--skip conformance,...]
+
+Each script writes ``benchmarks/results/<name>.json`` with the machine and date; the README
+table is rendered from those files by ``update_readme.py`` — never typed by hand. The
+conformance run takes the longest (all ONNX node tests in subprocesses); skip it with
+``--skip conformance`` to keep its last result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SCRIPTS = ["models", "kernels", "tuning", "prune", "low_rank", "sparse", "quantize", "search",
+           "conformance"]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default="", help="comma-separated script names")
+    ap.add_argument("--skip", default="", help="comma-separated script names")
+    args = ap.parse_args()
+    only = [s for s in args.only.split(",") if s]
+    skip = {s for s in args.skip.split(",") if s}
+    failed = []
+    for name in only or SCRIPTS:
+        if name in skip:
+            continue
+        t0 = time.perf_counter()
+        print(f"=== benchmarks/{name}.py", flush=True)
+        rc = subprocess.call([sys.executable, str(HERE / f"{name}.py")], cwd=HERE.parent)
+        print(f"=== {name}: exit {rc} after {time.perf_counter() - t0:.0f} s", flush=True)
+        if rc:
+            failed.append(name)
+    subprocess.call([sys.executable, str(HERE / "update_readme.py")], cwd=HERE.parent)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
