@@ -2,12 +2,11 @@
 
 Records are MetaSchedule JSON databases under ``tuning_logs/<device>/<target-key>/``. A line
 that does not parse (a crash mid-write, a hand edit) is skipped with a warning instead of
-failing the compile: the database is opened from a cleaned copy.
+failing the compile: the database is opened from a repaired copy (``tune.repair_log``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -58,22 +57,6 @@ def has_records(path: Path) -> bool:
     return (path / WORKLOADS).exists() and (path / RECORDS).exists()
 
 
-def _clean_lines(src: Path, dst: Path) -> int:
-    bad = 0
-    with open(src) as fin, open(dst, "w") as fout:
-        for lineno, line in enumerate(fin, 1):
-            if not line.strip():
-                continue
-            try:
-                json.loads(line)
-            except ValueError:
-                bad += 1
-                logger.warning("%s:%d: corrupted tuning record skipped", src, lineno)
-                continue
-            fout.write(line if line.endswith("\n") else line + "\n")
-    return bad
-
-
 def open_database(tuning_log: str | Path | None, target: Target) -> tuple[Any, Path | None]:
     """Open the MetaSchedule database for ``target`` (None when there are no records)."""
     path = Path(tuning_log) if tuning_log is not None else log_dir(target)
@@ -85,9 +68,14 @@ def open_database(tuning_log: str | Path | None, target: Target) -> tuple[Any, P
         return None, None
     from tvm.s_tir import meta_schedule as ms
 
+    from .tune import repair_log
+
+    # repair a copy: the log may be shipped read-only, and a dropped workload line renumbers
+    # the records that point at later workloads
     clean = Path(tempfile.mkdtemp(prefix="hwcc-db-"))
-    bad = _clean_lines(path / WORKLOADS, clean / WORKLOADS)
-    bad += _clean_lines(path / RECORDS, clean / RECORDS)
+    shutil.copy(path / WORKLOADS, clean / WORKLOADS)
+    shutil.copy(path / RECORDS, clean / RECORDS)
+    bad = repair_log(clean)
     try:
         db = ms.database.JSONDatabase(work_dir=str(clean), allow_missing=False)
     except Exception as err:
