@@ -33,9 +33,9 @@ def add_pass_arguments(parser: argparse.ArgumentParser) -> None:
                    "recovery, quantization")
     g.add_argument("--prune", type=float, metavar="RATIO", help="structured pruning: remove "
                    "this fraction of channels / neurons / heads, in [0, 1)")
-    g.add_argument("--prune-method", choices=sorted(PRUNE_METHODS), default="l1",
-                   help="channel importance (default l1; activation, apoz and reconstruction "
-                   "need --calib)")
+    g.add_argument("--prune-method", choices=sorted(PRUNE_METHODS), default=None,
+                   help="channel importance (default: reconstruction with --calib, else l1; "
+                   "activation, apoz and reconstruction need --calib)")
     g.add_argument("--prune-scope", choices=["global", "per_layer"], default="global",
                    help="rank channels across the model or within each layer")
     g.add_argument("--no-recover", action="store_true", help="skip the teacher-guided "
@@ -69,7 +69,8 @@ def passes_from_args(args: argparse.Namespace, input_specs: Sequence[Any],
     """Pass specs, in pipeline order, for the flags given (for a target's capabilities)."""
     lanes = capabilities.fp32_lanes
     calib = load_calibration(args.calib, input_specs) if args.calib else None
-    return build_passes(prune=args.prune, prune_method=args.prune_method,
+    method = args.prune_method or ("reconstruction" if calib is not None else "l1")
+    return build_passes(prune=args.prune, prune_method=method,
                         prune_scope=args.prune_scope, recover=not args.no_recover,
                         low_rank=args.low_rank, sparsity=args.sparsity,
                         sparse_block=args.sparse_block, quantize=args.quantize,
