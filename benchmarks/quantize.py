@@ -134,7 +134,7 @@ def bench(name: str, repeat: int, n_calib: int, work: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="digits_cnn,mnist_cnn,resnet18,bert")
+    ap.add_argument("--models", default="digits_cnn,mnist_cnn,resnet18,mobilenet_v2,bert")
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--calib", type=int, default=16, help="calibration samples")
     args = ap.parse_args()
