@@ -149,7 +149,13 @@ def _verify(art: Artifact, model: onnx.ModelProto,
     feeds = dict(inputs) if inputs is not None else random_inputs(art.inputs, seed=0)
     ours = art.run(feeds)
     backend = evaluate.reference_backend()
-    ref = evaluate.reference_outputs(model, feeds, backend)
+    try:
+        ref = evaluate.reference_outputs(model, feeds, backend)
+    except Exception as err:  # noqa: BLE001 - the reference may not run every model we compile
+        msg = str(err).strip().splitlines()
+        logger.warning("agreement not checked: %s could not run the model", backend)
+        return {"reference": backend, "skipped": f"{backend} failed: "
+                f"{msg[-1][:200] if msg else type(err).__name__}"}
     report = evaluate.compare([ours[s.name] for s in art.outputs], ref)
     report["reference"] = backend
     report["inputs"] = "given" if inputs is not None else "random (seed 0)"

@@ -186,7 +186,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
           f"{k['default_scheduled']} with default schedules, {len(k['unscheduled'])} unscheduled")
     print(f"  module       {m['library']}, {_kib(art.size_bytes)}")
     v = m.get("verification")
-    if v:
+    if v and "skipped" in v:
+        print(f"  agreement    not checked ({v['skipped']})")
+    elif v:
         top1 = f", top-1 agreement {v['top1_agreement']:.1%}" if "top1_agreement" in v else ""
         on = "the first calibration sample" if verify_inputs is not None else \
             f"{v['inputs']} inputs"
