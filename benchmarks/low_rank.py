@@ -157,7 +157,10 @@ def main() -> None:
     print(f"\nLow-rank (Tucker-2 convs, SVD dense; ranks multiple of {lanes}; only layers that get"
           f" cheaper) on {machine_line(m)}\n")  # fmt: skip
     print(table(rows, COLUMNS))
-    path = save_results("low_rank", rows, {"fp32_lanes": lanes})
+    path = save_results("low_rank", rows, {
+        "fp32_lanes": lanes, "columns": COLUMNS,
+        "title": f"Low rank (Tucker-2 convs, SVD dense; ranks multiples of {lanes}; only layers "
+                 "that get cheaper)"})
     print(f"\nsaved {path.relative_to(ROOT)}")
 
 
