@@ -16,6 +16,7 @@ hwcc int8 latency.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import tempfile
 from pathlib import Path
@@ -26,7 +27,8 @@ from common import machine, machine_line, ort_session, save_results, table, time
 import compiler
 from benchmarks import model_zoo
 from compiler.pipeline import PassSpec
-from passes.quantize import QuantizeConfig
+from passes.quantize import quantize_config_from_args
+from targets import parse_target
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -101,12 +103,15 @@ def bench(name: str, repeat: int, n_calib: int, work: Path) -> dict:
     calib, xs, labels = _data(name, path, n_calib)
     in_name = next(iter(calib))
     row: dict = {"model": name}
+    # the same int8 scheme `hwcc compile --quantize int8` picks for this machine
+    caps = parse_target("host").capabilities
     fp32 = compiler.compile(path, "host", passes=[PassSpec("canonicalize")], tuning_log=False,
                             verify=False, output_dir=work / f"{name}_fp32")
     int8 = compiler.compile(
         path, "host", tuning_log=False, verify=False, output_dir=work / f"{name}_int8",
         passes=[PassSpec("canonicalize"),
-                PassSpec("quantize", QuantizeConfig(calibration=calib, measure=False))],
+                PassSpec("quantize", dataclasses.replace(quantize_config_from_args(
+                    "int8", calib, "minmax", caps), measure=False))],
     )
     ort_f = ort_session(path)
     ort_q = ort_session(_ort_int8(path, calib, work))
