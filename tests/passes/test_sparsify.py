@@ -151,35 +151,6 @@ def sparse_kernels_in(mod: tvm.IRModule) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# Kernels against numpy
-
-
-@pytest.mark.parametrize("block", [(1, 1), (1, 4), (4, 1), (16, 1), (3, 5)])
-@pytest.mark.parametrize("ratio", [0.0, 0.5, 0.9, 0.99, 1.0])
-def test_bsr_kernel_matches_numpy(block: tuple[int, int], ratio: float) -> None:
-    """The raw TIR kernel equals numpy ``W @ X`` on odd sizes (M = 37: a full tile and a
-    remainder), batch 2, with empty rows (0.99, 1.0) and an all-zero weight (1.0)."""
-    r, c = block
-    n, k, m, bsz = 3 * 16 * r // np.gcd(16, r), 20 * c, 37, 2
-    rng = np.random.default_rng(1)
-    w = rng.standard_normal((n, k)).astype(np.float32)
-    w *= block_mask(w, block, ratio)
-    bsr = sk.to_bsr(w, block)
-    np.testing.assert_array_equal(bsr.to_dense(), w)
-    data, xoff, indptr = sk.kernel_args(bsr, np.arange(k) * m)
-    spec = sk.KernelSpec(bsz, k * m, m, n, data.shape[0], block, sk.choose_tile(m, block, 16))
-    func = sk.bsr_kernel(spec).with_attr("global_symbol", "main")
-    lib = tvm.compile(tvm.IRModule({"main": func}), target=HOST.tvm_target())
-    x = rng.standard_normal((bsz, k, m)).astype(np.float32)
-    y = tvm.runtime.empty((bsz, n, m), "float32", tvm.cpu())
-    lib["main"](*[tvm.runtime.tensor(a) for a in (x.reshape(bsz, -1), data, xoff, indptr)], y)
-    ref = np.einsum("nk,bkm->bnm", w.astype(np.float64), x.astype(np.float64))
-    np.testing.assert_allclose(y.numpy(), ref, rtol=1e-4, atol=1e-4)
-    if ratio == 1.0:
-        assert not y.numpy().any()
-
-
-# --------------------------------------------------------------------------------------------
 # The pass against onnx.reference on the same pruned weights
 
 
