@@ -45,7 +45,7 @@ from typing import Any
 from targets import host_arch, parse_target
 
 from .errors import HwccError
-from .package import MANIFEST, write_json_atomic
+from .package import MANIFEST, replace_dir, write_json_atomic
 from .runtime import read_manifest, verify_files
 
 logger = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ def make_bundle(artifact_dir: str | Path, out_dir: str | Path) -> Path:
             os.chmod(path, 0o755 if path.is_dir() or path.suffix == ".so" or
                      path.name == RUNNER else 0o644)
         os.chmod(tmp, 0o755)
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -504,21 +504,11 @@ def _stage_dir(parent: Path) -> Path:
 def _publish(stage: Path, target: Path) -> None:
     """Rename a staged cache directory into place (another process may have won the race)."""
     try:
-        _replace_dir(stage, target)
+        replace_dir(stage, target)
     except OSError:
         shutil.rmtree(stage, ignore_errors=True)
         if not target.is_dir():
             raise
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
 
 
 def _is_replaceable_bundle(path: Path) -> bool:
