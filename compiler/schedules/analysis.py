@@ -9,6 +9,7 @@ iterators each operand's indices use.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tvm import tirx
@@ -114,13 +115,19 @@ def block_infos(sch: Schedule) -> list[SBlockInfo] | None:
 
 
 def match_contraction(
-    sch: Schedule, info: SBlockInfo, dtype: str = "float32"
+    sch: Schedule,
+    info: SBlockInfo,
+    dtype: str = "float32",
+    operand_dtypes: tuple[str, ...] | None = None,
+    unwrap: Callable[[tirx.PrimExpr], tirx.PrimExpr | None] | None = None,
 ) -> Contraction | None:
     """Match ``info`` against ``C[s] = C[s] + A[..] * B[..]`` (extents may be symbolic).
 
     Returns None unless: the block has a zero init, the output indices are distinct spatial
     iterators covering all spatial iterators, every iterator (but unit ones) is bound
-    to its own loop, and all three buffers have dtype ``dtype``.
+    to its own loop, ``C`` has dtype ``dtype`` and ``A``, ``B`` one of ``operand_dtypes``
+    (default: ``dtype``). ``unwrap`` maps each factor of the product to the load it reads
+    (e.g. through a cast) or None; by default a factor must be a plain load.
     """
     block = sch.get(info.block_rv)
     if block.init is None or not isinstance(block.init, tirx.BufferStore):
@@ -155,9 +162,11 @@ def match_contraction(
         and load_buffer(acc).same_as(store.buffer)
         and same_indices(list(acc.indices), list(store.indices))
         and isinstance(prod, tirx.Mul)
-        and isinstance(prod.a, _LOAD)
-        and isinstance(prod.b, _LOAD)
     ):
+        return None
+    unwrap = unwrap or (lambda e: e if isinstance(e, _LOAD) else None)
+    loads = (unwrap(prod.a), unwrap(prod.b))
+    if loads[0] is None or loads[1] is None:
         return None
     out_vars: list[tirx.Var | None] = []
     for dim, index in zip(store.buffer.shape, store.indices):
@@ -171,9 +180,9 @@ def match_contraction(
     if len(named) != len(spatial) or not all(any(v.same_as(s) for s in spatial) for v in named):
         return None
     operands = []
-    for load in (prod.a, prod.b):
+    for load in loads:
         buf = load_buffer(load)
-        if buf.dtype != dtype or buf.same_as(store.buffer):
+        if buf.dtype not in (operand_dtypes or (dtype,)) or buf.same_as(store.buffer):
             return None
         indices = list(load.indices)
         operands.append(Operand(buf, indices, [_vars_in(i) for i in indices]))

@@ -18,7 +18,12 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import SBlockInfo
 
-from .analysis import _LOAD, Contraction, Operand, load_buffer, region_buffer, same_indices
+from .analysis import (
+    _LOAD,
+    Contraction,
+    match_contraction,
+    region_buffer,
+)
 from .target_info import _attr_list, is_cpu_target
 
 logger = logging.getLogger(__name__)
@@ -82,63 +87,8 @@ def match_int_contraction(sch: s_tir.Schedule, info: SBlockInfo) -> Contraction 
     distinct spatial iterators, every non-unit iterator on its own loop) except the operand
     types: both are loads of ``uint8``/``int8`` buffers under a cast to ``int32``.
     """
-    block = sch.get(info.block_rv)
-    if block.init is None or not isinstance(block.init, tirx.BufferStore):
-        return None
-    store = block.body
-    if not isinstance(store, tirx.BufferStore) or store.buffer.dtype != "int32":
-        return None
-    if not (block.init.buffer.same_as(store.buffer) and _is_zero(block.init.value)):
-        return None
-    spatial, reduce, extents = [], [], {}
-    for iv in block.iter_vars:
-        ext = iv.dom.extent
-        extents[iv.var] = int(ext.value) if isinstance(ext, tirx.IntImm) else None
-        if iv.iter_type == tirx.IterVar.DataPar:
-            spatial.append(iv.var)
-        elif iv.iter_type == tirx.IterVar.CommReduce:
-            reduce.append(iv.var)
-        else:
-            return None
-    looped = [it.var for it in info.iters]
-    for iv in block.iter_vars:
-        if not any(v.same_as(iv.var) for v in looped) and extents[iv.var] != 1:
-            return None
-    value = store.value
-    if not isinstance(value, tirx.Add):
-        return None
-    acc, prod = value.a, value.b
-    if not isinstance(acc, _LOAD):
-        acc, prod = prod, acc
-    if not (
-        isinstance(acc, _LOAD)
-        and load_buffer(acc).same_as(store.buffer)
-        and same_indices(list(acc.indices), list(store.indices))
-        and isinstance(prod, tirx.Mul)
-    ):
-        return None
-    loads = (_cast_load(prod.a), _cast_load(prod.b))
-    if loads[0] is None or loads[1] is None:
-        return None
-    out_vars: list[tirx.Var | None] = []
-    for dim, index in zip(store.buffer.shape, store.indices):
-        if isinstance(index, tirx.Var):
-            out_vars.append(index)
-        elif _is_zero(index) and isinstance(dim, tirx.IntImm) and int(dim.value) == 1:
-            out_vars.append(None)
-        else:
-            return None
-    named = [v for v in out_vars if v is not None]
-    if len(named) != len(spatial) or not all(any(v.same_as(s) for s in spatial) for v in named):
-        return None
-    operands = []
-    for load in loads:
-        buf = load_buffer(load)
-        if buf.dtype not in ("uint8", "int8") or buf.same_as(store.buffer):
-            return None
-        indices = list(load.indices)
-        operands.append(Operand(buf, indices, [_vars_in(i) for i in indices]))
-    return Contraction(info, store.buffer, out_vars, spatial, reduce, extents, tuple(operands))
+    return match_contraction(sch, info, "int32", ("uint8", "int8"), _cast_load)
+
 
 
 def single_int_contraction(sch: s_tir.Schedule, infos: list[SBlockInfo]) -> Contraction | None:
