@@ -92,6 +92,18 @@ def legalize_and_fuse(mod, target: Target) -> Any:
         return tvm.transform.Sequential(_fuse_passes(tvm_target))(mod)
 
 
+def mark_layout_free(mod) -> Any:
+    """Mark each kernel's constant (weight) parameters as layout-free.
+
+    MetaSchedule may then choose a packed weight layout for a kernel (its ``RewriteLayout``
+    postprocessor); the records of :mod:`compiler.tune` are found on, and applied to, modules
+    marked this way, so both sides must call this.
+    """
+    from tvm import relax
+
+    return relax.transform.AttachAttrLayoutFreeBuffers()(mod)
+
+
 def lower_cpu(mod, target: Target, database: Any = None) -> tuple[Any, LowerStats]:
     """Legalize, fuse, schedule (tuned records, then defaults) and lower to VM form."""
     import tvm
@@ -107,9 +119,14 @@ def lower_cpu(mod, target: Target, database: Any = None) -> tuple[Any, LowerStat
         stats.kernels = len(_primfuncs(mod))
         if database is not None:
             # tuned schedules first: they mark their kernels tirx.is_scheduled
+            mod = mark_layout_free(mod)
             with database:
                 mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
             stats.tuned = sum(_is_scheduled(f) for f in _primfuncs(mod).values())
+            # a record whose schedule re-lays-out a weight (MetaSchedule's RewriteLayout) left
+            # that step in the kernel: split it out and run it once, on the constant, here
+            mod = relax.transform.SplitLayoutRewritePreproc()(mod)
+            mod = relax.transform.FoldConstant()(mod)
         if target.kind == "llvm":
             # defaults for the rest; already-scheduled kernels are left alone
             mod = apply_default_schedules(mod, tvm_target)

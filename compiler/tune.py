@@ -3,7 +3,9 @@
 :func:`tune` imports the model, runs the same compression passes and the same
 legalize/fuse pipeline as :func:`compiler.compile` (:func:`compiler.lower.legalize_and_fuse`),
 extracts one task per distinct fused kernel and searches MetaSchedule's own schedule space
-with the XGBoost cost model and the gradient task scheduler. Records go to a
+with the XGBoost cost model and the gradient task scheduler. Weights are marked layout-free
+(:func:`compiler.lower.mark_layout_free`), so a candidate may pack them like hwcc's default
+schedules do; ``compile`` applies that packing once, to the constants, at build time. Records go to a
 ``JSONDatabase`` in ``tuning_logs/<device>/<target-key>/`` (:func:`compiler.tuning_db.log_dir`),
 which a later ``compile`` for the same target opens with no extra flag.
 
@@ -851,7 +853,7 @@ def tune(
     from .schedules import apply_default_schedules
 
     tvm_target = tgt.tvm_target()
-    fused = lower.legalize_and_fuse(mod, tgt)
+    fused = lower.mark_layout_free(lower.legalize_and_fuse(mod, tgt))
     with tvm_target, lower._pass_context(tgt):
         default_mod = apply_default_schedules(fused, tvm_target)
     extracted = ms.relax_integration.extract_tasks(fused, tvm_target)

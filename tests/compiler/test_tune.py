@@ -137,6 +137,8 @@ def test_fresh_process_compiles_with_the_records(tuned: dict, tmp_path: Path) ->
         with open(path / tuning_db.RECORDS, "a") as f:
             f.write(side.read_text())
         side.unlink()
+    # the weight is layout-free: candidates pack it, and compile must pack the constant
+    assert "TransformLayout" in (path / tuning_db.RECORDS).read_text()
     code = ("import json, compiler\n"
             f"a = compiler.compile({str(tuned['model'])!r}, output_dir={str(tmp_path / 'a')!r})\n"
             "print(json.dumps({'kernels': a.manifest['kernels'], "
