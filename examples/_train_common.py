@@ -11,6 +11,7 @@ They print progress and accuracies; this module only returns values.
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +168,49 @@ def op_histogram(proto: onnx.ModelProto) -> dict[str, int]:
     for node in proto.graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return dict(sorted(counts.items()))
+
+
+def train_and_export(
+    name: str,
+    model: nn.Module,
+    split: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    out_dir: Path,
+    n_calib: int = 64,
+) -> dict[str, float]:
+    """Train ``model`` on ``split`` (x_train, x_test, y_train, y_test), export and check it.
+
+    Writes ``<name>_cnn.onnx``, ``<name>_data.npz`` (the test split as batch-1 samples with
+    labels) and ``<name>_calib.npz`` (``n_calib`` training samples) into ``out_dir``, prints
+    progress, and returns the exported model's accuracies (:func:`onnx_accuracies`).
+    Seed the run (:func:`seed_everything`) before building ``model``.
+    """
+    t0 = time.perf_counter()
+    torch.set_num_threads(2)
+    x_tr, x_te, y_tr, y_te = split
+    print(f"{name}: train {len(x_tr)}, test {len(x_te)}; params {count_params(model)}")
+    losses = train(model, x_tr, y_tr, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    print(f"loss: first epoch {losses[0]:.4f}, last epoch {losses[-1]:.4f}")
+    print(f"torch test accuracy: {torch_accuracy(model, x_te, y_te):.4f}")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = out_dir / f"{name}_cnn.onnx"
+    proto = export_onnx(model, (1, *x_tr.shape[1:]), onnx_path)
+    print(f"exported {onnx_path.name}: {onnx_path.stat().st_size} bytes, ops {op_histogram(proto)}")
+
+    rng = np.random.default_rng(seed)
+    calib = x_tr[np.sort(rng.choice(len(x_tr), n_calib, replace=False))]
+    np.savez_compressed(out_dir / f"{name}_data.npz", input=x_te[:, None], label=y_te)
+    np.savez_compressed(out_dir / f"{name}_calib.npz", input=calib[:, None])
+
+    acc = onnx_accuracies(onnx_path, x_te[:, None], y_te)
+    print(
+        f"ONNX test accuracy on {len(y_te)} samples: onnxruntime {acc['onnxruntime']:.4f}, "
+        f"onnx.reference {acc['reference']:.4f}, max |logit diff| {acc['max_abs_diff']:.2e}"
+    )
+    print(f"done in {time.perf_counter() - t0:.1f} s")
+    return acc

@@ -12,7 +12,6 @@ model with onnxruntime and ``onnx.reference``.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +23,8 @@ from torch import nn
 from examples._train_common import (
     ConvBNReLU,
     ResidualBlock,
-    count_params,
-    export_onnx,
-    onnx_accuracies,
-    op_histogram,
     seed_everything,
-    torch_accuracy,
-    train,
+    train_and_export,
 )
 
 SEED = 0
@@ -75,33 +69,12 @@ def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return x_tr, x_te, y_tr, y_te
 
 
-def main() -> None:
+def main(out_dir: Path = HERE) -> None:
     """Train, export, save the data files and print accuracies."""
-    t0 = time.perf_counter()
     seed_everything(SEED)
-    torch.set_num_threads(2)
-    x_tr, x_te, y_tr, y_te = load_split()
-    model = MnistCNN()
-    print(f"mnist: train {len(x_tr)}, test {len(x_te)}; params {count_params(model)}")
-    losses = train(model, x_tr, y_tr, epochs=8, batch_size=64, lr=5e-3, seed=SEED)
-    print(f"loss: first epoch {losses[0]:.4f}, last epoch {losses[-1]:.4f}")
-    print(f"torch test accuracy: {torch_accuracy(model, x_te, y_te):.4f}")
-
-    onnx_path = HERE / "mnist_cnn.onnx"
-    proto = export_onnx(model, (1, 1, 28, 28), onnx_path)
-    print(f"exported {onnx_path.name}: {onnx_path.stat().st_size} bytes, ops {op_histogram(proto)}")
-
-    rng = np.random.default_rng(SEED)
-    calib = x_tr[np.sort(rng.choice(len(x_tr), N_CALIB, replace=False))]
-    np.savez_compressed(HERE / "mnist_data.npz", input=x_te[:, None], label=y_te)
-    np.savez_compressed(HERE / "mnist_calib.npz", input=calib[:, None])
-
-    acc = onnx_accuracies(onnx_path, x_te[:, None], y_te)
-    print(
-        f"ONNX test accuracy on {len(y_te)} samples: onnxruntime {acc['onnxruntime']:.4f}, "
-        f"onnx.reference {acc['reference']:.4f}, max |logit diff| {acc['max_abs_diff']:.2e}"
-    )
-    print(f"done in {time.perf_counter() - t0:.1f} s")
+    split = load_split()
+    train_and_export("mnist", MnistCNN(), split, epochs=8, batch_size=64, lr=5e-3, seed=SEED,
+                     out_dir=out_dir, n_calib=N_CALIB)
 
 
 if __name__ == "__main__":
