@@ -73,7 +73,14 @@ def _fuse_passes(tvm_target: Any) -> list[Any]:
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
-    return ([relax.transform.DecomposeOpsForInference()]  # batch_norm etc. in inference form
+    return ([
+        # conv2d -> batch_norm with constant weights: scale folded into the weights and a bias
+        # add left (before DecomposeOpsForInference, which would turn BN into 4 elementwise ops
+        # per output element, one a divide, and keep a following Clip out of the conv's kernel)
+        relax.transform.FoldBatchnormToConv2D(),
+        relax.transform.FoldConstant(),  # computes the folded weights and biases
+        relax.transform.DecomposeOpsForInference(),  # remaining batch_norm etc. in inference form
+    ]
             + cpu_generic.library_dispatch_passes(tvm_target)
             # legalize → annotate → fold → FuseOps → FuseTIR: kernels become fused PrimFuncs
             + cpu_generic.legalize_passes(tvm_target))

@@ -26,6 +26,22 @@ from .target_info import cpu_info, is_cpu_target
 logger = logging.getLogger(__name__)
 
 
+def _row_tile(y_ext: int, xv: int, lanes: int, registers: int, strided: bool) -> int:
+    """Output rows per task, a divisor of ``y_ext`` (no tail predicate).
+
+    All rows when their ``rows x xv`` accumulators fit in about 40% of the vector registers
+    (the rest hold broadcast weights and loaded inputs): small feature maps (7x7, 14x14) get one
+    task per channel. Otherwise as many rows as fit, at most 4 for strided convolutions, whose
+    strided input loads need shuffle registers of their own.
+    """
+    budget = max(2, registers * 2 // 5)
+    vectors = -(-xv // lanes)
+    if y_ext * vectors <= budget:
+        return y_ext
+    rows = 4 if strided else max(1, budget // vectors)
+    return choose_factor(y_ext, rows)
+
+
 class DepthwiseConv2d(CPUScheduleRule):
     """Depthwise / grouped conv2d NCHW: output width in vector registers, rows tiled.
 
@@ -53,7 +69,8 @@ class DepthwiseConv2d(CPUScheduleRule):
         main = con.block
         x_ext, y_ext = con.extent(match.x), con.extent(match.y)
         xv = vector_factor(x_ext, lanes, max_vectors=2)
-        yt = choose_factor(y_ext, 4, minimum=2) if y_ext > 1 else 1
+        strided = int(match.data.buffer.shape[-1]) >= 2 * x_ext
+        yt = _row_tile(y_ext, xv, lanes, info.vector_registers, strided)
         lb, lf, ly, lx = (con.loop_of(v) for v in (match.b, match.f, match.y, match.x))
         reduce_loops = [lp for lp in (con.loop_of(v) for v in con.reduce) if lp is not None]
         xo, xi = sch.split(lx, [None, xv])

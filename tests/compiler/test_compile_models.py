@@ -77,3 +77,22 @@ def test_dynamic_batch_pinned_by_input_shape(tmp_path: Path) -> None:
     x = np.random.default_rng(0).standard_normal((2, 64)).astype(np.float32)
     ref = ReferenceEvaluator(model).run(None, {model.graph.input[0].name: x})[0]
     np.testing.assert_allclose(art.run([x])[art.outputs[0].name], ref, atol=1e-4)
+
+
+def test_batch_norm_folded_and_clip_fused_into_convs() -> None:
+    """Conv -> BN -> Clip(0, 6) becomes one kernel per conv: BN scale in the weights, no
+    divide left, no separate maximum/minimum kernel (numerics: test_zoo_model_matches_reference
+    on depthwise_block)."""
+    from tvm import tirx
+
+    from compiler import frontend, lower
+    from targets import parse_target
+
+    mod = frontend.load_model(models.get_model("depthwise_block")).mod
+    fused = lower.legalize_and_fuse(mod, parse_target("host"))
+    names = [gv.name_hint for gv, f in fused.functions_items() if isinstance(f, tirx.PrimFunc)]
+    convs = [n for n in names if "conv2d" in n]
+    assert len(convs) == 4, names
+    assert not any("divide" in n for n in names), names
+    assert not any(n.startswith("fused_maximum") for n in names), names
+    assert sum("maximum" in n and "minimum" in n for n in convs) == 2, convs

@@ -177,6 +177,41 @@ def test_conv2d_matches_reference(c, o, h, k, stride, pad, group, residual):
     _check(model, feeds)
 
 
+def _depthwise_clip(c: int, h: int, w: int, stride: int):
+    """Depthwise 3x3 conv + bias + Clip(0, 6), as in MobileNetV2 (BN folded into the bias)."""
+    oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1] * 4, strides=[stride] * 2,
+                         group=c),
+        helper.make_node("Clip", ["y", "lo", "hi"], ["z"]),
+    ]
+    inits = [_const("w", (c, 1, 3, 3)), _const("b", (c,)),
+             numpy_helper.from_array(np.float32(0.0), "lo"),
+             numpy_helper.from_array(np.float32(6.0), "hi")]
+    model = _model(nodes, [_vi("x", [1, c, h, w])], [_vi("z", [1, c, oh, ow])], inits)
+    return model, {"x": (2 * RNG.standard_normal((1, c, h, w))).astype("float32")}
+
+
+@pytest.mark.parametrize(
+    "c,h,w,stride",
+    [
+        (40, 7, 7, 1),  # whole 7x7 channel per task
+        (24, 14, 14, 2),  # strided, output rows split (at most 4 per task)
+        (20, 13, 11, 1),  # odd sizes, channels not a multiple of the vector width
+        (12, 28, 28, 2),  # 14x14 strided output: rows split by a divisor, no tail
+        (8, 30, 30, 1),  # rows split by a divisor of 30
+    ],
+)
+def test_depthwise_clip_matches_reference(c, h, w, stride):
+    """Depthwise conv with a fused Clip epilogue; row tiles divide the output height."""
+    model, feeds = _depthwise_clip(c, h, w, stride)
+    mod = _check(model, feeds)
+    (conv,) = [f for n, f in _prim_funcs(mod).items() if "conv2d" in n]
+    text = conv.script()
+    assert "T.max(" in text and "T.min(" in text, "clip should be the conv's epilogue"
+    assert "T.where(" not in text, "row tiles should divide the output height (no predicate)"
+
+
 def test_odd_channel_count_uses_power_of_two_vectors():
     """24 output channels (MobileNetV2) pack into 8-lane blocks, never a 24-lane vector."""
     from compiler.schedules.common import vector_factor
