@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from . import onnx_narrow_types as narrow
 from .errors import HwccError, InputShapeError, ModelLoadError, UnsupportedOpError
 
 logger = logging.getLogger(__name__)
@@ -214,12 +215,15 @@ def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, str]]:
-    """``(op_type, node_name, domain)`` of every node TVM's ONNX importer has no converter for."""
+    """``(op_type, node_name, domain)`` of every node neither TVM's ONNX importer nor hwcc's
+    own converters (:data:`HWCC_CONVERTERS`) convert."""
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
-    known = set(_get_convert_map()) | {"If", "Constant"}
+    known = set(_get_convert_map()) | {"If", "Constant"} | set(HWCC_CONVERTERS)
     bad = []
     for node in model.graph.node:
+        if node.domain == narrow.DOMAIN and node.op_type in HWCC_CONVERTERS:
+            continue
         if node.domain not in ("", "ai.onnx") or node.op_type not in known:
             bad.append((node.op_type, node.name, node.domain or "ai.onnx"))
     return bad
@@ -270,7 +274,8 @@ def load_model(model: str | Path | onnx.ModelProto,
         msg = str(err).strip().splitlines()
         raise ModelLoadError(f"graph preparation failed for {source}: "
                              f"{msg[0] if msg else type(err).__name__}") from None
-    bad = unsupported_nodes(pinned)
+    lowered = narrow.lower_narrow_types(pinned)  # float8/int4...: uint8 storage inside
+    bad = unsupported_nodes(lowered)
     if bad:
         op, name, domain = bad[0]
         others = sorted({b[0] for b in bad[1:]} - {op})
@@ -281,7 +286,7 @@ def load_model(model: str | Path | onnx.ModelProto,
             detail += f"; also unsupported: {', '.join(others)}"
         raise UnsupportedOpError(op, name, opset, detail)
 
-    mod = _import(pinned, specs, opset)
+    mod = _import(lowered, specs, opset)
     outputs = _output_specs(pinned, mod)
     logger.info("imported %s: %d nodes, opset %d", source, len(pinned.graph.node), opset)
     return ImportedModel(mod=mod, onnx_model=pinned, inputs=specs, outputs=outputs, opset=opset,
@@ -303,8 +308,18 @@ class _NodeTrackingImporter:
                     self.current = value_proto
                 return super()._parse_value_proto(value_proto)
 
+            def _check_for_unsupported_ops(self, graph):
+                theirs = onnx.GraphProto()
+                theirs.node.extend(n for n in graph.node if n.op_type not in HWCC_CONVERTERS)
+                return super()._check_for_unsupported_ops(theirs)
+
+            def _convert_operator(self, op_name, inputs, attrs, opset):
+                if op_name in HWCC_CONVERTERS:
+                    return self.bb.normalize(HWCC_CONVERTERS[op_name](self.bb, inputs, attrs))
+                return super()._convert_operator(op_name, inputs, attrs, opset)
+
         importer = Importer({s.name: list(s.shape) for s in specs},
-                            {s.name: s.dtype for s in specs},
+                            {s.name: narrow.storage_dtype(s.dtype) for s in specs},
                             keep_params_in_input=False, sanitize=True)
         try:
             return importer.from_onnx(model.graph, opset)
@@ -334,6 +349,8 @@ def _output_specs(model: onnx.ModelProto, mod) -> list[TensorSpec]:
     from tvm import relax
 
     names = [o.name for o in model.graph.output]
+    logical = {o.name: _onnx_dtype(o.type.tensor_type.elem_type) for o in model.graph.output
+               if o.type.HasField("tensor_type")}
     ret = mod["main"].ret_ty
     infos = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
     specs = []
@@ -345,5 +362,40 @@ def _output_specs(model: onnx.ModelProto, mod) -> list[TensorSpec]:
         except (TypeError, ValueError, AttributeError):
             raise InputShapeError(f"output '{name}' has a dynamic shape "
                                   f"{info.shape}; pin the inputs with --input-shape") from None
-        specs.append(TensorSpec(name, shape, str(info.dtype)))
+        dtype = str(info.dtype)
+        if narrow.is_narrow(logical.get(name, "")) and dtype == "uint8":
+            dtype = logical[name]  # uint8 storage inside, the narrow type at the boundary
+        specs.append(TensorSpec(name, shape, dtype))
     return specs
+
+
+# ----------------------------------------------------------------------------------------
+# hwcc's own converters, for ops TVM's importer lacks (called as converter(bb, inputs, attrs))
+# ----------------------------------------------------------------------------------------
+def _convert_narrow_encode(bb, inputs, attrs):
+    fmt = narrow.FORMATS[int(attrs["to"])]
+    rmode = attrs.get("round_mode", "up")
+    rmode = rmode.decode() if isinstance(rmode, bytes) else str(rmode)
+    sat = bool(attrs.get("saturate", 1))
+    return bb.emit_te(lambda x: narrow.encode_te(x, fmt, sat, rmode), inputs[0],
+                      primfunc_name_hint=f"encode_{fmt.name}")
+
+
+def _convert_bitcast(bb, inputs, attrs):
+    from tvm import te, tirx
+
+    to = str(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(attrs["to"]))))
+    x = inputs[0]
+    src = str(x.ty.dtype)
+    if to == "bool" or src == "bool" and to not in ("uint8", "int8"):
+        raise ValueError(f"BitCast from {src} to {to} is not supported")
+    if src == "bool":
+        return bb.emit_te(lambda t: te.compute(t.shape, lambda *i: t(*i).astype(to)), x,
+                          primfunc_name_hint="bitcast")
+    if np.dtype(src).itemsize != np.dtype(to).itemsize:
+        raise ValueError(f"BitCast needs types of one size; got {src} and {to}")
+    return bb.emit_te(lambda t: te.compute(t.shape, lambda *i: tirx.reinterpret(to, t(*i))),
+                      x, primfunc_name_hint="bitcast")
+
+
+HWCC_CONVERTERS = {narrow.ENCODE: _convert_narrow_encode, "BitCast": _convert_bitcast}

@@ -19,6 +19,7 @@ import numpy as np
 
 from targets import host_arch
 
+from . import onnx_narrow_types as narrow
 from .errors import ArtifactError, RuntimeInputError
 from .frontend import TensorSpec
 from .package import FORMAT, MANIFEST, sha256_file
@@ -118,7 +119,8 @@ class Artifact:
 
     # -- inputs ---------------------------------------------------------------------------
     def check_inputs(self, inputs: Mapping[str, Any] | Sequence[Any]) -> list[np.ndarray]:
-        """Validate names, shapes and dtypes; return arrays in the model's input order."""
+        """Validate names, shapes and dtypes; return arrays in the model's input order (as the
+        module's uint8 storage for float8/float4/int4/int2 inputs)."""
         names = [s.name for s in self.inputs]
         if not isinstance(inputs, Mapping):
             seq = list(inputs)
@@ -144,7 +146,8 @@ class Artifact:
             if str(a.dtype) != spec.dtype:
                 raise RuntimeInputError(f"input '{spec.name}' must have dtype {spec.dtype}; "
                                         f"got {a.dtype}")
-            arrays.append(a if a.flags.c_contiguous else a.copy(order="C"))  # keeps 0-d
+            a = a if a.flags.c_contiguous else a.copy(order="C")  # keeps 0-d
+            arrays.append(narrow.storage_view(a, spec.dtype))  # float8/int4: uint8 storage
         return arrays
 
     def random_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
@@ -169,7 +172,8 @@ class Artifact:
         tensors = [tvm.runtime.tensor(a, self._device) for a in arrays]
         result = self._invoke(tensors)
         outs = _flatten(result)
-        return {spec.name: o for spec, o in zip(self.outputs, outs)}
+        return {spec.name: narrow.logical_view(o, spec.dtype)
+                for spec, o in zip(self.outputs, outs)}
 
     def benchmark(self, inputs: Mapping[str, Any] | None = None, repeat: int = 50,
                   warmup: int = 5) -> dict[str, Any]:
@@ -212,6 +216,11 @@ def random_inputs(specs: Sequence[TensorSpec], seed: int = 0) -> dict[str, np.nd
     rng = np.random.default_rng(seed)
     out = {}
     for s in specs:
+        if narrow.is_narrow(s.dtype):  # float8 / float4 / int4 / int2: small exact values
+            import ml_dtypes  # noqa: F401 - registers the dtype names with numpy
+
+            out[s.name] = rng.integers(0, 2, size=s.shape).astype(np.dtype(s.dtype))
+            continue
         dt = np.dtype(s.dtype)
         if dt.kind == "f":
             out[s.name] = rng.standard_normal(s.shape).astype(dt)
