@@ -25,6 +25,7 @@ from .common import (
     attach_epilogue,
     choose_factor,
     compute_padding_at,
+    is_plain_copy,
     is_spatial_block,
     schedule_other_blocks,
     vector_factor,
@@ -219,8 +220,18 @@ class Conv2d(CPUScheduleRule):
         # rows outside channel blocks: the input rows a task reads are reused by every block
         outer = [lp for lp in (lb, ly) if lp is not None]
         inner_tile = [fo] + ([xo] if xo is not None else [])
-        if not outer:
-            outer, inner_tile = [fo], inner_tile[1:]
+        rows = int(np.prod([con.extent(v) for v in (match.b, match.y) if v is not None]))
+        blocks = con.extent(match.f) // c
+        cores = info.num_cores
+        if not outer or (rows < 4 * cores and (pad is None or is_plain_copy(sch, pad))):
+            # too few rows to share among the cores (7x7 maps: 7 tasks on 2 cores leave one
+            # idle 1/7 of the time): channel blocks become parallel tasks too
+            outer, inner_tile = [*outer, fo], inner_tile[1:]
+        elif rows < 4 * cores and cores > 1 and blocks % cores == 0:
+            # the same with padding: channel blocks in one group per core, so that each task
+            # pads its input rows once per group, not once per block
+            fg, fo = sch.split(fo, [cores, None])
+            outer, inner_tile = [*outer, fg], [fo, *inner_tile[1:]]
         sch.reorder(*outer, *inner_tile, *reduce_loops, *([xi] if xi is not None else []), fi)
         par = sch.fuse(*outer) if len(outer) > 1 else outer[0]
         tile_loop = inner_tile[-1] if inner_tile else par

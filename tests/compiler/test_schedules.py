@@ -169,6 +169,9 @@ def test_matmul_3d_by_constant_weight():
         (32, 32, 14, 3, 1, 1, 32, False),  # depthwise
         (32, 32, 15, 3, 2, 1, 32, True),  # strided depthwise + residual
         (16, 32, 8, 3, 1, 1, 4, False),  # grouped
+        (64, 128, 7, 3, 1, 1, 1, True),  # few rows: channel blocks grouped per core + residual
+        (32, 96, 7, 3, 1, 1, 1, False),  # few rows, 3 blocks on 2 cores: rows-only tasks
+        (48, 64, 5, 1, 1, 0, 1, True),  # 1x1 on 5x5: every channel block a task
     ],
 )
 def test_conv2d_matches_reference(c, o, h, k, stride, pad, group, residual):
@@ -210,6 +213,16 @@ def test_depthwise_clip_matches_reference(c, h, w, stride):
     text = conv.script()
     assert "T.max(" in text and "T.min(" in text, "clip should be the conv's epilogue"
     assert "T.where(" not in text, "row tiles should divide the output height (no predicate)"
+
+
+def test_small_maps_share_channel_blocks_among_cores():
+    """7 output rows on 2 cores: the parallel loop also covers channel blocks (7 x 2 groups of
+    two 32-channel blocks with padding, 7 x 4 blocks without)."""
+    for (c, o, k, pad), tasks in (((64, 128, 3, 1), 14), ((64, 128, 1, 0), 28)):
+        model, feeds = _conv(c, o, 7, k, pad=pad)
+        mod = _check(model, feeds)
+        (conv,) = [f for n, f in _prim_funcs(mod).items() if "conv2d" in n]
+        assert f"T.parallel(T.int64({tasks}))" in conv.script()
 
 
 def test_odd_channel_count_uses_power_of_two_vectors():
