@@ -57,7 +57,7 @@ STATIC_SLOTS: dict[str, tuple[int, ...]] = {
     "Reshape": (1,), "Expand": (1,), "Tile": (1,), "ConstantOfShape": (0,),
     "Slice": (1, 2, 3, 4), "Squeeze": (1,), "Unsqueeze": (1,), "Pad": (1, 3),
     "Resize": (1, 2, 3), "Upsample": (1,), "TopK": (1,), "OneHot": (1,), "Range": (0, 1, 2),
-    "Split": (1,), "SplitToSequence": (1,), "CumSum": (1,), "Trilu": (1,),
+    "Split": (1,), "SplitToSequence": (1,), "CumSum": (1,), "CumProd": (1,), "Trilu": (1,),
     "NonMaxSuppression": (2, 3, 4), "DFT": (1, 2), "STFT": (1, 3), "CenterCropPad": (1,),
     "Col2Im": (1, 2), "AffineGrid": (1,), "BlackmanWindow": (0,), "HannWindow": (0,),
     "HammingWindow": (0,), "MelWeightMatrix": (0, 1, 2, 3, 4),

@@ -22,6 +22,7 @@ import onnx
 
 from . import onnx_narrow_types as narrow
 from .errors import HwccError, InputShapeError, ModelLoadError, UnsupportedOpError
+from .onnx_converters import CONVERTERS
 
 logger = logging.getLogger(__name__)
 
@@ -216,13 +217,13 @@ def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, str]]:
     """``(op_type, node_name, domain)`` of every node neither TVM's ONNX importer nor hwcc's
-    own converters (:data:`HWCC_CONVERTERS`) convert."""
+    own converters (:data:`compiler.onnx_converters.CONVERTERS`) convert."""
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
-    known = set(_get_convert_map()) | {"If", "Constant"} | set(HWCC_CONVERTERS)
+    known = set(_get_convert_map()) | {"If", "Constant"} | set(CONVERTERS)
     bad = []
     for node in model.graph.node:
-        if node.domain == narrow.DOMAIN and node.op_type in HWCC_CONVERTERS:
+        if node.domain == narrow.DOMAIN and node.op_type in CONVERTERS:
             continue
         if node.domain not in ("", "ai.onnx") or node.op_type not in known:
             bad.append((node.op_type, node.name, node.domain or "ai.onnx"))
@@ -310,12 +311,14 @@ class _NodeTrackingImporter:
 
             def _check_for_unsupported_ops(self, graph):
                 theirs = onnx.GraphProto()
-                theirs.node.extend(n for n in graph.node if n.op_type not in HWCC_CONVERTERS)
+                theirs.node.extend(n for n in graph.node if n.op_type not in CONVERTERS)
                 return super()._check_for_unsupported_ops(theirs)
 
             def _convert_operator(self, op_name, inputs, attrs, opset):
-                if op_name in HWCC_CONVERTERS:
-                    return self.bb.normalize(HWCC_CONVERTERS[op_name](self.bb, inputs, attrs))
+                if op_name in CONVERTERS:
+                    out = CONVERTERS[op_name](self.bb, inputs, attrs)
+                    if out is not None:  # None: TVM's converter handles this form
+                        return self.bb.normalize(out)
                 return super()._convert_operator(op_name, inputs, attrs, opset)
 
         importer = Importer({s.name: list(s.shape) for s in specs},
@@ -367,35 +370,3 @@ def _output_specs(model: onnx.ModelProto, mod) -> list[TensorSpec]:
             dtype = logical[name]  # uint8 storage inside, the narrow type at the boundary
         specs.append(TensorSpec(name, shape, dtype))
     return specs
-
-
-# ----------------------------------------------------------------------------------------
-# hwcc's own converters, for ops TVM's importer lacks (called as converter(bb, inputs, attrs))
-# ----------------------------------------------------------------------------------------
-def _convert_narrow_encode(bb, inputs, attrs):
-    fmt = narrow.FORMATS[int(attrs["to"])]
-    rmode = attrs.get("round_mode", "up")
-    rmode = rmode.decode() if isinstance(rmode, bytes) else str(rmode)
-    sat = bool(attrs.get("saturate", 1))
-    return bb.emit_te(lambda x: narrow.encode_te(x, fmt, sat, rmode), inputs[0],
-                      primfunc_name_hint=f"encode_{fmt.name}")
-
-
-def _convert_bitcast(bb, inputs, attrs):
-    from tvm import te, tirx
-
-    to = str(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(attrs["to"]))))
-    x = inputs[0]
-    src = str(x.ty.dtype)
-    if to == "bool" or src == "bool" and to not in ("uint8", "int8"):
-        raise ValueError(f"BitCast from {src} to {to} is not supported")
-    if src == "bool":
-        return bb.emit_te(lambda t: te.compute(t.shape, lambda *i: t(*i).astype(to)), x,
-                          primfunc_name_hint="bitcast")
-    if np.dtype(src).itemsize != np.dtype(to).itemsize:
-        raise ValueError(f"BitCast needs types of one size; got {src} and {to}")
-    return bb.emit_te(lambda t: te.compute(t.shape, lambda *i: tirx.reinterpret(to, t(*i))),
-                      x, primfunc_name_hint="bitcast")
-
-
-HWCC_CONVERTERS = {narrow.ENCODE: _convert_narrow_encode, "BitCast": _convert_bitcast}

@@ -191,16 +191,6 @@ def conv_transpose(node: onnx.NodeProto, model: onnx.ModelProto, names: Names) -
     return [new], []
 
 
-def mod(node: onnx.NodeProto, model: onnx.ModelProto, names: Names) -> Result:
-    """Float Mod: TVM differs from C fmod / Python's % on infinities and zeros."""
-    tp = _type(model, node.input[0])
-    if tp is not None and tp.tensor_type.elem_type in (
-            onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
-            onnx.TensorProto.BFLOAT16):
-        _refuse(node, model, "floating-point Mod is not supported (TVM differs on infinities)")
-    return None
-
-
 def nms(node: onnx.NodeProto, model: onnx.ModelProto, names: Names) -> Result:
     """NonMaxSuppression: ONNX suppresses boxes with IoU > threshold, TVM with IoU >= threshold.
     A constant float32 threshold is moved up by one ulp: ``iou >= next(t)`` is ``iou > t``."""
@@ -337,7 +327,6 @@ GUARDS = {
     "IsInf": is_inf,
     "BitShift": bit_shift,
     "ConvTranspose": conv_transpose,
-    "Mod": mod,
     "NonMaxSuppression": nms,
     "Resize": resize,
     "RoiAlign": roi_align,

@@ -222,12 +222,6 @@ def encode_bits(u, fmt: NarrowFormat, saturate: bool, ops=_Numpy):
     return ops.finish(where(is_nan, nan, code))
 
 
-def encode_numpy(x: np.ndarray, fmt: NarrowFormat, saturate: bool) -> np.ndarray:
-    """Storage bytes of float array ``x`` cast to ``fmt`` (the numpy twin of the kernel)."""
-    u = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.int64)
-    return encode_bits(u, fmt, saturate).astype(np.uint8)
-
-
 def encode_e8m0_bits(u, saturate: bool, round_mode: str, ops=_Numpy):
     """FLOAT8E8M0 code (a biased power of two) of the float32 bit pattern ``u``, rounding
     the exponent ``up``, ``down`` or to ``nearest`` exactly as ``onnx.numpy_helper`` does."""

@@ -168,6 +168,11 @@ from .onnx_qop import QOP_REWRITES  # noqa: E402
 
 REWRITES.update(QOP_REWRITES)
 
+# Exact decompositions of ops TVM lacks or refuses (Swish, EyeLike, LpNormalization...)
+from .onnx_decompose import DECOMPOSITIONS  # noqa: E402
+
+REWRITES.update(DECOMPOSITIONS)
+
 
 def _iter_rewrites(model: onnx.ModelProto) -> Iterator[tuple[int, list, list]]:
     names = NameGen(model)

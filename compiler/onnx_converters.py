@@ -1,0 +1,144 @@
+"""hwcc's own converters in TVM's ONNX importer, for ops it lacks or computes wrongly.
+
+:data:`CONVERTERS` maps an ONNX op type to ``converter(bb, inputs, attrs)`` (TVM's converter
+signature, minus the params). compiler/frontend.py's importer calls it before TVM's own
+converter; a converter returns a Relax expression, or None to leave the node to TVM. Each
+kernel is a small TE compute written from the ONNX reference implementation, exact by
+construction (integer indexing, C ``fmod``), and tested against ``onnx.reference`` in
+tests/compiler/test_onnx_converters.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import onnx
+
+from . import onnx_narrow_types as narrow
+
+Converter = Callable[[Any, list, dict], Any]
+
+
+def _dtype(expr: Any) -> str:
+    return str(expr.ty.dtype)
+
+
+def _shape(expr: Any) -> list[int]:
+    return [int(d) for d in expr.ty.shape.values]
+
+
+def _const_int(expr: Any, what: str) -> int:
+    import tvm
+
+    if not isinstance(expr, tvm.ir.GenericConst):
+        raise ValueError(f"{what} must be a constant (an initializer)")
+    return int(np.asarray(expr.value.numpy()).reshape(-1)[0])
+
+
+def narrow_encode(bb, inputs, attrs):
+    """hwcc.NarrowEncode: a cast into float8/float4/int4/int2 storage bytes."""
+    fmt = narrow.FORMATS[int(attrs["to"])]
+    rmode = attrs.get("round_mode", "up")
+    rmode = rmode.decode() if isinstance(rmode, bytes) else str(rmode)
+    sat = bool(attrs.get("saturate", 1))
+    return bb.emit_te(lambda x: narrow.encode_te(x, fmt, sat, rmode), inputs[0],
+                      primfunc_name_hint=f"encode_{fmt.name}")
+
+
+def bitcast(bb, inputs, attrs):
+    """BitCast: the same bits seen as another type of the same size."""
+    from tvm import te, tirx
+
+    to = str(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(attrs["to"]))))
+    x = inputs[0]
+    src = _dtype(x)
+    if to == "bool" or src == "bool" and to not in ("uint8", "int8"):
+        raise ValueError(f"BitCast from {src} to {to} is not supported")
+    if src == "bool":  # a bool is the byte 0 or 1
+        return bb.emit_te(lambda t: te.compute(t.shape, lambda *i: t(*i).astype(to)), x,
+                          primfunc_name_hint="bitcast")
+    if np.dtype(src).itemsize != np.dtype(to).itemsize:
+        raise ValueError(f"BitCast needs types of one size; got {src} and {to}")
+    return bb.emit_te(lambda t: te.compute(t.shape, lambda *i: tirx.reinterpret(to, t(*i))),
+                      x, primfunc_name_hint="bitcast")
+
+
+def cum_prod(bb, inputs, attrs):
+    """CumProd (constant axis): TVM's cumprod, flipped for ``reverse``."""
+    from tvm import relax
+
+    x = inputs[0]
+    rank = len(_shape(x))
+    axis = _const_int(inputs[1], "CumProd's axis")
+    axis = axis + rank if axis < 0 else axis
+    reverse = bool(attrs.get("reverse", 0))
+    if reverse:
+        x = bb.normalize(relax.op.flip(x, axis))
+    y = bb.normalize(relax.op.cumprod(x, axis=axis, dtype=_dtype(x),
+                                      exclusive=bool(attrs.get("exclusive", 0))))
+    return relax.op.flip(y, axis) if reverse else y
+
+
+def reverse_sequence(bb, inputs, attrs):
+    """ReverseSequence: along ``time_axis``, the first ``sequence_lens[b]`` steps of batch
+    entry b reversed, the rest copied."""
+    from tvm import te, tirx
+
+    b_axis = int(attrs.get("batch_axis", 1))
+    t_axis = int(attrs.get("time_axis", 0))
+
+    def compute(x, lens):
+        def one(*i):
+            src = [tirx.Cast("int64", v) for v in i]
+            n = tirx.Cast("int64", lens(src[b_axis]))
+            t = src[t_axis]
+            src[t_axis] = tirx.Select(t < n, n - 1 - t, t)
+            return x(*src)
+
+        return te.compute(x.shape, one, name="reverse_sequence")
+
+    return bb.emit_te(compute, inputs[0], inputs[1], primfunc_name_hint="reverse_sequence")
+
+
+def float_mod(bb, inputs, attrs):
+    """Float Mod, exactly: C's ``fmod`` (fmod=1) or numpy's ``mod`` (fmod=0: the sign of the
+    divisor, ``fmod`` corrected by adding b once, a zero carries b's sign). float16/bfloat16
+    are computed in float32, where both ``fmod`` and the one addition are exact or rounded
+    once. TVM's own Mod differs on infinities and zeros."""
+    from tvm import relax, te, tirx
+
+    a, b = inputs
+    dt = _dtype(a)
+    if not dt.startswith(("float", "bfloat")) or _dtype(b) != dt:
+        return None  # integers: TVM's converter is right
+    shape = list(np.broadcast_shapes(tuple(_shape(a)), tuple(_shape(b))))
+    a = bb.normalize(relax.op.broadcast_to(a, shape)) if _shape(a) != shape else a
+    b = bb.normalize(relax.op.broadcast_to(b, shape)) if _shape(b) != shape else b
+    wide = "float64" if dt == "float64" else "float32"
+    python_style = not int(attrs.get("fmod", 0))
+
+    def compute(x, y):
+        def one(*i):
+            p, q = x(*i).astype(wide), y(*i).astype(wide)
+            m = tirx.call_pure_extern(wide, "fmod" if wide == "float64" else "fmodf", p, q)
+            if python_style:
+                zero = tirx.const(0.0, wide)
+                flip = ((q < zero) & (m > zero)) | ((q > zero) & (m < zero))
+                m = tirx.Select(flip, m + q, m)
+                m = tirx.Select(m == zero, tirx.copysign(zero, q), m)
+            return m.astype(dt)
+
+        return te.compute(x.shape, one, name="float_mod")
+
+    return bb.emit_te(compute, a, b, primfunc_name_hint="float_mod")
+
+
+CONVERTERS: dict[str, Converter] = {
+    narrow.ENCODE: narrow_encode,  # casts into float8/int4... storage (onnx_narrow_types.py)
+    "BitCast": bitcast,
+    "CumProd": cum_prod,
+    "ReverseSequence": reverse_sequence,
+    "Mod": float_mod,  # floats only; integer Mod stays with TVM
+}

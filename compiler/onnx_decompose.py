@@ -1,0 +1,151 @@
+"""Exact decompositions of ONNX ops TVM's importer lacks or refuses, into ops it imports.
+
+Each function is a rewrite in :data:`compiler.onnx_rewrites.REWRITES` form: it returns
+replacement nodes and initializers, or None to leave the node alone. The decompositions follow
+the ONNX reference implementation (``onnx.reference.ops``) formula by formula; they are never
+approximations (a 16-bit float op may be computed in float32 and rounded once, which is at
+least as accurate as the reference's own 16-bit arithmetic). Ops that need a kernel of their
+own (``CumProd``, ``ReverseSequence``, float ``Mod``) are converted by
+:data:`compiler.onnx_converters.CONVERTERS` instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+from onnx import TensorProto as T
+from onnx import helper, numpy_helper
+
+Names = Callable[[str], str]
+Result = "tuple[list[onnx.NodeProto], list[onnx.TensorProto]] | None"
+
+_FLOATS = (T.FLOAT, T.FLOAT16, T.BFLOAT16, T.DOUBLE)
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _tensor_type(model: onnx.ModelProto, name: str) -> onnx.TypeProto.Tensor | None:
+    from .onnx_guards import _type
+
+    tp = _type(model, name)
+    return tp.tensor_type if tp is not None and tp.HasField("tensor_type") else None
+
+
+def _elem(model: onnx.ModelProto, name: str) -> int | None:
+    tt = _tensor_type(model, name)
+    return tt.elem_type if tt is not None else None
+
+
+def _np(elem: int) -> np.dtype:
+    return np.dtype(helper.tensor_dtype_to_np_dtype(elem))
+
+
+def swish(node: onnx.NodeProto, model: onnx.ModelProto, names: Names) -> Result:
+    """Swish(x, alpha) = x * Sigmoid(alpha * x) (no converter in TVM)."""
+    elem = _elem(model, node.input[0])
+    if elem not in _FLOATS:
+        return None
+    alpha = float(_attrs(node).get("alpha", 1.0))
+    n = node.name or node.output[0]
+    a, ax, sig = names(f"{n}_alpha"), names(f"{n}_ax"), names(f"{n}_sig")
+    nodes = [helper.make_node("Mul", [node.input[0], a], [ax]),
+             helper.make_node("Sigmoid", [ax], [sig]),
+             helper.make_node("Mul", [node.input[0], sig], [node.output[0]])]
+    return nodes, [numpy_helper.from_array(np.array(alpha, _np(elem)), a)]
+
+
+def eye_like(node: onnx.NodeProto, model: onnx.ModelProto, names: Names) -> Result:
+    """EyeLike depends only on its input's (static) shape: a constant."""
+    from .onnx_guards import _shape
+
+    shape = _shape(model, node.input[0])
+    if shape is None or len(shape) not in (1, 2):
+        return None
+    attrs = _attrs(node)
+    elem = attrs.get("dtype") or _elem(model, node.input[0]) or T.FLOAT
+    if elem == T.STRING:
+        return None
+    rows, cols = (shape[0], shape[0]) if len(shape) == 1 else shape
+    value = np.eye(rows, cols, k=int(attrs.get("k", 0)), dtype=_np(elem))
+    c = names(f"{node.name or node.output[0]}_eye")
+    return ([helper.make_node("Identity", [c], [node.output[0]])],
+            [numpy_helper.from_array(value, c)])
+
+
+def elu_16bit(node: onnx.NodeProto, model: onnx.ModelProto, names: Names) -> Result:
+    """Elu on float16 (TVM's converter mixes a float32 alpha in): computed in float32 and
+    rounded once. (bfloat16 stays refused: its casts crash TVM's CPU build.)"""
+    elem = _elem(model, node.input[0])
+    if elem != T.FLOAT16:
+        return None
+    n = node.name or node.output[0]
+    x32, y32 = names(f"{n}_x32"), names(f"{n}_y32")
+    inner = helper.make_node("Elu", [x32], [y32], name=f"{n}_f32")
+    inner.attribute.extend(node.attribute)
+    return [helper.make_node("Cast", [node.input[0]], [x32], to=T.FLOAT), inner,
+            helper.make_node("Cast", [y32], [node.output[0]], to=elem)], []
+
+
+def pow_mixed(node: onnx.NodeProto, model: onnx.ModelProto, names: Names) -> Result:
+    """Pow with an integer operand (TVM: mixed types fail to import, int ** int fails to
+    build). As numpy does: float ** int in the base's type; int ** anything in float64, then
+    truncated to the base's integer type."""
+    xt, yt = _elem(model, node.input[0]), _elem(model, node.input[1])
+    if xt is None or yt is None or (xt == yt and xt in _FLOATS):
+        return None
+    n = node.name or node.output[0]
+    if xt in _FLOATS:
+        y = names(f"{n}_y")
+        return [helper.make_node("Cast", [node.input[1]], [y], to=xt),
+                helper.make_node("Pow", [node.input[0], y], [node.output[0]])], []
+    if yt not in _FLOATS and yt not in (T.INT8, T.INT16, T.INT32, T.INT64, T.UINT8, T.UINT16,
+                                        T.UINT32, T.UINT64):
+        return None
+    x, y, p = names(f"{n}_x64"), names(f"{n}_y64"), names(f"{n}_p64")
+    return [helper.make_node("Cast", [node.input[0]], [x], to=T.DOUBLE),
+            helper.make_node("Cast", [node.input[1]], [y], to=T.DOUBLE),
+            helper.make_node("Pow", [x, y], [p]),
+            helper.make_node("Cast", [p], [node.output[0]], to=xt)], []
+
+
+def lp_normalization(node: onnx.NodeProto, model: onnx.ModelProto, names: Names) -> Result:
+    """LpNormalization with p=2: x / sqrt(sum x**2) along ``axis``, 0 where the norm is 0.
+    (p=1 stays refused: the spec's norm is sum |x|, ``onnx.reference`` sums x itself, so the
+    two disagree on negative inputs.)"""
+    elem = _elem(model, node.input[0])
+    tt = _tensor_type(model, node.input[0])
+    attrs = _attrs(node)
+    p = int(attrs.get("p", 2))
+    if elem not in _FLOATS or tt is None or not tt.HasField("shape") or p != 2:
+        return None
+    rank = len(tt.shape.dim)
+    axis = int(attrs.get("axis", -1))
+    axis = axis + rank if axis < 0 else axis
+    n = node.name or node.output[0]
+    ax, norm, zero, is0, q = (names(f"{n}_{k}") for k in ("axes", "norm", "zero", "is0", "q"))
+    x = node.input[0]
+    sq = names(f"{n}_sumsq")
+    nodes = [helper.make_node("ReduceSumSquare", [x, ax], [sq], keepdims=1),
+             helper.make_node("Sqrt", [sq], [norm]),
+             helper.make_node("Equal", [norm, zero], [is0]),
+             helper.make_node("Div", [x, norm], [q]),
+             helper.make_node("Where", [is0, zero, q], [node.output[0]])]
+    from .onnx_guards import _opset
+
+    if _opset(model) < 18:
+        return None  # ReduceSumSquare takes its axes as an input from opset 18
+    return nodes, [numpy_helper.from_array(np.array([axis], np.int64), ax),
+                   numpy_helper.from_array(np.array(0, _np(elem)), zero)]
+
+
+DECOMPOSITIONS = {
+    "Swish": swish,
+    "EyeLike": eye_like,  # TVM: dtype attribute different from the input's fails
+    "Elu": elu_16bit,
+    "Pow": pow_mixed,
+    "LpNormalization": lp_normalization,
+}

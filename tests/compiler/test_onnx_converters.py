@@ -1,0 +1,116 @@
+"""hwcc's own converters (compiler/onnx_converters.py) and exact decompositions
+(compiler/onnx_decompose.py), each compared with ``onnx.reference`` on edge-case inputs."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as T
+from onnx import helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+import compiler
+
+
+def _model(node, inputs, outputs, inits=(), opset: int = 26) -> onnx.ModelProto:
+    g = helper.make_graph([node], "g", inputs, outputs, initializer=list(inits))
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _vi(name: str, elem: int, shape) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem, list(shape))
+
+
+def _check(model: onnx.ModelProto, feeds: dict, tmp_path, exact: bool = True) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = ReferenceEvaluator(model).run(None, feeds)
+    art = compiler.compile(model, "host", output_dir=tmp_path / "a", verify=False)
+    got = art.run(feeds)
+    for spec, w in zip(art.outputs, want):
+        g = got[spec.name]
+        assert g.dtype == w.dtype
+        if exact:
+            np.testing.assert_array_equal(g, w)
+            if g.dtype.kind == "f":  # the sign of a zero counts too
+                assert (np.signbit(g) == np.signbit(w))[~np.isnan(w)].all()
+        else:
+            np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("fmod", [0, 1])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_float_mod_is_exact_on_edge_cases(fmod: int, dtype, tmp_path) -> None:
+    # signs, zeros, infinities, NaN; b broadcast along the last axis
+    vals = np.array([5.5, -5.5, 0.0, -0.0, np.inf, -np.inf, np.nan, 3.0, 1e-3, -7.25])
+    a = np.repeat(vals[:, None], len(vals), axis=1).astype(dtype)
+    b = vals.astype(dtype)
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    model = _model(helper.make_node("Mod", ["a", "b"], ["y"], fmod=fmod),
+                   [_vi("a", elem, a.shape), _vi("b", elem, b.shape)], [_vi("y", elem, a.shape)])
+    _check(model, {"a": a, "b": b}, tmp_path)
+
+
+@pytest.mark.parametrize("exclusive,reverse", [(0, 0), (1, 0), (0, 1), (1, 1)])
+def test_cumprod_matches_reference(exclusive: int, reverse: int, tmp_path) -> None:
+    x = np.arange(1, 13, dtype=np.float32).reshape(3, 4) / 3
+    axis = numpy_helper.from_array(np.array(-1, np.int64), "axis")
+    model = _model(helper.make_node("CumProd", ["x", "axis"], ["y"], exclusive=exclusive,
+                                    reverse=reverse),
+                   [_vi("x", T.FLOAT, x.shape)], [_vi("y", T.FLOAT, x.shape)], [axis])
+    _check(model, {"x": x}, tmp_path, exact=False)
+
+
+@pytest.mark.parametrize("batch_axis,time_axis", [(1, 0), (0, 1)])
+def test_reverse_sequence_matches_reference(batch_axis: int, time_axis: int, tmp_path) -> None:
+    x = np.arange(20, dtype=np.float32).reshape(4, 5) if batch_axis == 1 else \
+        np.arange(20, dtype=np.float32).reshape(5, 4)
+    lens = np.array([4, 0, 1, 3, 2], np.int64)
+    model = _model(helper.make_node("ReverseSequence", ["x", "lens"], ["y"],
+                                    batch_axis=batch_axis, time_axis=time_axis),
+                   [_vi("x", T.FLOAT, x.shape), _vi("lens", T.INT64, [5])],
+                   [_vi("y", T.FLOAT, x.shape)])
+    _check(model, {"x": x, "lens": lens}, tmp_path)
+
+
+def test_swish_eyelike_lpnorm_match_reference(tmp_path) -> None:
+    # three decompositions in one artifact; EyeLike becomes a constant of another dtype
+    x = np.array([[3.0, -4.0, 0.0], [0.0, 0.0, 0.0], [1e-3, 2.0, -2.0]], np.float32)
+    nodes = [helper.make_node("Swish", ["x"], ["s"], alpha=0.5),
+             helper.make_node("EyeLike", ["x"], ["e"], k=1, dtype=T.INT32),
+             helper.make_node("LpNormalization", ["x"], ["l2"], axis=1, p=2),
+             helper.make_node("LpNormalization", ["x"], ["l0"], axis=0, p=2)]
+    g = helper.make_graph(nodes, "g", [_vi("x", T.FLOAT, [3, 3])],
+                          [_vi("s", T.FLOAT, [3, 3]), _vi("e", T.INT32, [3, 3]),
+                           _vi("l2", T.FLOAT, [3, 3]), _vi("l0", T.FLOAT, [3, 3])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 24)])
+    _check(model, {"x": x}, tmp_path, exact=False)
+
+
+@pytest.mark.parametrize("xt,yt", [(np.float32, np.int64), (np.int32, np.float32),
+                                   (np.int64, np.int64)])
+def test_pow_with_integer_operands_matches_reference(xt, yt, tmp_path) -> None:
+    x = np.array([1, 2, 3, -2, 5], xt)
+    y = np.array([4, 5, 0, 3, 2], yt)
+    ex, ey = (helper.np_dtype_to_tensor_dtype(np.dtype(t)) for t in (xt, yt))
+    model = _model(helper.make_node("Pow", ["x", "y"], ["z"]), [_vi("x", ex, [5]),
+                   _vi("y", ey, [5])], [_vi("z", ex, [5])], opset=15)
+    _check(model, {"x": x, "y": y}, tmp_path)
+
+
+def test_elu_float16_matches_reference(tmp_path) -> None:
+    x = np.linspace(-4, 4, 33).astype(np.float16)
+    model = _model(helper.make_node("Elu", ["x"], ["y"], alpha=0.7),
+                   [_vi("x", T.FLOAT16, [33])], [_vi("y", T.FLOAT16, [33])], opset=22)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    art = compiler.compile(model, "host", output_dir=tmp_path / "a", verify=False)
+    got = art.run({"x": x})["y"]
+    assert got.dtype == np.float16
+    # one rounding of the float32 result vs the reference's float16 steps: within 1 ulp
+    np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32),
+                               rtol=2 ** -10, atol=2 ** -24)
