@@ -7,6 +7,9 @@ import logging
 import numpy as np
 import tvm
 from tvm import s_tir, tirx
+from tvm.s_tir.schedule import SBlockRV
+from tvm.sym.pattern import detect_linear_equation
+from tvm.tirx import IndexMap
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 
 from .analysis import region_buffer
@@ -15,12 +18,13 @@ from .common import (
     attach_epilogue,
     choose_factor,
     compute_padding_at,
+    is_plain_copy,
     is_spatial_block,
     loop_extent,
     schedule_other_blocks,
     vector_factor,
 )
-from .conv2d import match_conv2d
+from .conv2d import ConvMatch, match_conv2d
 from .target_info import cpu_info, is_cpu_target
 
 logger = logging.getLogger(__name__)
@@ -40,6 +44,37 @@ def _row_tile(y_ext: int, xv: int, lanes: int, registers: int, strided: bool) ->
         return y_ext
     rows = 4 if strided else max(1, budget // vectors)
     return choose_factor(y_ext, rows)
+
+
+def _phases(s: int):
+    """Index map splitting the last index ``w`` into ``(w % s, w // s)``."""
+    return lambda *i: (*i[:-1], i[-1] % s, i[-1] // s)
+
+
+def _deinterleave_columns(sch: s_tir.Schedule, pad: SBlockRV, match: ConvMatch) -> bool:
+    """Store the padded input of a stride-``s`` conv as ``[.., w % s, w // s]`` (phase planes).
+
+    The conv then reads contiguous columns ``x + kx // s`` of plane ``kx % s`` instead of every
+    ``s``-th element (which LLVM loads lane by lane). The padding block is re-indexed to iterate
+    the new layout. Returns False (schedule unchanged) for stride 1, a width that is not a
+    multiple of the stride, or a padding block that pads nothing (then inlined: the conv reads
+    its input directly).
+    """
+    coef = detect_linear_equation(match.data.indices[-1], [match.x])
+    if len(coef) != 2 or not isinstance(coef[0], tirx.IntImm) or int(coef[0].value) <= 1:
+        return False
+    s = int(coef[0].value)
+    if int(match.data.buffer.shape[-1]) % s != 0 or is_plain_copy(sch, pad):
+        return False
+    try:
+        ndim = len(match.data.buffer.shape)
+        sch.transform_layout(pad, ("write", 0), IndexMap.from_func(_phases(s), ndim=ndim))
+        iters = len(sch.get(pad).iter_vars)
+        sch.transform_block_layout(pad, IndexMap.from_func(_phases(s), ndim=iters))
+    except Exception as err:  # noqa: BLE001 - keep strided loads (slower, correct)
+        logger.debug("depthwise: strided input not deinterleaved: %s", err)
+        return False
+    return True
 
 
 class DepthwiseConv2d(CPUScheduleRule):
@@ -84,7 +119,14 @@ class DepthwiseConv2d(CPUScheduleRule):
         for producer in sch.get_producers(main):
             written = region_buffer(sch.get(producer).writes[0])
             if written.same_as(match.data.buffer) and is_spatial_block(sch, producer):
+                phased = x_ext >= lanes and _deinterleave_columns(sch, producer, match)
                 compute_padding_at(sch, producer, par, lanes, decompose=False)
+                if phased:
+                    # phases innermost and unrolled: each step loads s adjacent input columns
+                    # (an interleaved group LLVM vectorizes) and stores one per phase plane
+                    phase, column = sch.get_loops(producer)[-2:]
+                    sch.reorder(column, phase)
+                    sch.unroll(phase)
         work = int(np.prod(list(con.extents.values())))
         if work >= MIN_PARALLEL_WORK:
             sch.parallel(par)

@@ -203,6 +203,8 @@ def _depthwise_clip(c: int, h: int, w: int, stride: int):
         (20, 13, 11, 1),  # odd sizes, channels not a multiple of the vector width
         (12, 28, 28, 2),  # 14x14 strided output: rows split by a divisor, no tail
         (8, 30, 30, 1),  # rows split by a divisor of 30
+        (8, 40, 40, 2),  # strided, 20 output columns: input stored as two column phases
+        (6, 34, 33, 2),  # strided, odd padded width: strided loads kept
     ],
 )
 def test_depthwise_clip_matches_reference(c, h, w, stride):
@@ -213,6 +215,9 @@ def test_depthwise_clip_matches_reference(c, h, w, stride):
     text = conv.script()
     assert "T.max(" in text and "T.min(" in text, "clip should be the conv's epilogue"
     assert "T.where(" not in text, "row tiles should divide the output height (no predicate)"
+    phased = stride == 2 and (w + 2) % 2 == 0 and (w - 1) // 2 + 1 >= 16
+    pad = [b for b in conv.script().splitlines() if "pad_temp = T.sblock_alloc_buffer" in b]
+    assert len(pad) == 1 and pad[0].count("T.int64(") == (5 if phased else 4), pad
 
 
 def test_small_maps_share_channel_blocks_among_cores():
