@@ -142,7 +142,98 @@ def lp_normalization(node: onnx.NodeProto, model: onnx.ModelProto, names: Names)
                    numpy_helper.from_array(np.array(0, _np(elem)), zero)]
 
 
+def rms_norm_leading_axes(node: onnx.NodeProto, model: onnx.ModelProto, names: Names
+                          ) -> Result:
+    """RMSNormalization over more than the last axis (TVM's kernel fails to build): the
+    reference's formula, X * 1/sqrt(mean(X**2) + epsilon) * scale, in float32."""
+    elem = _elem(model, node.input[0])
+    tt = _tensor_type(model, node.input[0])
+    if elem not in (T.FLOAT, T.FLOAT16) or tt is None or not tt.HasField("shape"):
+        return None
+    from .onnx_guards import _opset
+
+    rank = len(tt.shape.dim)
+    attrs = _attrs(node)
+    axis = int(attrs.get("axis", -1))
+    axis = axis + rank if axis < 0 else axis
+    if axis >= rank - 1 or _opset(model) < 18 or len(node.output) > 1 and node.output[1]:
+        return None
+    n = node.name or node.output[0]
+    v = {k: names(f"{n}_{k}") for k in ("x", "s", "sq", "ms", "mse", "rms", "inv", "xn", "y",
+                                        "axes", "eps")}
+    nodes = []
+    x, scale = node.input[0], node.input[1]
+    if elem != T.FLOAT:
+        nodes += [helper.make_node("Cast", [x], [v["x"]], to=T.FLOAT),
+                  helper.make_node("Cast", [scale], [v["s"]], to=T.FLOAT)]
+        x, scale = v["x"], v["s"]
+    y = v["y"] if elem != T.FLOAT else node.output[0]
+    nodes += [helper.make_node("Mul", [x, x], [v["sq"]]),
+              helper.make_node("ReduceMean", [v["sq"], v["axes"]], [v["ms"]], keepdims=1),
+              helper.make_node("Add", [v["ms"], v["eps"]], [v["mse"]]),
+              helper.make_node("Sqrt", [v["mse"]], [v["rms"]]),
+              helper.make_node("Reciprocal", [v["rms"]], [v["inv"]]),
+              helper.make_node("Mul", [x, v["inv"]], [v["xn"]]),
+              helper.make_node("Mul", [v["xn"], scale], [y])]
+    if elem != T.FLOAT:
+        nodes.append(helper.make_node("Cast", [y], [node.output[0]], to=elem))
+    eps = float(attrs.get("epsilon", 1e-5))
+    return nodes, [numpy_helper.from_array(np.arange(axis, rank, dtype=np.int64), v["axes"]),
+                   numpy_helper.from_array(np.array(eps, np.float32), v["eps"])]
+
+
+def resize_axes(node: onnx.NodeProto, model: onnx.ModelProto, names: Names) -> Result:
+    """Resize with ``axes`` (TVM indexes scales/sizes by dimension): the same Resize with
+    full-rank roi/scales/sizes (1 / the input size / [0, 1] on the other axes). Without
+    ``axes``: compiler/onnx_guards.py's checks."""
+    from .onnx_guards import _const, _shape, resize
+
+    attrs = _attrs(node)
+    if "axes" not in attrs:
+        return resize(node, model, names)
+    shape = _shape(model, node.input[0])
+    policy = attrs.get("keep_aspect_ratio_policy", b"stretch")
+    if shape is None or (policy.decode() if isinstance(policy, bytes) else policy) != "stretch":
+        return None
+    rank = len(shape)
+    axes = [a + rank if a < 0 else a for a in attrs["axes"]]
+    ins = list(node.input) + [""] * (4 - len(node.input))
+    vals = [_const(model, v) if v else None for v in ins[1:4]]
+    if any(v is None for v, name in zip(vals, ins[1:4]) if name):
+        return None
+    roi, scales, sizes = vals
+    n = node.name or node.output[0]
+    new_inputs, inits = [ins[0]], []
+    if roi is not None and roi.size:
+        full = np.concatenate([np.zeros(rank), np.ones(rank)]).astype(roi.dtype)
+        for i, a in enumerate(axes):
+            full[a], full[rank + a] = roi[i], roi[len(axes) + i]
+        inits.append(numpy_helper.from_array(full, names(f"{n}_roi")))
+        new_inputs.append(inits[-1].name)
+    else:
+        new_inputs.append(ins[1])
+    if scales is not None and scales.size:
+        full = np.ones(rank, scales.dtype)
+        full[axes] = scales
+        inits.append(numpy_helper.from_array(full, names(f"{n}_scales")))
+        new_inputs.append(inits[-1].name)
+    else:
+        new_inputs.append(ins[2])
+    if sizes is not None and sizes.size:
+        full = np.array(shape, sizes.dtype)
+        full[axes] = sizes
+        inits.append(numpy_helper.from_array(full, names(f"{n}_sizes")))
+        new_inputs.append(inits[-1].name)
+    while new_inputs and not new_inputs[-1]:
+        new_inputs.pop()
+    new = helper.make_node("Resize", new_inputs, list(node.output), name=node.name)
+    new.attribute.extend(a for a in node.attribute if a.name != "axes")
+    return [new], inits
+
+
 DECOMPOSITIONS = {
+    "Resize": resize_axes,
+    "RMSNormalization": rms_norm_leading_axes,
     "Swish": swish,
     "EyeLike": eye_like,  # TVM: dtype attribute different from the input's fails
     "Elu": elu_16bit,

@@ -62,9 +62,51 @@ def qlinear_conv(node: onnx.NodeProto, model: onnx.ModelProto, names):
     return nodes, []
 
 
-def qlinear_matmul(node: onnx.NodeProto, model: onnx.ModelProto, names):
-    """QLinearMatMul(a, as, az, b, bs, bz, ys, yz) → DQ, DQ, MatMul, Q."""
+def _elem(model: onnx.ModelProto, name: str) -> int | None:
+    from .onnx_prep import value_types
+
+    tp = value_types(model).get(name)
+    return tp.tensor_type.elem_type if tp is not None and tp.HasField("tensor_type") else None
+
+
+def qlinear_matmul_exact(node: onnx.NodeProto, model: onnx.ModelProto, names):
+    """QLinearMatMul as the reference computes it: the integer product (MatMulInteger, exact
+    int32), times the multiplier ``a_scale * b_scale / y_scale`` evaluated in the scales'
+    type, in float64; plus the zero point, rounded half to even, clipped."""
     a, as_, az, b, bs, bz, ys, yz = (_arg(node, i) for i in range(8))
+    n = names(node.name or "qlinearmatmul")
+    out_t = _elem(model, yz) if yz else _elem(model, a)
+    lo, hi = (0, 255) if out_t == onnx.TensorProto.UINT8 else (-128, 127)
+    T = onnx.TensorProto
+    c_lo, c_hi = names(f"{n}_lo"), names(f"{n}_hi")
+    nodes = [
+        helper.make_node("MatMulInteger", [a, b] + ([az, bz] if bz else [az] if az else []),
+                         [f"{n}_c"]),
+        helper.make_node("Mul", [as_, bs], [f"{n}_ab"]),
+        helper.make_node("Div", [f"{n}_ab", ys], [f"{n}_m"]),
+        helper.make_node("Cast", [f"{n}_m"], [f"{n}_m64"], to=T.DOUBLE),
+        helper.make_node("Cast", [f"{n}_c"], [f"{n}_c64"], to=T.DOUBLE),
+        helper.make_node("Mul", [f"{n}_c64", f"{n}_m64"], [f"{n}_d"]),
+    ]
+    d = f"{n}_d"
+    if yz:
+        nodes += [helper.make_node("Cast", [yz], [f"{n}_z64"], to=T.DOUBLE),
+                  helper.make_node("Add", [d, f"{n}_z64"], [f"{n}_dz"])]
+        d = f"{n}_dz"
+    nodes += [helper.make_node("Round", [d], [f"{n}_r"]),
+              helper.make_node("Clip", [f"{n}_r", c_lo, c_hi], [f"{n}_q"]),
+              helper.make_node("Cast", [f"{n}_q"], [node.output[0]], to=out_t)]
+    inits = [numpy_helper.from_array(np.array(lo, np.float64), c_lo),
+             numpy_helper.from_array(np.array(hi, np.float64), c_hi)]
+    return nodes, inits
+
+
+def qlinear_matmul(node: onnx.NodeProto, model: onnx.ModelProto, names):
+    """QLinearMatMul(a, as, az, b, bs, bz, ys, yz) → DQ, DQ, MatMul, Q (float32 scales; with
+    float16 scales the float path rounds differently: :func:`qlinear_matmul_exact`)."""
+    a, as_, az, b, bs, bz, ys, yz = (_arg(node, i) for i in range(8))
+    if _elem(model, as_) not in (None, onnx.TensorProto.FLOAT):
+        return qlinear_matmul_exact(node, model, names)
     n = names(node.name or "qlinearmatmul")
     b_arr = _initializer(model, b)
     b_axis = _per_channel_axis(model, bs, (b_arr.ndim - 1) if b_arr is not None else 1)

@@ -114,3 +114,41 @@ def test_elu_float16_matches_reference(tmp_path) -> None:
     # one rounding of the float32 result vs the reference's float16 steps: within 1 ulp
     np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32),
                                rtol=2 ** -10, atol=2 ** -24)
+
+
+def test_qlinearmatmul_float16_scales_match_reference(tmp_path) -> None:
+    # the float path rounds the requantization differently: the exact integer form is used
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (4, 8), dtype=np.uint8)
+    b = rng.integers(0, 256, (8, 5), dtype=np.uint8)
+    inits = [numpy_helper.from_array(np.array(v, dt), n) for n, v, dt in [
+        ("as", 0.0213, np.float16), ("az", 113, np.uint8), ("bs", 0.0079, np.float16),
+        ("bz", 98, np.uint8), ("ys", 0.391, np.float16), ("yz", 117, np.uint8)]]
+    model = _model(helper.make_node("QLinearMatMul", ["a", "as", "az", "b", "bs", "bz", "ys",
+                                                      "yz"], ["y"]),
+                   [_vi("a", T.UINT8, a.shape), _vi("b", T.UINT8, b.shape)],
+                   [_vi("y", T.UINT8, [4, 5])], inits, opset=21)
+    _check(model, {"a": a, "b": b}, tmp_path)
+
+
+@pytest.mark.parametrize("axis", [0, -2])
+def test_rms_normalization_over_leading_axes_matches_reference(axis: int, tmp_path) -> None:
+    x = np.random.default_rng(1).standard_normal((2, 3, 4)).astype(np.float32)
+    scale_shape = x.shape[axis:]
+    scale = numpy_helper.from_array(np.linspace(0.5, 2, int(np.prod(scale_shape)), dtype=np.float32)
+                                    .reshape(scale_shape), "scale")
+    model = _model(helper.make_node("RMSNormalization", ["x", "scale"], ["y"], axis=axis,
+                                    epsilon=1e-3),
+                   [_vi("x", T.FLOAT, x.shape)], [_vi("y", T.FLOAT, x.shape)], [scale],
+                   opset=23)
+    _check(model, {"x": x}, tmp_path, exact=False)
+
+
+def test_resize_with_axes_matches_reference(tmp_path) -> None:
+    x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    scales = numpy_helper.from_array(np.array([2.0, 3.0], np.float32), "scales")
+    model = _model(helper.make_node("Resize", ["x", "", "scales"], ["y"], axes=[3, 2],
+                                    mode="nearest"),
+                   [_vi("x", T.FLOAT, x.shape)], [_vi("y", T.FLOAT, [1, 1, 12, 8])], [scales],
+                   opset=19)
+    _check(model, {"x": x}, tmp_path)
