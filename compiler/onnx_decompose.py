@@ -231,7 +231,112 @@ def resize_axes(node: onnx.NodeProto, model: onnx.ModelProto, names: Names) -> R
     return [new], inits
 
 
+def dft(node: onnx.NodeProto, model: onnx.ModelProto, names: Names) -> Result:
+    """DFT (no converter in TVM) as matrix products with the cos/sin matrices of its length
+    (computed in float64): forward, inverse (1/N), one-sided forward (the first N//2+1 bins)
+    and one-sided inverse (np.fft.irfft: the half spectrum weighted 1, 2, ..., 2, 1)."""
+    from .onnx_guards import _const, _opset, _shape
+
+    shape = _shape(model, node.input[0])
+    elem = _elem(model, node.input[0])
+    if shape is None or elem not in (T.FLOAT, T.DOUBLE) or shape[-1] not in (1, 2):
+        return None
+    attrs = _attrs(node)
+    ins = list(node.input) + [""] * 3
+    if _opset(model) >= 20:
+        if ins[2] and _const(model, ins[2]) is None:
+            return None
+        axis = int(_const(model, ins[2]).reshape(-1)[0]) if ins[2] else -2
+    else:
+        axis = int(attrs.get("axis", 1))
+    r = len(shape)
+    axis = axis % r
+    if axis == r - 1:
+        return None
+    inverse, onesided = bool(attrs.get("inverse", 0)), bool(attrs.get("onesided", 0))
+    n_in = shape[axis]
+    n = 2 * (n_in - 1) if inverse and onesided else n_in
+    if ins[1]:
+        length = _const(model, ins[1])
+        if length is None or int(length.reshape(-1)[0]) != n:
+            return None
+    dt = _np(elem)
+    name = node.name or node.output[0]
+    v = lambda k: names(f"{name}_{k}")  # noqa: E731
+    inits: list[onnx.TensorProto] = []
+
+    def const(k: str, value: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(np.asarray(value), v(k)))
+        return inits[-1].name
+
+    d = r - 1
+    perm = [i for i in range(d) if i != axis] + [axis]
+    inv = [perm.index(i) for i in range(d)]
+    last = const("last", np.array([r - 1], np.int64))
+    nodes: list[onnx.NodeProto] = []
+
+    def part(k: int) -> str:
+        sl, sq, tr = v(f"sl{k}"), v(f"sq{k}"), v(f"tr{k}")
+        nodes.extend([
+            helper.make_node("Slice", [node.input[0], const(f"b{k}", np.array([k], np.int64)),
+                                       const(f"e{k}", np.array([k + 1], np.int64)), last],
+                             [sl]),
+            helper.make_node("Squeeze", [sl, last], [sq]),
+            helper.make_node("Transpose", [sq], [tr], perm=perm)])
+        return tr
+
+    def matmul(a: str, m: np.ndarray, k: str) -> str:
+        out = v(k)
+        nodes.append(helper.make_node("MatMul", [a, const(f"m_{k}", m.astype(dt))], [out]))
+        return out
+
+    def combine(op: str, a: str, b: str | None, k: str) -> str:
+        if b is None:
+            return a
+        out = v(k)
+        nodes.append(helper.make_node(op, [a, b], [out]))
+        return out
+
+    re = part(0)
+    im = part(1) if shape[-1] == 2 else None
+    k_out = n // 2 + 1 if onesided and not inverse else n
+    if inverse and onesided:
+        kk, nn = np.meshgrid(np.arange(n_in), np.arange(n), indexing="ij")
+        w = np.full(n_in, 2.0)
+        w[0] = 1.0
+        if n % 2 == 0:
+            w[-1] = 1.0
+        theta = 2 * np.pi * kk * nn / n
+        a = (w[:, None] * np.cos(theta)) / n
+        b = -(w[:, None] * np.sin(theta)) / n
+        y = combine("Add", matmul(re, a, "ra"), matmul(im, b, "ib") if im else None, "y")
+        outs = [y]
+    else:
+        nn, kk = np.meshgrid(np.arange(n), np.arange(k_out), indexing="ij")
+        theta = 2 * np.pi * nn * kk / n
+        c, sn = np.cos(theta), np.sin(theta)
+        if inverse:
+            c, sn = c / n, -sn / n  # e^{+i theta} / N: the sine's sign flips below
+        # (re + i im)(cos - i sin) = re cos + im sin + i (im cos - re sin)
+        y_re = combine("Add", matmul(re, c, "rc"), matmul(im, sn, "is") if im else None, "yr")
+        neg = matmul(re, -sn, "rs")
+        y_im = combine("Add", neg, matmul(im, c, "ic") if im else None, "yi")
+        outs = [y_re, y_im]
+    back = []
+    for i, o in enumerate(outs):
+        t, u = v(f"bt{i}"), v(f"bu{i}")
+        nodes += [helper.make_node("Transpose", [o], [t], perm=inv),
+                  helper.make_node("Unsqueeze", [t, last], [u])]
+        back.append(u)
+    if len(back) == 1:
+        nodes.append(helper.make_node("Identity", back, [node.output[0]]))
+    else:
+        nodes.append(helper.make_node("Concat", back, [node.output[0]], axis=-1))
+    return nodes, inits
+
+
 DECOMPOSITIONS = {
+    "DFT": dft,
     "Resize": resize_axes,
     "RMSNormalization": rms_norm_leading_axes,
     "Swish": swish,

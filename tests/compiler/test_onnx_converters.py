@@ -152,3 +152,23 @@ def test_resize_with_axes_matches_reference(tmp_path) -> None:
                    [_vi("x", T.FLOAT, x.shape)], [_vi("y", T.FLOAT, [1, 1, 12, 8])], [scales],
                    opset=19)
     _check(model, {"x": x}, tmp_path)
+
+
+@pytest.mark.parametrize("inverse,onesided,channels", [(0, 0, 2), (0, 1, 1), (1, 0, 2),
+                                                       (1, 1, 2)])
+def test_dft_matches_reference(inverse: int, onesided: int, channels: int, tmp_path) -> None:
+    # as matrix products with float64-computed cos/sin tables; along axis 1 of [2, n, 3, c]
+    n_in = 5 if inverse and onesided else 8
+    x = np.random.default_rng(2).standard_normal((2, n_in, 3, channels)).astype(np.float32)
+    out_n = 8 if inverse and onesided else (n_in // 2 + 1 if onesided else n_in)
+    out_c = 1 if inverse and onesided else 2
+    axis = numpy_helper.from_array(np.array(1, np.int64), "axis")
+    model = _model(helper.make_node("DFT", ["x", "", "axis"], ["y"], inverse=inverse,
+                                    onesided=onesided),
+                   [_vi("x", T.FLOAT, x.shape)], [_vi("y", T.FLOAT, [2, out_n, 3, out_c])],
+                   [axis], opset=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    art = compiler.compile(model, "host", output_dir=tmp_path / "a", verify=False)
+    np.testing.assert_allclose(art.run({"x": x})["y"], want, rtol=1e-5, atol=1e-5)
