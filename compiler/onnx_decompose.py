@@ -335,7 +335,96 @@ def dft(node: onnx.NodeProto, model: onnx.ModelProto, names: Names) -> Result:
     return nodes, inits
 
 
+_INT_RANGES = {T.UINT8: (0, 255), T.INT8: (-128, 127), T.UINT16: (0, 65535),
+               T.INT16: (-32768, 32767)}
+
+
+def _block_gather(v: str, shape: tuple[int, ...], axis: int, block: int, names: Names,
+                  nodes: list, inits: list) -> str:
+    """``v`` (one value per block along ``axis``) repeated to the full extent of ``shape``,
+    as the reference's ``reshape_input`` does: Gather of index // block_size."""
+    idx = names(f"{v}_blk")
+    inits.append(numpy_helper.from_array(np.arange(shape[axis], dtype=np.int64) // block, idx))
+    out = names(f"{v}_full")
+    nodes.append(helper.make_node("Gather", [v, idx], [out], axis=axis))
+    return out
+
+
+def blocked_quantize(node: onnx.NodeProto, model: onnx.ModelProto, names: Names) -> Result:
+    """QuantizeLinear with ``block_size`` (TVM refuses it), integer types: the reference's
+    x / scale, rounded half to even, plus the zero point, clipped, per block."""
+    from .onnx_guards import _shape
+
+    attrs = _attrs(node)
+    block = int(attrs.get("block_size", 0))
+    shape = _shape(model, node.input[0])
+    xt = _elem(model, node.input[0])
+    zp = node.input[2] if len(node.input) > 2 else ""
+    out_t = _elem(model, node.output[0])
+    if not block or shape is None or xt not in (T.FLOAT, T.FLOAT16) or out_t not in _INT_RANGES             or attrs.get("precision", 0):
+        return None
+    axis = int(attrs.get("axis", 1)) % len(shape)
+    nodes: list = []
+    inits: list = []
+    n = node.name or node.output[0]
+    scale = _block_gather(node.input[1], shape, axis, block, names, nodes, inits)
+    q, r, r32, c = (names(f"{n}_{k}") for k in ("q", "r", "r32", "clip"))
+    nodes += [helper.make_node("Div", [node.input[0], scale], [q]),
+              helper.make_node("Round", [q], [r]),
+              helper.make_node("Cast", [r], [r32], to=T.FLOAT)]
+    if zp:
+        zf, s = names(f"{n}_zf"), names(f"{n}_rz")
+        nodes.append(helper.make_node("Cast", [_block_gather(zp, shape, axis, block, names,
+                                                             nodes, inits)], [zf], to=T.FLOAT))
+        nodes.append(helper.make_node("Add", [r32, zf], [s]))
+        r32 = s
+    lo, hi = _INT_RANGES[out_t]
+    lo_n, hi_n = names(f"{n}_lo"), names(f"{n}_hi")
+    inits += [numpy_helper.from_array(np.array(lo, np.float32), lo_n),
+              numpy_helper.from_array(np.array(hi, np.float32), hi_n)]
+    nodes += [helper.make_node("Clip", [r32, lo_n, hi_n], [c]),
+              helper.make_node("Cast", [c], [node.output[0]], to=out_t)]
+    return nodes, inits
+
+
+def blocked_dequantize(node: onnx.NodeProto, model: onnx.ModelProto, names: Names) -> Result:
+    """DequantizeLinear with ``block_size`` (TVM refuses it), integer types: the reference's
+    (x - zero_point) * scale in float32, per block."""
+    from .onnx_guards import _shape
+
+    attrs = _attrs(node)
+    block = int(attrs.get("block_size", 0))
+    shape = _shape(model, node.input[0])
+    xt = _elem(model, node.input[0])
+    out_t = _elem(model, node.output[0])
+    if not block or shape is None or xt not in (*_INT_RANGES, T.INT32) or out_t is None:
+        return None
+    axis = int(attrs.get("axis", 1)) % len(shape)
+    nodes: list = []
+    inits: list = []
+    n = node.name or node.output[0]
+    x32, y32 = names(f"{n}_x32"), names(f"{n}_y32")
+    nodes.append(helper.make_node("Cast", [node.input[0]], [x32], to=T.FLOAT))
+    zp = node.input[2] if len(node.input) > 2 else ""
+    if zp:
+        zf, d = names(f"{n}_zf"), names(f"{n}_dx")
+        nodes.append(helper.make_node("Cast", [_block_gather(zp, shape, axis, block, names,
+                                                             nodes, inits)], [zf], to=T.FLOAT))
+        nodes.append(helper.make_node("Sub", [x32, zf], [d]))
+        x32 = d
+    scale = _block_gather(node.input[1], shape, axis, block, names, nodes, inits)
+    if _elem(model, node.input[1]) != T.FLOAT:
+        s32 = names(f"{n}_s32")
+        nodes.append(helper.make_node("Cast", [scale], [s32], to=T.FLOAT))
+        scale = s32
+    nodes += [helper.make_node("Mul", [x32, scale], [y32]),
+              helper.make_node("Cast", [y32], [node.output[0]], to=out_t)]
+    return nodes, inits
+
+
 DECOMPOSITIONS = {
+    "QuantizeLinear": blocked_quantize,
+    "DequantizeLinear": blocked_dequantize,
     "DFT": dft,
     "Resize": resize_axes,
     "RMSNormalization": rms_norm_leading_axes,

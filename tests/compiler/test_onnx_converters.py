@@ -172,3 +172,19 @@ def test_dft_matches_reference(inverse: int, onesided: int, channels: int, tmp_p
         want = ReferenceEvaluator(model).run(None, {"x": x})[0]
     art = compiler.compile(model, "host", output_dir=tmp_path / "a", verify=False)
     np.testing.assert_allclose(art.run({"x": x})["y"], want, rtol=1e-5, atol=1e-5)
+
+
+def test_blocked_quantize_dequantize_match_reference(tmp_path) -> None:
+    # blocks of 2 along axis 1 of extent 5 (a remainder block); scale and zero point at run time
+    x = (np.arange(-15, 15, dtype=np.float32).reshape(3, 5, 2) * 0.75)
+    scale = np.array([0.5, 1.5, 2.0, 0.25, 1.0, 3.0], np.float32).reshape(1, 3, 2) \
+        .repeat(3, axis=0)
+    zp = np.arange(18, dtype=np.int8).reshape(3, 3, 2) - 9
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"], axis=1, block_size=2),
+             helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"], axis=1,
+                              block_size=2)]
+    g = helper.make_graph(nodes, "g", [_vi("x", T.FLOAT, x.shape), _vi("s", T.FLOAT, [3, 3, 2]),
+                                       _vi("zp", T.INT8, [3, 3, 2])],
+                          [_vi("q", T.INT8, x.shape), _vi("y", T.FLOAT, x.shape)])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    _check(model, {"x": x, "s": scale, "zp": zp}, tmp_path)
