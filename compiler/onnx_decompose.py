@@ -361,7 +361,8 @@ def blocked_quantize(node: onnx.NodeProto, model: onnx.ModelProto, names: Names)
     xt = _elem(model, node.input[0])
     zp = node.input[2] if len(node.input) > 2 else ""
     out_t = _elem(model, node.output[0])
-    if not block or shape is None or xt not in (T.FLOAT, T.FLOAT16) or out_t not in _INT_RANGES             or attrs.get("precision", 0):
+    if not block or shape is None or xt not in (T.FLOAT, T.FLOAT16) or \
+            out_t not in _INT_RANGES or attrs.get("precision", 0):
         return None
     axis = int(attrs.get("axis", 1)) % len(shape)
     nodes: list = []
