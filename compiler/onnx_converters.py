@@ -135,7 +135,60 @@ def float_mod(bb, inputs, attrs):
     return bb.emit_te(compute, a, b, primfunc_name_hint="float_mod")
 
 
+def _const_ints(expr: Any, what: str) -> list[int]:
+    import tvm
+
+    if not isinstance(expr, tvm.ir.GenericConst):
+        raise ValueError(f"{what} must be a constant (an initializer)")
+    return [int(v) for v in np.asarray(expr.value.numpy()).reshape(-1)]
+
+
+def col2im(bb, inputs, attrs):
+    """Col2Im: every output pixel sums the column entries whose block covers it (a gather
+    over the kernel offsets, the inverse of Im2Col's scatter)."""
+    from tvm import te, tirx
+
+    x = inputs[0]
+    image = _const_ints(inputs[1], "Col2Im's image_shape")
+    block = _const_ints(inputs[2], "Col2Im's block_shape")
+    nd = len(image)
+    dil = list(attrs.get("dilations", [1] * nd))
+    strides = list(attrs.get("strides", [1] * nd))
+    pads = list(attrs.get("pads", [0] * (2 * nd)))
+    n, ck, length = _shape(x)
+    k_total = int(np.prod(block))
+    if ck % k_total:
+        raise ValueError(f"Col2Im: {ck} channels do not divide into blocks of {k_total}")
+    counts = [(image[i] + pads[i] + pads[nd + i] - (dil[i] * (block[i] - 1) + 1))
+              // strides[i] + 1 for i in range(nd)]
+    if int(np.prod(counts)) != length:
+        raise ValueError(f"Col2Im: {length} columns, expected {int(np.prod(counts))}")
+    channels = ck // k_total
+
+    def compute(col):
+        ks = [te.reduce_axis((0, b), name=f"k{i}") for i, b in enumerate(block)]
+
+        def one(b_, c, *pix):
+            ok = tirx.const(True, "bool")
+            lidx = tirx.const(0, "int64")
+            kidx = tirx.const(0, "int64")
+            for i in range(nd):
+                t = tirx.Cast("int64", pix[i]) + pads[i] - tirx.Cast("int64", ks[i]) * dil[i]
+                q = tirx.floordiv(t, strides[i])
+                ok = ok & (t >= 0) & (tirx.floormod(t, strides[i]) == 0) & (q < counts[i])
+                lidx = lidx * counts[i] + q
+                kidx = kidx * block[i] + tirx.Cast("int64", ks[i])
+            row = tirx.Cast("int64", c) * k_total + kidx
+            val = tirx.if_then_else(ok, col[b_, row, lidx], tirx.const(0, col.dtype))
+            return te.sum(val, axis=ks)
+
+        return te.compute([n, channels, *image], one, name="col2im")
+
+    return bb.emit_te(compute, x, primfunc_name_hint="col2im")
+
+
 CONVERTERS: dict[str, Converter] = {
+    "Col2Im": col2im,
     narrow.ENCODE: narrow_encode,  # casts into float8/int4... storage (onnx_narrow_types.py)
     "BitCast": bitcast,
     "CumProd": cum_prod,

@@ -188,3 +188,19 @@ def test_blocked_quantize_dequantize_match_reference(tmp_path) -> None:
                           [_vi("q", T.INT8, x.shape), _vi("y", T.FLOAT, x.shape)])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
     _check(model, {"x": x, "s": scale, "zp": zp}, tmp_path)
+
+
+def test_col2im_matches_reference(tmp_path) -> None:
+    # strides, dilations and asymmetric pads together
+    image, block = np.array([7, 6], np.int64), np.array([2, 3], np.int64)
+    dil, strides, pads = [2, 1], [1, 2], [1, 0, 0, 2]
+    counts = [(image[i] + pads[i] + pads[2 + i] - (dil[i] * (block[i] - 1) + 1)) // strides[i] + 1
+              for i in range(2)]
+    x = np.random.default_rng(3).standard_normal((2, 3 * 6, counts[0] * counts[1])) \
+        .astype(np.float32)
+    model = _model(helper.make_node("Col2Im", ["x", "image", "block"], ["y"], dilations=dil,
+                                    strides=strides, pads=pads),
+                   [_vi("x", T.FLOAT, x.shape)], [_vi("y", T.FLOAT, [2, 3, 7, 6])],
+                   [numpy_helper.from_array(image, "image"),
+                    numpy_helper.from_array(block, "block")], opset=18)
+    _check(model, {"x": x}, tmp_path, exact=False)
