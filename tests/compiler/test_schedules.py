@@ -205,6 +205,8 @@ def _depthwise_clip(c: int, h: int, w: int, stride: int):
         (8, 30, 30, 1),  # rows split by a divisor of 30
         (8, 40, 40, 2),  # strided, 20 output columns: input stored as two column phases
         (6, 34, 33, 2),  # strided, odd padded width: strided loads kept
+        (54, 9, 9, 1),  # tasks of 3 channels (4 does not divide 54)
+        (64, 12, 10, 2),  # tasks of 4 channels, strided
     ],
 )
 def test_depthwise_clip_matches_reference(c, h, w, stride):
@@ -228,6 +230,15 @@ def test_small_maps_share_channel_blocks_among_cores():
         mod = _check(model, feeds)
         (conv,) = [f for n, f in _prim_funcs(mod).items() if "conv2d" in n]
         assert f"T.parallel(T.int64({tasks}))" in conv.script()
+
+
+def test_depthwise_tasks_group_channels_when_there_are_enough():
+    """Tasks of up to 4 channels while 8 tasks per core remain (2 cores), else one channel."""
+    for c, tasks in ((54, 18), (64, 16), (60, 60)):
+        model, feeds = _depthwise_clip(c, 9, 9, 1)
+        mod = _check(model, feeds)
+        (conv,) = [f for n, f in _prim_funcs(mod).items() if "conv2d" in n]
+        assert f"T.parallel(T.int64({tasks}))" in conv.script(), c
 
 
 def test_odd_channel_count_uses_power_of_two_vectors():
