@@ -423,7 +423,52 @@ def blocked_dequantize(node: onnx.NodeProto, model: onnx.ModelProto, names: Name
     return nodes, inits
 
 
+def if_constant(node: onnx.NodeProto, model: onnx.ModelProto, names: Names) -> Result:
+    """If whose condition folded to a constant: the taken branch's nodes, inline (ONNX names
+    are unique across nested graphs, so they keep theirs)."""
+    from .onnx_guards import _const
+
+    cond = _const(model, node.input[0])
+    if cond is None or cond.size != 1:
+        return None
+    branch = next(a.g for a in node.attribute
+                  if a.name == ("then_branch" if bool(cond.reshape(-1)[0]) else "else_branch"))
+    if len(branch.output) != len(node.output):
+        return None
+    nodes = list(branch.node)
+    for inner, outer in zip(branch.output, node.output):
+        if outer:
+            nodes.append(helper.make_node("Identity", [inner.name], [outer]))
+    return nodes, list(branch.initializer)
+
+
+def det_2x2(node: onnx.NodeProto, model: onnx.ModelProto, names: Names) -> Result:
+    """Det of 2x2 matrices (no converter in TVM): a*d - b*c."""
+    from .onnx_guards import _shape
+
+    shape = _shape(model, node.input[0])
+    if shape is None or shape[-2:] != (2, 2) or _elem(model, node.input[0]) not in _FLOATS:
+        return None
+    n = node.name or node.output[0]
+    flat, shp = names(f"{n}_flat"), names(f"{n}_shape")
+    inits = [numpy_helper.from_array(np.array([*shape[:-2], 4], np.int64), shp)]
+    nodes = [helper.make_node("Reshape", [node.input[0], shp], [flat])]
+    e = []
+    for i in range(4):
+        idx, out = names(f"{n}_i{i}"), names(f"{n}_e{i}")
+        inits.append(numpy_helper.from_array(np.array(i, np.int64), idx))
+        nodes.append(helper.make_node("Gather", [flat, idx], [out], axis=-1))
+        e.append(out)
+    ad, bc = names(f"{n}_ad"), names(f"{n}_bc")
+    nodes += [helper.make_node("Mul", [e[0], e[3]], [ad]),
+              helper.make_node("Mul", [e[1], e[2]], [bc]),
+              helper.make_node("Sub", [ad, bc], [node.output[0]])]
+    return nodes, inits
+
+
 DECOMPOSITIONS = {
+    "If": if_constant,
+    "Det": det_2x2,
     "QuantizeLinear": blocked_quantize,
     "DequantizeLinear": blocked_dequantize,
     "DFT": dft,

@@ -204,3 +204,21 @@ def test_col2im_matches_reference(tmp_path) -> None:
                    [numpy_helper.from_array(image, "image"),
                     numpy_helper.from_array(block, "block")], opset=18)
     _check(model, {"x": x}, tmp_path, exact=False)
+
+
+def test_det_2x2_and_constant_if_match_reference(tmp_path) -> None:
+    # Det of a batch of 2x2 matrices; an If on a condition that folds to a constant is inlined
+    x = np.random.default_rng(4).standard_normal((3, 2, 2)).astype(np.float32)
+    then_g = helper.make_graph([helper.make_node("Neg", ["d"], ["t"])], "then", [],
+                               [_vi("t", T.FLOAT, [3])])
+    else_g = helper.make_graph([helper.make_node("Abs", ["d"], ["e"])], "else", [],
+                               [_vi("e", T.FLOAT, [3])])
+    nodes = [helper.make_node("Det", ["x"], ["d"]),
+             helper.make_node("Size", ["x"], ["n"]),
+             helper.make_node("Equal", ["n", "twelve"], ["c"]),
+             helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g)]
+    g = helper.make_graph(nodes, "g", [_vi("x", T.FLOAT, [3, 2, 2])],
+                          [_vi("d", T.FLOAT, [3]), _vi("y", T.FLOAT, [3])],
+                          [numpy_helper.from_array(np.array(12, np.int64), "twelve")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 22)])
+    _check(model, {"x": x}, tmp_path, exact=False)
