@@ -69,16 +69,60 @@ def _pass_context(target: Target):
     return tvm.transform.PassContext(opt_level=3, config=config)
 
 
+def _bn_after_conv_is_nchw(mod) -> bool:
+    """Whether every ``batch_norm`` of a ``conv2d`` result is NCHW with ``axis=1``.
+
+    TVM's ``FoldBatchnormToConv2D`` assumes it (it reshapes the bias to ``[1, C, 1, 1]``
+    whatever the layout); the ONNX frontend always emits NCHW convs.
+    """
+    from tvm import relax
+
+    convs: dict[Any, Any] = {}
+    unsafe: list[Any] = []
+
+    for _, func in mod.functions_items():
+        if not isinstance(func, relax.Function) or not isinstance(func.body, relax.SeqExpr):
+            continue
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                call = getattr(binding, "value", None)
+                if not isinstance(call, relax.Call) or not hasattr(call.op, "name"):
+                    continue
+                if call.op.name == "relax.nn.conv2d":
+                    convs[binding.var] = call
+                elif call.op.name == "relax.nn.batch_norm" and call.args[0] in convs:
+                    conv = convs[call.args[0]]
+                    if (int(call.attrs.axis) != 1 or conv.attrs.data_layout != "NCHW"
+                            or conv.attrs.out_layout != "NCHW"):
+                        unsafe.append(binding.var)
+    return not unsafe
+
+
+def _fold_batch_norm():
+    """conv2d -> batch_norm with constant weights: the BN scale folded into the conv weights,
+    a bias add left. Skipped (BN decomposed as before) when a conv is not NCHW."""
+    import tvm
+    from tvm import relax
+
+    @tvm.transform.module_pass(opt_level=0, name="hwcc.FoldBatchNormIntoConv")
+    def fold(mod, _ctx):
+        if not _bn_after_conv_is_nchw(mod):
+            logger.info("a conv2d -> batch_norm is not NCHW: batch norms left to decompose")
+            return mod
+        mod = relax.transform.FoldBatchnormToConv2D()(mod)
+        return relax.transform.FoldConstant()(mod)  # computes the folded weights and biases
+
+    return fold
+
+
 def _fuse_passes(tvm_target: Any) -> list[Any]:
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
     return ([
-        # conv2d -> batch_norm with constant weights: scale folded into the weights and a bias
-        # add left (before DecomposeOpsForInference, which would turn BN into 4 elementwise ops
-        # per output element, one a divide, and keep a following Clip out of the conv's kernel)
-        relax.transform.FoldBatchnormToConv2D(),
-        relax.transform.FoldConstant(),  # computes the folded weights and biases
+        # before DecomposeOpsForInference, which would turn BN into 4 elementwise ops per
+        # output element (one a divide) and keep a following Clip out of the conv's kernel
+        _fold_batch_norm(),
         relax.transform.DecomposeOpsForInference(),  # remaining batch_norm etc. in inference form
     ]
             + cpu_generic.library_dispatch_passes(tvm_target)

@@ -7,10 +7,10 @@ import logging
 import numpy as np
 import tvm
 from tvm import s_tir, tirx
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.s_tir.schedule import SBlockRV
 from tvm.sym.pattern import detect_linear_equation
 from tvm.tirx import IndexMap
-from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 
 from .analysis import region_buffer
 from .common import (

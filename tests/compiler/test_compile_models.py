@@ -96,3 +96,40 @@ def test_batch_norm_folded_and_clip_fused_into_convs() -> None:
     assert not any("divide" in n for n in names), names
     assert not any(n.startswith("fused_maximum") for n in names), names
     assert sum("maximum" in n and "minimum" in n for n in convs) == 2, convs
+
+
+def test_batch_norm_of_an_nhwc_conv_is_left_to_decompose() -> None:
+    """Negative case: TVM's BN folding assumes NCHW; an NHWC conv -> BN (axis 3) keeps its BN
+    (decomposed) and still matches numpy."""
+    import tvm
+    from tvm import relax
+
+    from compiler import lower
+    from targets import parse_target
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 4, 3, 3)).astype("float32")
+    gamma, beta, mean = (rng.standard_normal(8).astype("float32") for _ in range(3))
+    var = (1 + rng.random(8)).astype("float32")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 6, 6, 4), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, relax.const(w), padding=1, data_layout="NHWC",
+                                           kernel_layout="OIHW"))
+            y = bb.emit(relax.op.nn.batch_norm(y, *(relax.const(a) for a in (gamma, beta, mean,
+                                                                              var)),
+                                               axis=3, epsilon=1e-5))
+            out = bb.emit_output(relax.TupleGetItem(y, 0))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    assert not lower._bn_after_conv_is_nchw(mod)
+
+    data = rng.standard_normal((1, 6, 6, 4)).astype("float32")
+    ex = lower.build(mod, parse_target("host")).executable
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(data)).numpy()
+    padded = np.pad(data[0], ((1, 1), (1, 1), (0, 0)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(0, 1))
+    conv = np.einsum("hwiab,oiab->hwo", windows, w)
+    want = (conv - mean) / np.sqrt(var + 1e-5) * gamma + beta
+    np.testing.assert_allclose(got[0], want, rtol=1e-4, atol=1e-4)
