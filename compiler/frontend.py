@@ -275,7 +275,14 @@ def load_model(model: str | Path | onnx.ModelProto,
         msg = str(err).strip().splitlines()
         raise ModelLoadError(f"graph preparation failed for {source}: "
                              f"{msg[0] if msg else type(err).__name__}") from None
-    lowered = narrow.lower_narrow_types(pinned)  # float8/int4...: uint8 storage inside
+    try:  # float8/int4...: uint8 storage inside the module
+        lowered = narrow.lower_narrow_types(pinned)
+    except HwccError:
+        raise
+    except Exception as err:  # noqa: BLE001 - one line, naming the step
+        msg = str(err).strip().splitlines()
+        raise ModelLoadError(f"narrow element types of {source} could not be lowered: "
+                             f"{msg[0] if msg else type(err).__name__}") from None
     bad = unsupported_nodes(lowered)
     if bad:
         op, name, domain = bad[0]
