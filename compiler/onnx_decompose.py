@@ -113,14 +113,14 @@ def pow_mixed(node: onnx.NodeProto, model: onnx.ModelProto, names: Names) -> Res
 
 
 def lp_normalization(node: onnx.NodeProto, model: onnx.ModelProto, names: Names) -> Result:
-    """LpNormalization with p=2: x / sqrt(sum x**2) along ``axis``, 0 where the norm is 0.
-    (p=1 stays refused: the spec's norm is sum |x|, ``onnx.reference`` sums x itself, so the
-    two disagree on negative inputs.)"""
+    """LpNormalization: x / norm along ``axis`` (p=2: sqrt(sum x**2); p=1: sum |x|, the
+    L1 norm as the spec and onnxruntime define it; ``onnx.reference`` sums x itself, which
+    differs on negative inputs only), 0 where the norm is 0."""
     elem = _elem(model, node.input[0])
     tt = _tensor_type(model, node.input[0])
     attrs = _attrs(node)
     p = int(attrs.get("p", 2))
-    if elem not in _FLOATS or tt is None or not tt.HasField("shape") or p != 2:
+    if elem not in _FLOATS or tt is None or not tt.HasField("shape") or p not in (1, 2):
         return None
     rank = len(tt.shape.dim)
     axis = int(attrs.get("axis", -1))
@@ -129,15 +129,16 @@ def lp_normalization(node: onnx.NodeProto, model: onnx.ModelProto, names: Names)
     ax, norm, zero, is0, q = (names(f"{n}_{k}") for k in ("axes", "norm", "zero", "is0", "q"))
     x = node.input[0]
     sq = names(f"{n}_sumsq")
-    nodes = [helper.make_node("ReduceSumSquare", [x, ax], [sq], keepdims=1),
-             helper.make_node("Sqrt", [sq], [norm]),
-             helper.make_node("Equal", [norm, zero], [is0]),
+    nodes = [helper.make_node("ReduceL1", [x, ax], [norm], keepdims=1)] if p == 1 else [
+        helper.make_node("ReduceSumSquare", [x, ax], [sq], keepdims=1),
+        helper.make_node("Sqrt", [sq], [norm])]
+    nodes += [helper.make_node("Equal", [norm, zero], [is0]),
              helper.make_node("Div", [x, norm], [q]),
              helper.make_node("Where", [is0, zero, q], [node.output[0]])]
     from .onnx_guards import _opset
 
     if _opset(model) < 18:
-        return None  # ReduceSumSquare takes its axes as an input from opset 18
+        return None  # ReduceL1 / ReduceSumSquare take their axes as an input from opset 18
     return nodes, [numpy_helper.from_array(np.array([axis], np.int64), ax),
                    numpy_helper.from_array(np.array(0, _np(elem)), zero)]
 
@@ -466,7 +467,55 @@ def det_2x2(node: onnx.NodeProto, model: onnx.ModelProto, names: Names) -> Resul
     return nodes, inits
 
 
+def reduce_bool(node: onnx.NodeProto, model: onnx.ModelProto, names: Names) -> Result:
+    """ReduceMax / ReduceMin of booleans (TVM fails to build them): on uint8, cast back.
+    Other types: compiler/onnx_guards.py's checks."""
+    from .onnx_guards import reduce_extreme
+
+    if _elem(model, node.input[0]) != T.BOOL:
+        return reduce_extreme(node, model, names)
+    n = node.name or node.output[0]
+    u, r = names(f"{n}_u8"), names(f"{n}_r8")
+    inner = helper.make_node(node.op_type, [u, *node.input[1:]], [r], name=f"{n}_u8")
+    inner.attribute.extend(node.attribute)
+    return [helper.make_node("Cast", [node.input[0]], [u], to=T.UINT8), inner,
+            helper.make_node("Cast", [r], [node.output[0]], to=T.BOOL)], []
+
+
+def pad_runtime_value(node: onnx.NodeProto, model: onnx.ModelProto, names: Names) -> Result:
+    """Constant Pad whose pad value is computed at run time (TVM takes constants only):
+    pad with 0, then Where(constant mask of the original region, padded, value)."""
+    from .onnx_guards import _const, _shape
+
+    ins = list(node.input) + [""] * (4 - len(node.input))
+    mode = _attrs(node).get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode != "constant" or not ins[2] or _const(model, ins[2]) is not None:
+        return None
+    shape, pads = _shape(model, ins[0]), _const(model, ins[1])
+    axes = _const(model, ins[3]) if ins[3] else np.arange(len(shape or ()))
+    elem = _elem(model, ins[0])
+    if shape is None or pads is None or axes is None or elem is None or np.any(pads < 0):
+        return None
+    rank = len(shape)
+    axes = [int(a) % rank for a in axes.reshape(-1)]
+    widths = [(0, 0)] * rank
+    for i, a in enumerate(axes):
+        widths[a] = (int(pads[i]), int(pads[len(axes) + i]))
+    mask = np.pad(np.ones(shape, bool), widths)
+    n = node.name or node.output[0]
+    zero, m, padded = names(f"{n}_zero"), names(f"{n}_mask"), names(f"{n}_padded")
+    inits = [numpy_helper.from_array(np.array(0, _np(elem)), zero),
+             numpy_helper.from_array(mask, m)]
+    inputs = [ins[0], ins[1], zero] + ([ins[3]] if ins[3] else [])
+    return [helper.make_node("Pad", inputs, [padded], mode="constant"),
+            helper.make_node("Where", [m, padded, ins[2]], [node.output[0]])], inits
+
+
 DECOMPOSITIONS = {
+    "ReduceMax": reduce_bool,
+    "ReduceMin": reduce_bool,
+    "Pad": pad_runtime_value,
     "If": if_constant,
     "Det": det_2x2,
     "QuantizeLinear": blocked_quantize,

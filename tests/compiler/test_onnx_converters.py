@@ -222,3 +222,31 @@ def test_det_2x2_and_constant_if_match_reference(tmp_path) -> None:
                           [numpy_helper.from_array(np.array(12, np.int64), "twelve")])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 22)])
     _check(model, {"x": x}, tmp_path, exact=False)
+
+
+def test_l1_normalization_matches_onnxruntime_on_negative_values(tmp_path) -> None:
+    # the L1 norm is sum |x| (spec, onnxruntime); onnx.reference sums x, so ORT is the judge
+    ort = pytest.importorskip("onnxruntime")
+    x = np.array([[3.0, -4.0, 1.0], [-1.0, 0.5, 0.0], [0.0, 0.0, 0.0]], np.float32)
+    model = _model(helper.make_node("LpNormalization", ["x"], ["y"], axis=1, p=1),
+                   [_vi("x", T.FLOAT, [3, 3])], [_vi("y", T.FLOAT, [3, 3])], opset=22)
+    want = ort.InferenceSession(model.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    art = compiler.compile(model, "host", output_dir=tmp_path / "a", verify=False)
+    np.testing.assert_allclose(art.run({"x": x})["y"], want, rtol=1e-6)
+
+
+def test_bool_reduce_and_pad_with_runtime_value_match_reference(tmp_path) -> None:
+    x = np.array([[True, False, False], [False, False, False]])
+    f = np.arange(6, dtype=np.float32).reshape(2, 3)
+    pads = numpy_helper.from_array(np.array([1, 2, 0, 1], np.int64), "pads")
+    axes = numpy_helper.from_array(np.array([1, 0], np.int64), "axes")
+    nodes = [helper.make_node("ReduceMax", ["x"], ["mx"], keepdims=0),
+             helper.make_node("ReduceMin", ["x"], ["mn"], keepdims=0),
+             helper.make_node("Pad", ["f", "pads", "v", "axes"], ["p"], mode="constant")]
+    g = helper.make_graph(nodes, "g", [_vi("x", T.BOOL, [2, 3]), _vi("f", T.FLOAT, [2, 3]),
+                                       _vi("v", T.FLOAT, [])],
+                          [_vi("mx", T.BOOL, []), _vi("mn", T.BOOL, []),
+                           _vi("p", T.FLOAT, [5, 4])], [pads, axes])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)])
+    _check(model, {"x": x, "f": f, "v": np.array(-7.5, np.float32)}, tmp_path)
