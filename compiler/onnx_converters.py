@@ -187,7 +187,44 @@ def col2im(bb, inputs, attrs):
     return bb.emit_te(compute, x, primfunc_name_hint="col2im")
 
 
+def tensor_scatter(bb, inputs, attrs):
+    """TensorScatter (a KV-cache write): position s of the cache along ``axis`` takes the
+    update row j that the reference writes there last (j = s - write_index[batch], modulo
+    the cache length in ``circular`` mode), else keeps the past value."""
+    from tvm import te, tirx
+
+    past, update = inputs[0], inputs[1]
+    widx = inputs[2] if len(inputs) > 2 else None
+    mode = attrs.get("mode", "linear")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    if mode not in ("linear", "circular"):
+        raise ValueError(f"TensorScatter mode '{mode}' is not supported")
+    shape = _shape(past)
+    axis = int(attrs.get("axis", -2)) % len(shape)
+    cache_len, seq = shape[axis], _shape(update)[axis]
+    if seq > cache_len:
+        raise ValueError(f"TensorScatter: {seq} update rows exceed the cache length {cache_len}")
+
+    def compute(cache, upd, *w):
+        def one(*i):
+            s = tirx.Cast("int64", i[axis])
+            start = tirx.Cast("int64", w[0][i[0]]) if w else tirx.const(0, "int64")
+            j = s - start
+            if mode == "circular":  # rows wrap around the cache end
+                j = tirx.floormod(j, cache_len)
+            ok = (j >= 0) & (j < seq)
+            src = list(i)
+            src[axis] = tirx.max(tirx.min(j, seq - 1), 0)
+            return tirx.if_then_else(ok, upd(*src), cache(*i))
+
+        return te.compute(cache.shape, one, name="tensor_scatter")
+
+    args = [past, update] + ([widx] if widx is not None else [])
+    return bb.emit_te(compute, *args, primfunc_name_hint="tensor_scatter")
+
+
 CONVERTERS: dict[str, Converter] = {
+    "TensorScatter": tensor_scatter,
     "Col2Im": col2im,
     narrow.ENCODE: narrow_encode,  # casts into float8/int4... storage (onnx_narrow_types.py)
     "BitCast": bitcast,

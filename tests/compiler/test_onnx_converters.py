@@ -250,3 +250,19 @@ def test_bool_reduce_and_pad_with_runtime_value_match_reference(tmp_path) -> Non
                            _vi("p", T.FLOAT, [5, 4])], [pads, axes])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)])
     _check(model, {"x": x, "f": f, "v": np.array(-7.5, np.float32)}, tmp_path)
+
+
+@pytest.mark.parametrize("mode,seq", [("linear", 2), ("circular", 3), ("circular", 6)])
+def test_tensor_scatter_matches_reference(mode: str, seq: int, tmp_path) -> None:
+    # circular writes wrap around the cache end; more rows than the cache holds is refused
+    past = np.arange(2 * 3 * 4 * 2, dtype=np.float32).reshape(2, 3, 4, 2)
+    update = -np.arange(1, 2 * 3 * seq * 2 + 1, dtype=np.float32).reshape(2, 3, seq, 2)
+    widx = np.array([1, 2] if mode == "linear" else [3, 1], np.int64)
+    model = _model(helper.make_node("TensorScatter", ["past", "upd", "w"], ["y"], mode=mode),
+                   [_vi("past", T.FLOAT, past.shape), _vi("upd", T.FLOAT, update.shape),
+                    _vi("w", T.INT64, [2])], [_vi("y", T.FLOAT, past.shape)], opset=24)
+    if seq > past.shape[2]:
+        with pytest.raises(compiler.HwccError, match="TensorScatter"):
+            compiler.compile(model, "host", output_dir=tmp_path / "a", verify=False)
+        return
+    _check(model, {"past": past, "upd": update, "w": widx}, tmp_path)
