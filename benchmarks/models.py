@@ -10,12 +10,13 @@ machine's target when there are any (``hwcc tune`` makes them) and is left out o
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import machine, machine_line, ort_session, save_results, table, time_fn
+from common import RESULTS, machine, machine_line, ort_session, save_results, table, time_fn
 
 import compiler
 from benchmarks import model_zoo
@@ -30,6 +31,18 @@ def _inputs(art: compiler.Artifact) -> dict[str, np.ndarray]:
         else:
             out[s.name] = rng.integers(0, 1000, s.shape).astype(s.dtype)
     return out
+
+
+def tuning_trials(name: str) -> int | None:
+    """Trials in ``tuning_logs/`` for model ``name``, as ``benchmarks/tuning.py`` last
+    reported them (None when it has not tuned this model into the shipped logs)."""
+    path = RESULTS / "tuning.json"
+    if not path.exists():
+        return None
+    for row in json.loads(path.read_text()).get("rows", []):
+        if row.get("model") == name and str(row.get("log_dir") or "").startswith("tuning_logs"):
+            return row.get("trials")
+    return None
 
 
 def tvm_default_ms(model_path: Path, feeds: dict[str, np.ndarray], repeat: int) -> float:
@@ -70,8 +83,9 @@ def main() -> None:
             row["tuned_kernels"] = f"{k['tuned']}/{k['kernels']}"
             if k["tuned"]:
                 row["hwcc_tuned_ms"] = tuned.benchmark(feeds, repeat=args.repeat)["median_ms"]
+                row["tuning_trials"] = tuning_trials(name)
             sess = ort_session(path)
-            row["onnxruntime_ms"] = time_fn(lambda: sess.run(None, feeds),
+            row["onnxruntime_ms"] = time_fn(lambda s=sess, f=feeds: s.run(None, f),
                                             repeat=args.repeat)["median_ms"]
             if not args.skip_tvm_default:
                 row["tvm_default_ms"] = tvm_default_ms(path, feeds, repeat=3)
@@ -84,7 +98,7 @@ def main() -> None:
         print(f"{name}: {row}", flush=True)
     cols = [("model", "model"), ("tvm_default_ms", "TVM default (ms)"),
             ("hwcc_untuned_ms", "hwcc untuned (ms)"), ("hwcc_tuned_ms", "hwcc tuned (ms)"),
-            ("tuned_kernels", "tuned kernels"), ("onnxruntime_ms", "onnxruntime (ms)"),
+            ("tuned_kernels", "tuned kernels"), ("tuning_trials", "tuning trials"), ("onnxruntime_ms", "onnxruntime (ms)"),
             ("untuned_vs_ort", "untuned / ORT"), ("tuned_vs_ort", "tuned / ORT"),
             ("speedup_vs_tvm_default", "speed-up vs TVM default")]
     m = machine()

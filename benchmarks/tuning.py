@@ -1,67 +1,117 @@
-"""Untuned vs tuned latency of small CNNs, with the trials spent.
+"""Tune models with ``compiler.tune`` and report untuned vs tuned latency and the trials spent.
 
-Usage: ``python benchmarks/tuning.py [--trials 64] [--log-dir DIR] [--json FILE]``
+    python benchmarks/tuning.py                                   # small CNNs, temp logs
+    python benchmarks/tuning.py --models digits_cnn,resnet18,mobilenet_v2,bert \\
+        --time-budget 6m --log-dir tuning_logs                    # the logs hwcc ships
 
-For ``examples/digits_cnn.onnx`` and ``tests/models.py``'s ``resnet_block_cnn()``, runs
-:func:`compiler.tune.tune` with ``--trials`` trials per model (into a fresh temporary log unless
-``--log-dir`` is given, so ``tuning_logs/`` is left alone) and prints the whole model's latency
-with hwcc's default schedules and with the records applied, both built like ``hwcc compile``
-and timed on this machine in the same run (alternating, fastest repeat), plus the per-kernel
-figures measured by the tuner's runner.
+For each model, runs :func:`compiler.tune.tune` (``--trials`` for the whole model, or
+``--time-budget`` per model; records already in the log count and a second run resumes) and
+prints, per kernel, the default-schedule and best tuned latency measured by the tuner's runner,
+and for the model its latency with hwcc's default schedules and with the records applied, both
+built like ``hwcc compile`` and timed alternately in the same run. Kernels whose best record is
+not 10% faster than the default schedule keep the default (``compiler.tune``'s rule).
+
+Models: ``digits_cnn`` (``examples/``), ``resnet_block_cnn`` (``tests/models.py``) and the
+benchmark models of ``benchmarks/model_zoo.py`` (``resnet18``, ``mobilenet_v2``, ``bert``).
+Without ``--log-dir`` the records go to a fresh temporary directory, so ``tuning_logs/`` is
+left alone; results go to ``benchmarks/results/tuning.json`` (``benchmarks/models.py`` reads
+the trial counts from it for its "hwcc tuned" column).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import platform
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import machine, machine_line, save_results, table
+
+DEFAULT_MODELS = "digits_cnn,resnet_block_cnn"
+
+
+def model_path(name: str, work: Path) -> Path:
+    """The ONNX file of benchmark model ``name``."""
+    import onnx
+
+    from benchmarks import model_zoo
+
+    if name == "digits_cnn":
+        return ROOT / "examples" / "digits_cnn.onnx"
+    if name == "resnet_block_cnn":
+        from tests import models
+
+        path = work / "resnet_block_cnn.onnx"
+        onnx.save(models.resnet_block_cnn(), str(path))
+        return path
+    return model_zoo.get(name)
 
 
 def main() -> int:
+    from compiler.tune_cli import parse_duration
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--trials", type=int, default=64, help="trials per model (default 64)")
+    p.add_argument("--models", default=DEFAULT_MODELS,
+                   help=f"comma-separated (default {DEFAULT_MODELS}; also resnet18, "
+                        "mobilenet_v2, bert)")
+    p.add_argument("--trials", type=int, default=None,
+                   help="trials per model, log included (default 64 without --time-budget)")
+    p.add_argument("--time-budget", type=parse_duration, default=None, metavar="DURATION",
+                   help="tuning time per model, e.g. 6m")
     p.add_argument("--log-dir", help="root of the tuning logs (default: a fresh temp dir)")
-    p.add_argument("--json", metavar="FILE", help="also write the reports as JSON")
     p.add_argument("--progress", action="store_true", help="show the tuning progress bars")
+    p.add_argument("--no-save", action="store_true", help="do not write results/tuning.json")
     args = p.parse_args()
+    if args.trials is None and args.time_budget is None:
+        args.trials = 64
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    import onnx
-
     from compiler.tune import tune
-    from tests import models
 
     work = Path(tempfile.mkdtemp(prefix="hwcc-bench-tune-"))
-    resnet = work / "resnet_block_cnn.onnx"
-    onnx.save(models.resnet_block_cnn(), str(resnet))
     log_root = Path(args.log_dir) if args.log_dir else work / "logs"
-    results = []
-    for name, model in (("digits_cnn", ROOT / "examples" / "digits_cnn.onnx"),
-                        ("resnet_block_cnn", resnet)):
-        rep = tune(model, "host", trials=args.trials, log_dir=log_root, progress=args.progress)
-        d = rep.to_dict()
-        d["name"] = name
-        results.append(d)
+    rows = []
+    for name in args.models.split(","):
+        rep = tune(model_path(name, work), "host", trials=args.trials,
+                   time_budget_s=args.time_budget, log_dir=log_root, progress=args.progress)
+        records = sum(t.records for t in rep.tasks)
         print(f"\n{name}: {len(rep.tasks)} kernels, {rep.trials} trials this run "
-              f"({rep.valid_trials} valid) in {rep.seconds:.0f} s")
+              f"({rep.valid_trials} valid, {rep.build_errors} build / {rep.run_errors} run "
+              f"errors) in {rep.seconds:.0f} s; {records} records in the log")
         print(f"  {'kernel':<48} {'calls':>5} {'trials':>6} {'default ms':>10} {'best ms':>9}"
               "  used")
         for t in rep.tasks:
             print(f"  {t.name[:48]:<48} {t.weight:>5} {t.trials:>6} {_ms(t.default_ms):>10} "
                   f"{_ms(t.best_ms):>9}  {'yes' if t.used else 'no'}")
         print(f"  model: untuned {_ms(rep.before_ms)} ms -> tuned {_ms(rep.after_ms)} ms "
-              f"({rep.speedup or 0:.2f}x) [{rep.latency_source}]")
-    print(f"\nmachine: {platform.processor() or platform.machine()}, target host; "
-          f"trials per model: {args.trials}; logs: {log_root}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+              f"({rep.speedup or 0:.2f}x) [{rep.latency_source}]", flush=True)
+        rows.append({
+            "model": name, "kernels": len(rep.tasks),
+            "tuned_kernels": sum(t.used for t in rep.tasks),
+            "trials": records, "trials_this_run": rep.trials, "valid_trials": rep.valid_trials,
+            "seconds": round(rep.seconds), "untuned_ms": rep.before_ms,
+            "tuned_ms": rep.after_ms, "speedup": rep.speedup,
+            "log_dir": str(rep.log_dir.relative_to(ROOT)) if rep.log_dir.is_relative_to(ROOT)
+            else None,
+        })
+    cols = [("model", "model"), ("kernels", "kernels"), ("tuned_kernels", "kernels tuned"),
+            ("trials", "trials (log)"), ("untuned_ms", "untuned (ms)"),
+            ("tuned_ms", "tuned (ms)"), ("speedup", "speed-up")]
+    m = machine()
+    print(f"\nMetaSchedule tuning — {machine_line(m)}\n")
+    print(table(rows, cols))
+    if not args.no_save:
+        budget = (f"{args.time_budget:.0f} s per model" if args.time_budget
+                  else f"{args.trials} trials per model")
+        save_results("tuning", rows, {
+            "columns": cols, "script": " ".join(["benchmarks/tuning.py", *sys.argv[1:]]),
+            "title": f"MetaSchedule tuning (XGBoost cost model; {budget}; kernels keep hwcc's "
+                     "default schedule unless a record is 10% faster)"})
     return 0
 
 

@@ -103,6 +103,10 @@ class TaskReport:
         Best tuned latency in the log, all runs (None: no valid record).
     skipped : bool
         The log already had this kernel's share of trials; it was not tuned again.
+    unmeasurable : bool
+        Its default schedule built but did not run on random inputs (e.g. a gather whose
+        indices then fall out of bounds): candidates could not be measured either, so it was
+        not tuned.
     used : bool
         ``compile`` applies a tuned schedule to this kernel (it has records, and its best
         beat the default schedule).
@@ -118,6 +122,7 @@ class TaskReport:
     default_ms: float | None = None
     best_ms: float | None = None
     skipped: bool = False
+    unmeasurable: bool = False
     used: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,7 +130,8 @@ class TaskReport:
                 "valid": self.valid, "build_errors": self.build_errors,
                 "run_errors": self.run_errors, "records": self.records,
                 "default_ms": _round(self.default_ms), "best_ms": _round(self.best_ms),
-                "skipped": self.skipped, "used": self.used}
+                "skipped": self.skipped, "unmeasurable": self.unmeasurable,
+                "used": self.used}
 
 
 @dataclass
@@ -486,6 +492,7 @@ class _Session:
         self.first_build_error: str | None = None
         self.first_run_error: str | None = None
         self.best: dict[int, float] = {}
+        self.draining = False
         self.builder = ms.builder.LocalBuilder(
             max_workers=max(1, os.cpu_count() or 1), timeout_sec=BUILD_TIMEOUT_S,
             f_build=build_kernel,
@@ -546,16 +553,32 @@ class _Session:
             self.bar.set_postfix_str(
                 f"{task.name[:32]} best {best:.3f} ms" if best is not None else task.name[:32],
                 refresh=True)
-        self.check_stop()
 
-    def check_stop(self) -> None:
-        """Raise :class:`_StopTuning` when the run must end (after a batch is committed)."""
+    def check_stop(self, scheduler: Any = None, current: int | None = None) -> None:
+        """Raise :class:`_StopTuning` when the run must end (after a batch is committed).
+
+        MetaSchedule's task scheduler sends a batch of every task to the runner before it
+        joins any (its first round), and only a join records the results. Before stopping,
+        the batches of the other tasks that were measured but not joined yet are joined here,
+        so that their records reach the log too.
+        """
+        if self.draining:
+            return  # a join made by the drain below: keep its records, stop after the drain
         if self.deadline is not None and time.monotonic() >= self.deadline:
             self.stop_reason = self.stop_reason or "time budget reached"
         if self.interrupted:
             self.stop_reason = self.stop_reason or "interrupted"
-        if self.stop_reason:
-            raise _StopTuning(self.stop_reason)
+        if not self.stop_reason:
+            return
+        if scheduler is not None:
+            self.draining = True
+            try:
+                for i, rec in enumerate(scheduler.tasks_):
+                    if i != current and rec.measure_candidates is not None:
+                        scheduler.join_running_task(i)
+            finally:
+                self.draining = False
+        raise _StopTuning(self.stop_reason)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -692,6 +715,7 @@ def _make_callback(session: _Session) -> Any:
         def apply(self, task_scheduler: Any, task_id: int, measure_candidates: Any,
                   builder_results: Any, runner_results: Any) -> None:
             session.on_measured(task_id, list(builder_results), list(runner_results))
+            session.check_stop(task_scheduler, task_id)
 
     return _Progress()
 
@@ -727,8 +751,9 @@ def _measure_defaults(session: _Session, tasks: list[_Task], default_mod: Any,
         r = fut.result()
         t.report.default_ms = _run_ms(r.run_secs) if r.error_msg is None else None
         if r.error_msg is not None:
-            logger.warning("default schedule of %s did not run: %s", t.name,
-                           _error_line(r.error_msg))
+            t.report.unmeasurable = True
+            logger.warning("default schedule of %s did not run on random inputs (%s); "
+                           "not tuning it", t.name, _error_line(r.error_msg))
         shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
 
@@ -899,6 +924,8 @@ def tune(
             import tvm.s_tir.tensor_intrin  # noqa: F401 - what each TuneContext imports
 
             _measure_defaults(session, tasks, default_mod, tvm_target)
+            if session.remote is None:
+                todo = [t for t in todo if not t.report.unmeasurable]
             if todo:
                 session.check_stop()
                 _run_search(session, todo, database, tvm_target, work_dir, need)
@@ -967,6 +994,7 @@ def _run_search(session: _Session, todo: list[_Task], database: Any, tvm_target:
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.utils import fork_seed
 
+    need = {t.name: need[t.name] for t in todo}
     contexts, weights = [], []
     for i, (t, seed) in enumerate(zip(todo, fork_seed(None, n=len(todo)))):
         t.index = i

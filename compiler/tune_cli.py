@@ -110,6 +110,8 @@ def print_report(report: Any) -> None:
           f"{'best ms':>9}  {'default ms':>10}  note")
     for r in rows:
         note = "skipped (enough records)" if r["skipped"] else ""
+        if r.get("unmeasurable"):
+            note = "not tuned (default schedule does not run on random inputs)"
         if r["best_ms"] is not None and not r["used"]:
             note = (note + "; " if note else "") + "default kept (tuned not 10% faster)"
         print(f"  {r['name']:<{w}}  {r['weight']:>5}  {r['trials']:>6}  {r['valid']:>5}  "
