@@ -74,7 +74,7 @@ def main() -> int:
     from compiler.tune import tune
 
     work = Path(tempfile.mkdtemp(prefix="hwcc-bench-tune-"))
-    log_root = Path(args.log_dir) if args.log_dir else work / "logs"
+    log_root = Path(args.log_dir).resolve() if args.log_dir else work / "logs"
     rows = []
     for name in args.models.split(","):
         rep = tune(model_path(name, work), "host", trials=args.trials,
