@@ -155,7 +155,38 @@ def _recurrent(node: onnx.NodeProto, model: onnx.ModelProto, names: NameGen):
     return recurrent(node, model, names)
 
 
+def legacy_slice(node: onnx.NodeProto, model: onnx.ModelProto, names: NameGen):
+    """Slice before opset 10 (starts/ends as attributes) without ``axes``: TVM's converter
+    needs the attribute, so its default (0, 1, ..., len(starts) - 1) is written out."""
+    attrs = {a.name: a for a in node.attribute}
+    if _opset(model) >= 10 or "axes" in attrs or "starts" not in attrs:
+        return None
+    new = onnx.NodeProto()
+    new.CopyFrom(node)
+    new.attribute.append(helper.make_attribute("axes", list(range(len(attrs["starts"].ints)))))
+    return [new], []
+
+
+def legacy_prelu(node: onnx.NodeProto, model: onnx.ModelProto, names: NameGen):
+    """PRelu before opset 7: a 1-D slope of C values is per channel (axis 1), where numpy-style
+    broadcasting (TVM) would align it with the last axis; the constant slope becomes
+    [C, 1, ..., 1]."""
+    if _opset(model) >= 7 or len(node.input) < 2:
+        return None
+    slope, rank = _const(model, node.input[1]), _rank(model, node.input[0])
+    if slope is None or rank is None or slope.ndim != 1 or slope.size == 1 or rank < 3:
+        return None
+    name = names(node.input[1])
+    init = numpy_helper.from_array(slope.reshape(slope.size, *([1] * (rank - 2))), name)
+    new = onnx.NodeProto()
+    new.CopyFrom(node)
+    new.input[1] = name
+    return [new], [init]
+
+
 REWRITES: dict[str, Rewrite] = {
+    "Slice": legacy_slice,
+    "PRelu": legacy_prelu,
     "LayerNormalization": layer_norm_with_stats,
     "LSTM": _recurrent,  # no converter in TVM: unrolled over the static sequence length
     "GRU": _recurrent,
