@@ -223,6 +223,37 @@ def tensor_scatter(bb, inputs, attrs):
     return bb.emit_te(compute, *args, primfunc_name_hint="tensor_scatter")
 
 
+def attribute_slice(bb, inputs, attrs):
+    """Slice before opset 10: ``starts``/``ends``/``axes`` are attributes and steps are 1.
+    TVM's converter only reads them as inputs (its one implementation is opset 13's), so the
+    bounds are clamped here as ONNX does (a negative bound counts from the end, then both are
+    clipped to [0, dim]) and the slice is a ``strided_slice`` with constant bounds."""
+    from tvm import relax
+
+    if "starts" not in attrs:
+        return None  # the input form (opset 10+): TVM's converter
+    x = inputs[0]
+    shape = _shape(x)
+    rank = len(shape)
+    starts = [int(v) for v in attrs["starts"]]
+    ends = [int(v) for v in attrs["ends"]]
+    axes = [int(v) for v in attrs.get("axes", range(len(starts)))]
+    if not len(starts) == len(ends) == len(axes):
+        raise ValueError(f"Slice: starts, ends and axes differ in length "
+                         f"({len(starts)}, {len(ends)}, {len(axes)})")
+    axes = [a + rank if a < 0 else a for a in axes]
+    if any(not 0 <= a < rank for a in axes) or len(set(axes)) != len(axes):
+        raise ValueError(f"Slice: axes {list(attrs.get('axes'))} are invalid for rank {rank}")
+    begin, end = [], []
+    for axis, b, e in zip(axes, starts, ends):
+        dim = shape[axis]
+        b = min(max(b + dim if b < 0 else b, 0), dim)
+        e = min(max(e + dim if e < 0 else e, 0), dim)
+        begin.append(b)
+        end.append(max(e, b))
+    return relax.op.strided_slice(x, axes, begin, end, [1] * len(axes), assume_inbound=True)
+
+
 CONVERTERS: dict[str, Converter] = {
     "TensorScatter": tensor_scatter,
     "Col2Im": col2im,
@@ -231,4 +262,5 @@ CONVERTERS: dict[str, Converter] = {
     "CumProd": cum_prod,
     "ReverseSequence": reverse_sequence,
     "Mod": float_mod,  # floats only; integer Mod stays with TVM
+    "Slice": attribute_slice,  # opset < 10 only; TVM reads starts/ends as inputs
 }

@@ -155,18 +155,6 @@ def _recurrent(node: onnx.NodeProto, model: onnx.ModelProto, names: NameGen):
     return recurrent(node, model, names)
 
 
-def legacy_slice(node: onnx.NodeProto, model: onnx.ModelProto, names: NameGen):
-    """Slice before opset 10 (starts/ends as attributes) without ``axes``: TVM's converter
-    needs the attribute, so its default (0, 1, ..., len(starts) - 1) is written out."""
-    attrs = {a.name: a for a in node.attribute}
-    if _opset(model) >= 10 or "axes" in attrs or "starts" not in attrs:
-        return None
-    new = onnx.NodeProto()
-    new.CopyFrom(node)
-    new.attribute.append(helper.make_attribute("axes", list(range(len(attrs["starts"].ints)))))
-    return [new], []
-
-
 def legacy_prelu(node: onnx.NodeProto, model: onnx.ModelProto, names: NameGen):
     """PRelu before opset 7: a 1-D slope of C values is per channel (axis 1), where numpy-style
     broadcasting (TVM) would align it with the last axis; the constant slope becomes
@@ -185,7 +173,6 @@ def legacy_prelu(node: onnx.NodeProto, model: onnx.ModelProto, names: NameGen):
 
 
 REWRITES: dict[str, Rewrite] = {
-    "Slice": legacy_slice,
     "PRelu": legacy_prelu,
     "LayerNormalization": layer_norm_with_stats,
     "LSTM": _recurrent,  # no converter in TVM: unrolled over the static sequence length
