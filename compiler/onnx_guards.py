@@ -307,21 +307,7 @@ def space_to_depth(node: onnx.NodeProto, model: onnx.ModelProto, names: Names) -
     return None
 
 
-def sequence_position(node: onnx.NodeProto, model: onnx.ModelProto, names: Names) -> Result:
-    """SequenceErase / SequenceInsert at a negative or run-time position: TVM counts it
-    differently from ONNX (seen wrong in simple/test_sequence_model3): refused."""
-    slot = 2 if node.op_type == "SequenceInsert" else 1
-    if len(node.input) <= slot or not node.input[slot]:
-        return None
-    pos = _const(model, node.input[slot])
-    if pos is None or np.any(pos < 0):
-        _refuse(node, model, "a negative or run-time position is not supported")
-    return None
-
-
 GUARDS = {
-    "SequenceErase": sequence_position,
-    "SequenceInsert": sequence_position,
     "BatchNormalization": batch_norm,
     "Dropout": dropout,
     "IsInf": is_inf,

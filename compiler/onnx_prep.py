@@ -11,7 +11,9 @@ are pinned and shapes inferred:
 3. **fold**: ``Shape``/``Size`` of statically shaped values become constants, and every
    deterministic node whose inputs are all constants is evaluated once with
    ``onnx.reference.ReferenceEvaluator`` (the reference semantics, by construction);
-4. drop nodes nothing uses, infer shapes again; repeat until nothing changes.
+4. **sequences** whose structure is static become lists of tensors
+   (:mod:`compiler.onnx_sequences`);
+5. drop nodes nothing uses, infer shapes again; repeat until nothing changes.
 
 Every step is an exact transformation of the graph: the result computes what the original
 computes.
@@ -27,6 +29,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .onnx_rewrites import apply_rewrites
+from .onnx_sequences import eliminate_sequences
 
 logger = logging.getLogger(__name__)
 
@@ -438,7 +441,8 @@ def prepare(model: onnx.ModelProto, max_rounds: int = 8) -> onnx.ModelProto:
     for _ in range(max_rounds):
         model, n_fold = fold_constants(model)
         model, n_dead = remove_dead(model)
-        if n_fold or n_dead:
+        model, n_seq = eliminate_sequences(model)  # positions are constant once folded
+        if n_fold or n_dead or n_seq:
             model = infer(model)
         rewritten = apply_rewrites(model)
         n_rw = rewritten is not model
@@ -447,8 +451,9 @@ def prepare(model: onnx.ModelProto, max_rounds: int = 8) -> onnx.ModelProto:
         if changed:
             model = infer(model)
         logger.debug("prepare round: folded %d, removed %d, expanded %d", n_fold, n_dead, n_exp)
-        if not (n_fold or n_dead or changed):
+        if not (n_fold or n_dead or n_seq or changed):
             break
+    eliminate_sequences(model, strict=True)  # refuses a sequence that is still not static
     check_runtime_shapes(model)
     return model
 
