@@ -254,6 +254,40 @@ def attribute_slice(bb, inputs, attrs):
     return relax.op.strided_slice(x, axes, begin, end, [1] * len(axes), assume_inbound=True)
 
 
+#: Element types TVM's sort kernel lacks, and the exact, order-preserving key used instead.
+_TOPK_KEYS = {"int16": "int32", "uint16": "int32", "uint32": "int64", "uint64": "int64"}
+
+
+def topk_by_key(bb, inputs, attrs):
+    """TopK on int16/uint16/uint32/uint64, which TVM's sort kernel refuses at run time:
+    the indices come from a TopK on a key that orders like the data (the value widened, or
+    for uint64 the bits seen as int64 with the sign bit flipped); the values are gathered
+    from the data at those indices. Ties keep ONNX's order (lower index first) since equal
+    values have equal keys."""
+    from tvm import relax, te, tirx
+
+    x = inputs[0]
+    key_dtype = _TOPK_KEYS.get(_dtype(x))
+    if key_dtype is None:
+        return None  # TVM's converter and kernel handle it
+    if int(attrs.get("sorted", 1)) != 1:
+        raise ValueError("TopK with sorted=0 is not supported")
+    k = int(attrs["k"]) if len(inputs) < 2 else _const_int(inputs[1], "TopK's k")
+    axis = int(attrs.get("axis", -1))
+    axis = axis + len(_shape(x)) if axis < 0 else axis
+    if _dtype(x) == "uint64":
+        flip = tirx.const(-(1 << 63), "int64")
+        key = bb.emit_te(lambda t: te.compute(
+            t.shape, lambda *i: tirx.bitwise_xor(tirx.reinterpret("int64", t(*i)), flip),
+            name="topk_key"), x, primfunc_name_hint="topk_key")
+    else:
+        key = bb.normalize(relax.op.astype(x, key_dtype))
+    idx = bb.normalize(relax.op.topk(key, k, axis, ret_type="indices",
+                                     largest=bool(attrs.get("largest", 1)), dtype="int64"))
+    values = bb.normalize(relax.op.gather_elements(x, idx, axis))
+    return relax.Tuple([values, idx])
+
+
 CONVERTERS: dict[str, Converter] = {
     "TensorScatter": tensor_scatter,
     "Col2Im": col2im,
@@ -262,5 +296,6 @@ CONVERTERS: dict[str, Converter] = {
     "CumProd": cum_prod,
     "ReverseSequence": reverse_sequence,
     "Mod": float_mod,  # floats only; integer Mod stays with TVM
+    "TopK": topk_by_key,  # int16/uint16/uint32/uint64 only
     "Slice": attribute_slice,  # opset < 10 only; TVM reads starts/ends as inputs
 }

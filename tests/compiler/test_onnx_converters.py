@@ -266,3 +266,19 @@ def test_tensor_scatter_matches_reference(mode: str, seq: int, tmp_path) -> None
             compiler.compile(model, "host", output_dir=tmp_path / "a", verify=False)
         return
     _check(model, {"past": past, "upd": update, "w": widx}, tmp_path)
+
+
+@pytest.mark.parametrize("largest", [1, 0])
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.uint32, np.uint64])
+def test_topk_on_types_tvm_cannot_sort_matches_reference(dtype, largest: int, tmp_path) -> None:
+    # the extremes of the type (uint64 above 2**63, where a plain cast to int64 would wrap),
+    # ties (the lower index first), along a negative axis
+    info = np.iinfo(dtype)
+    row = np.array([info.max, 0, info.min, 7, info.max, 7, info.max // 2 + 1, 1], dtype)
+    x = np.stack([row, row[::-1], np.roll(row, 3)])
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    k = numpy_helper.from_array(np.array([5], np.int64), "k")
+    node = helper.make_node("TopK", ["x", "k"], ["v", "i"], axis=-1, largest=largest)
+    model = _model(node, [_vi("x", elem, x.shape)],
+                   [_vi("v", elem, (3, 5)), _vi("i", T.INT64, (3, 5))], [k])
+    _check(model, {"x": x}, tmp_path)
