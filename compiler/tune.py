@@ -380,18 +380,26 @@ def read_log(path: Path) -> dict[str, _LogEntry]:
     return out
 
 
-def _partition_log(path: Path, slower: set[str]) -> None:
-    """Keep records of kernels in ``slower`` (structural hashes) out of the records file."""
+def _partition_log(path: Path, slower: set[str], settled: set[str]) -> None:
+    """Move the records of the kernels in ``settled`` (structural hashes) to the file their
+    verdict names: :data:`SLOWER` for those in ``slower``, the records file for the rest.
+
+    Records of other kernels (other models tuned into the same log) stay where an earlier
+    run put them: this run measured no default for them.
+    """
     from .tuning_db import RECORDS, WORKLOADS
 
     hashes = [str(json.loads(ln)[0]) for ln in _read_lines(path / WORKLOADS)]
-    live, side = [], []
-    for rec_path in _record_files(path):
-        for line in _read_lines(rec_path):
-            (side if hashes[json.loads(line)[0]] in slower else live).append(line)
-    if len(side) != len(_read_lines(path / SLOWER)):
-        _write_lines(path / RECORDS, live)
-        _write_lines(path / SLOWER, side)
+    files = {RECORDS: _read_lines(path / RECORDS), SLOWER: _read_lines(path / SLOWER)}
+    moved = {RECORDS: [], SLOWER: []}
+    for name, lines in files.items():
+        for line in lines:
+            h = hashes[json.loads(line)[0]]
+            dest = name if h not in settled else (SLOWER if h in slower else RECORDS)
+            moved[dest].append(line)
+    for name, lines in moved.items():
+        if lines != files[name]:
+            _write_lines(path / name, lines)
 
 
 # -- the run ------------------------------------------------------------------------------
@@ -970,7 +978,9 @@ def _settle_log(path: Path, tasks: list[_Task]) -> None:
 
     Compile applies a kernel's best record whenever it has one, so a tuned schedule that lost
     to hwcc's default schedule (both measured by this run's runner) would make the model
-    slower; its records move to :data:`SLOWER`, where resuming still counts them.
+    slower; its records move to :data:`SLOWER`, where resuming still counts them. Only the
+    kernels whose default this run measured are judged; other kernels in the log keep their
+    earlier verdict.
     """
     entries = read_log(path)
     slower = set()
@@ -986,7 +996,7 @@ def _settle_log(path: Path, tasks: list[_Task]) -> None:
         t.report.records = e.records
         t.report.best_ms = best
         t.report.used = best is not None and t.shash not in slower
-    _partition_log(path, slower)
+    _partition_log(path, slower, {t.shash for t in tasks if t.report.default_ms is not None})
 
 
 def _run_search(session: _Session, todo: list[_Task], database: Any, tvm_target: Any,

@@ -225,3 +225,26 @@ def test_bad_arguments_are_one_line_errors() -> None:
     assert parse_duration("1h30m") == 5400
     with pytest.raises(ConfigError, match="malformed duration"):
         parse_duration("ten minutes")
+
+
+def test_a_second_model_keeps_the_first_models_verdicts(tmp_path: Path) -> None:
+    # two models tuned into one log: settling the second must judge only its own kernels; the
+    # first model's kernels that lost to their defaults stay out of what compile applies
+    from compiler.tune import _partition_log
+
+    wl = [json.dumps([h, {}]) for h in ("a_lost", "a_won", "b_lost", "b_won")]
+    (tmp_path / tuning_db.WORKLOADS).write_text("".join(ln + "\n" for ln in wl))
+    rec = [json.dumps([i, [[], [1e-3], None, None]]) for i in (0, 1)]
+    (tmp_path / tuning_db.RECORDS).write_text("".join(ln + "\n" for ln in rec))
+    _partition_log(tmp_path, slower={"a_lost"}, settled={"a_lost", "a_won"})
+    assert [r[0] for r in _records(tmp_path)] == [1]
+    # the second model's run appends its records, then settles its own kernels
+    with open(tmp_path / tuning_db.RECORDS, "a") as f:
+        f.write("".join(json.dumps([i, [[], [1e-3], None, None]]) + "\n" for i in (2, 3)))
+    _partition_log(tmp_path, slower={"b_lost"}, settled={"b_lost", "b_won"})
+    assert sorted(r[0] for r in _records(tmp_path)) == [1, 3]
+    side = [json.loads(ln)[0] for ln in (tmp_path / SLOWER).read_text().splitlines()]
+    assert sorted(side) == [0, 2]
+    # a later verdict on a kernel moves its records back
+    _partition_log(tmp_path, slower=set(), settled={"a_lost"})
+    assert sorted(r[0] for r in _records(tmp_path)) == [0, 1, 3]
