@@ -35,10 +35,43 @@ def reference_outputs(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray],
         opts.log_severity_level = 3
         sess = ort.InferenceSession(model.SerializeToString(), opts,
                                     providers=["CPUExecutionProvider"])
-        return list(sess.run(None, dict(inputs)))
+        return decode_narrow_outputs(model, sess.run(None, dict(inputs)))
     from onnx.reference import ReferenceEvaluator
 
     return list(ReferenceEvaluator(model).run(None, dict(inputs)))
+
+
+def decode_narrow_outputs(model: onnx.ModelProto, outputs: Sequence[np.ndarray]
+                          ) -> list[np.ndarray]:
+    """Outputs of one-byte ``ml_dtypes`` types (float8) that onnxruntime hands back as their
+    raw bytes (uint8), seen as the type the model declares, so that values are compared."""
+    out = []
+    for vi, arr in zip(model.graph.output, outputs):
+        arr = np.asarray(arr)
+        want = _declared_dtype(vi)
+        if want is not None and want.kind in "Vf" and want.itemsize == 1 \
+                and arr.dtype in (np.uint8, np.int8):
+            arr = arr.view(want)
+        out.append(arr)
+    out.extend(np.asarray(a) for a in list(outputs)[len(out):])
+    return out
+
+
+def _declared_dtype(vi: onnx.ValueInfoProto) -> np.dtype | None:
+    if not vi.type.HasField("tensor_type"):
+        return None
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _values(a: np.ndarray) -> np.ndarray:
+    """``ml_dtypes`` arrays (float8, float4, int4, bfloat16: numpy kind 'V', or 'f' for
+    float8_e5m2) as float64 values; others unchanged."""
+    if a.dtype.kind == "V" or (a.dtype.kind == "f" and a.dtype.itemsize == 1):
+        return a.astype(np.float64)
+    return a
 
 
 def compare(ours: Sequence[np.ndarray], ref: Sequence[np.ndarray]) -> dict[str, Any]:
@@ -48,15 +81,19 @@ def compare(ours: Sequence[np.ndarray], ref: Sequence[np.ndarray]) -> dict[str, 
     max_abs = mean_abs = rel = 0.0
     top1_hits = top1_total = 0
     for a, b in zip(ours, ref):
-        a = np.asarray(a)
-        b = np.asarray(b)
+        a = _values(np.asarray(a))
+        b = _values(np.asarray(b))
         if a.shape != b.shape:
             raise ValueError(f"output shape {a.shape} differs from the reference {b.shape}")
         if a.dtype.kind in "fc" or b.dtype.kind in "fc":
-            d = np.abs(a.astype(np.float64) - b.astype(np.float64))
+            a64, b64 = a.astype(np.float64), b.astype(np.float64)
+            same = (a64 == b64) | (np.isnan(a64) & np.isnan(b64))  # infinities, NaN agree
+            with np.errstate(invalid="ignore"):
+                diff = np.abs(a64 - b64)
+            d = np.where(same, 0.0, np.where(np.isnan(diff), np.inf, diff))  # NaN vs number
             max_abs = max(max_abs, float(d.max(initial=0.0)))
             mean_abs = max(mean_abs, float(d.mean()) if d.size else 0.0)
-            scale = float(np.abs(b).max(initial=0.0))
+            scale = float(np.abs(b64[np.isfinite(b64)]).max(initial=0.0))
             rel = max(rel, float(d.max(initial=0.0)) / scale if scale > 0 else 0.0)
             if a.ndim == 2 and a.shape[1] > 1:
                 top1_hits += int((a.argmax(1) == b.argmax(1)).sum())
@@ -138,7 +175,7 @@ def _reference_session(model: onnx.ModelProto, backend: str):
         opts.log_severity_level = 3
         sess = ort.InferenceSession(model.SerializeToString(), opts,
                                     providers=["CPUExecutionProvider"])
-        return lambda feed: list(sess.run(None, dict(feed)))
+        return lambda feed: decode_narrow_outputs(model, sess.run(None, dict(feed)))
     from onnx.reference import ReferenceEvaluator
 
     ev = ReferenceEvaluator(model)

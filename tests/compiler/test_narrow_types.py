@@ -178,3 +178,34 @@ def test_other_ops_on_narrow_types_are_refused(tmp_path) -> None:
                    [helper.make_tensor_value_info("y", T.FLOAT8E4M3FN, [4])])
     with pytest.raises(UnsupportedOpError, match="'Add'.*adder.*float8_e4m3fn"):
         compiler.compile(model, "host", output_dir=tmp_path / "a", verify=False)
+
+
+def test_verify_compares_float8_outputs_by_value(tmp_path) -> None:
+    # onnxruntime hands float8 outputs back as raw uint8 bytes; compile(verify=True) used to
+    # compare those bytes with our decoded values and report a correct result as wrong
+    pytest.importorskip("onnxruntime")
+    g = helper.make_graph([helper.make_node("Cast", ["x"], ["y"], to=T.FLOAT8E4M3FN)], "f8",
+                          [helper.make_tensor_value_info("x", T.FLOAT, (2, 3))],
+                          [helper.make_tensor_value_info("y", T.FLOAT8E4M3FN, (2, 3))])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    x = np.array([[0.3, -1.7, 100.0], [0.0, 448.0, -3.1]], np.float32)
+    art = compiler.compile(model, "host", output_dir=tmp_path / "a", verify=True,
+                           verify_inputs={"x": x})
+    report = art.manifest["verification"]
+    assert report["reference"] == "onnxruntime"
+    assert report["max_abs_err"] == 0.0 and report["max_rel_err"] == 0.0
+
+
+def test_compare_decodes_narrow_types_and_matches_specials() -> None:
+    from compiler.evaluate import compare
+
+    f8 = np.dtype("float8_e4m3fn")
+    ours = np.array([1.5, -448.0, np.nan], np.float32).astype(f8)
+    assert compare([ours], [ours.copy()])["max_abs_err"] == 0.0
+    off = np.array([1.75, -448.0, np.nan], np.float32).astype(f8)
+    assert compare([ours], [off])["max_abs_err"] == 0.25
+    # infinities and NaN agree with themselves; a NaN against a number is an infinite error
+    specials = np.array([np.inf, -np.inf, np.nan, 1.0], np.float32)
+    assert compare([specials], [specials.copy()])["max_abs_err"] == 0.0
+    assert compare([specials], [np.array([np.inf, -np.inf, 2.0, 1.0], np.float32)]
+                   )["max_abs_err"] == np.inf
