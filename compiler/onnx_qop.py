@@ -62,6 +62,22 @@ def qlinear_conv(node: onnx.NodeProto, model: onnx.ModelProto, names):
     return nodes, []
 
 
+def _static_shape(model: onnx.ModelProto, name: str) -> tuple[int, ...] | None:
+    from .onnx_prep import static_shape, value_types
+
+    return static_shape(value_types(model).get(name))
+
+
+def _rank(model: onnx.ModelProto, name: str) -> int | None:
+    shape = _static_shape(model, name)
+    return None if shape is None else len(shape)
+
+
+def _size(model: onnx.ModelProto, name: str) -> int | None:
+    shape = _static_shape(model, name)
+    return None if shape is None else int(np.prod(shape))
+
+
 def _elem(model: onnx.ModelProto, name: str) -> int | None:
     from .onnx_prep import value_types
 
@@ -131,13 +147,27 @@ def conv_integer(node: onnx.NodeProto, model: onnx.ModelProto, names):
     inits = [numpy_helper.from_array(np.array(1.0, np.float32), one)]
     w_arr = _initializer(model, wz) if wz else None
     w_axis = 0 if w_arr is not None and w_arr.size > 1 else None
-    if w_axis is not None:
-        ones = names("ones")
-        inits.append(numpy_helper.from_array(np.ones(w_arr.size, np.float32), ones))
-    nodes = [
-        _dq(x, one, xz, f"{n}_x"),
-        _dq(w, ones if w_axis is not None else one, wz, f"{n}_w", w_axis),
-    ]
+    nodes = [_dq(x, one, xz, f"{n}_x")]
+    if wz and w_arr is None and _size(model, wz) != 1:
+        # per-channel zero points computed at run time: no DequantizeLinear takes them
+        # (TVM's dequantize needs a constant per-axis zero point), so w - wz in float32
+        # (exact: both are 8-bit integers), wz laid out as [C, 1, ..., 1]
+        rank = _rank(model, w)
+        if rank is None:
+            return None
+        shape = names("wz_shape")
+        inits.append(numpy_helper.from_array(np.array([-1] + [1] * (rank - 1), np.int64),
+                                             shape))
+        f32 = onnx.TensorProto.FLOAT
+        nodes += [helper.make_node("Cast", [w], [f"{n}_wf"], to=f32),
+                  helper.make_node("Cast", [wz], [f"{n}_wzf"], to=f32),
+                  helper.make_node("Reshape", [f"{n}_wzf", shape], [f"{n}_wzc"]),
+                  helper.make_node("Sub", [f"{n}_wf", f"{n}_wzc"], [f"{n}_w"])]
+    else:
+        if w_axis is not None:
+            ones = names("ones")
+            inits.append(numpy_helper.from_array(np.ones(w_arr.size, np.float32), ones))
+        nodes.append(_dq(w, ones if w_axis is not None else one, wz, f"{n}_w", w_axis))
     conv = helper.make_node("Conv", [f"{n}_x", f"{n}_w"], [f"{n}_y"])
     conv.attribute.extend(node.attribute)
     nodes.append(conv)

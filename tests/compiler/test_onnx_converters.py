@@ -282,3 +282,25 @@ def test_topk_on_types_tvm_cannot_sort_matches_reference(dtype, largest: int, tm
     model = _model(node, [_vi("x", elem, x.shape)],
                    [_vi("v", elem, (3, 5)), _vi("i", T.INT64, (3, 5))], [k])
     _check(model, {"x": x}, tmp_path)
+
+
+@pytest.mark.parametrize("runtime_zero_points", [False, True])
+def test_conv_integer_with_per_channel_zero_points_matches_reference(
+        runtime_zero_points: bool, tmp_path) -> None:
+    # ConvInteger with padding and one weight zero point per output channel, given either as
+    # an initializer (DequantizeLinear with axis 0) or as a graph input (w - wz in float32)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (1, 2, 5, 5), dtype=np.uint8)
+    w = rng.integers(0, 256, (3, 2, 3, 3), dtype=np.uint8)
+    xz, wz = np.array(7, np.uint8), np.array([0, 128, 255], np.uint8)
+    node = helper.make_node("ConvInteger", ["x", "w", "xz", "wz"], ["y"], pads=[1, 1, 1, 1])
+    inputs = [_vi("x", T.UINT8, x.shape), _vi("w", T.UINT8, w.shape), _vi("xz", T.UINT8, ())]
+    feeds = {"x": x, "w": w, "xz": xz}
+    inits = []
+    if runtime_zero_points:
+        inputs.append(_vi("wz", T.UINT8, wz.shape))
+        feeds["wz"] = wz
+    else:
+        inits.append(numpy_helper.from_array(wz, "wz"))
+    model = _model(node, inputs, [_vi("y", T.INT32, (1, 3, 5, 5))], inits, opset=10)
+    _check(model, feeds, tmp_path)
