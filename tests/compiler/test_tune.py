@@ -248,3 +248,48 @@ def test_a_second_model_keeps_the_first_models_verdicts(tmp_path: Path) -> None:
     # a later verdict on a kernel moves its records back
     _partition_log(tmp_path, slower=set(), settled={"a_lost"})
     assert sorted(r[0] for r in _records(tmp_path)) == [0, 1, 3]
+
+
+def _three_matmul_model() -> onnx.ModelProto:
+    """Three MatMul+ReLU layers of different shapes: three kernels to tune."""
+    rng = np.random.default_rng(1)
+    dims = [64, 48, 32, 16]
+    inits, nodes, prev = [], [], "x"
+    for i, (k, n) in enumerate(zip(dims, dims[1:])):
+        inits.append(numpy_helper.from_array(
+            (rng.standard_normal((k, n)) * 0.1).astype(np.float32), f"w{i}"))
+        out = "y" if i == len(dims) - 2 else f"h{i}"
+        nodes += [helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"]),
+                  helper.make_node("Relu", [f"m{i}"], [out])]
+        prev = out
+    graph = helper.make_graph(
+        nodes, "three_matmuls", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (32, 64))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, (32, 16))], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_time_budget_ends_the_first_round_early(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # MetaSchedule's first round sends a batch of every task before joining any; once the
+    # budget is spent (here: as the first batch starts) the other tasks must not be
+    # generated, built or measured, and the measured batch must still reach the log
+    import compiler.tune as tune_mod
+
+    real = tune_mod._Session.out_of_time
+    asked: list[int] = []
+
+    def spent_after_first(session) -> bool:  # the budget runs out as the first batch starts
+        asked.append(1)
+        if len(asked) == 1:
+            session.deadline = time.monotonic()
+            return False
+        return real(session)
+
+    monkeypatch.setattr(tune_mod._Session, "out_of_time", spent_after_first)
+    model = tmp_path / "three.onnx"
+    onnx.save(_three_matmul_model(), str(model))
+    rep = tune(str(model), time_budget_s=3600, log_dir=tmp_path / "logs", progress=False)
+    assert rep.stopped == "time budget reached"
+    measured = [t for t in rep.tasks if t.trials]
+    assert len(rep.tasks) == 3 and len(measured) == 1, [(t.name, t.trials) for t in rep.tasks]
+    assert measured[0].valid > 0 and _all_records(rep.log_dir) == measured[0].trials
