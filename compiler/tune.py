@@ -983,6 +983,8 @@ def tune(
             _measure_defaults(session, tasks, default_mod, tvm_target)
             if session.remote is None:
                 todo = [t for t in todo if not t.report.unmeasurable]
+            # costliest kernels first: under a time budget the first round may not reach all
+            todo.sort(key=lambda t: -t.weight * (t.report.default_ms or 0.0))
             if todo:
                 session.check_stop()
                 _run_search(session, todo, database, tvm_target, work_dir, need)
