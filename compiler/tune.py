@@ -309,6 +309,47 @@ def repair_log(path: Path) -> int:
     return bad
 
 
+def compact_log(path: Path, keep: int = 1) -> tuple[int, int]:
+    """Keep the ``keep`` fastest valid records of each kernel (in each record file) and the
+    workloads they use; return (records before, records after).
+
+    Compile applies only a kernel's best record, so a compacted log compiles to the same
+    kernels in a fraction of the size (what ships in ``tuning_logs/``). Resuming counts the
+    records that are left, so a later ``hwcc tune`` with the same ``--trials`` tunes again.
+    """
+    from .tuning_db import WORKLOADS
+
+    if keep < 1:
+        raise ConfigError(f"keep must be at least 1; got {keep}")
+    repair_log(path)
+    wl_lines = _read_lines(path / WORKLOADS)
+    before = after = 0
+    kept: dict[Path, list[tuple[int, str]]] = {}
+    for rec_path in _record_files(path):
+        best: dict[int, list[tuple[float, int, str]]] = {}
+        for i, line in enumerate(_read_lines(rec_path)):
+            before += 1
+            idx, (_trace, run_secs, *_rest) = json.loads(line)
+            ms_ = _run_ms(run_secs)
+            if ms_ is not None:
+                best.setdefault(idx, []).append((ms_, i, line))
+        kept[rec_path] = sorted(
+            ((i, line) for recs in best.values() for _ms, i, line in sorted(recs)[:keep]))
+        after += len(kept[rec_path])
+    used = sorted({json.loads(line)[0] for lines in kept.values() for _i, line in lines})
+    renumber = {old: new for new, old in enumerate(used)}
+    _write_lines(path / WORKLOADS, [wl_lines[i] for i in used])
+    for rec_path, lines in kept.items():
+        out = []
+        for _i, line in lines:
+            rec = json.loads(line)
+            rec[0] = renumber[rec[0]]
+            out.append(json.dumps(rec, separators=(",", ":")))
+        if rec_path.exists() or out:
+            _write_lines(rec_path, out)
+    return before, after
+
+
 def _prescheduled(task: Any) -> bool:
     """Whether an extracted task's kernel was scheduled by hand before tuning (a pass's own
     kernel, e.g. the sparse BSR kernels, marked ``tirx.is_scheduled``): not tuned."""

@@ -68,6 +68,9 @@ def add_tune_parser(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--rpc-tracker", metavar="HOST:PORT",
                    help="measure on a remote device through this TVM RPC tracker")
     t.add_argument("--rpc-key", metavar="KEY", help="key of the remote device on the tracker")
+    t.add_argument("--compact", action="store_true",
+                   help="after tuning, keep only each kernel's fastest record in the log (what "
+                   "compile uses; much smaller, e.g. to ship; resuming then tunes again)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--json", action="store_true", help="print one JSON object")
     t.set_defaults(func=cmd_tune)
@@ -77,7 +80,7 @@ def add_tune_parser(subparsers: Any) -> argparse.ArgumentParser:
 def cmd_tune(args: argparse.Namespace) -> int:
     """Run ``hwcc tune``; returns the exit code (130 when interrupted, after the report)."""
     from .frontend import parse_input_shapes
-    from .tune import TuningInterrupted, tune
+    from .tune import TuningInterrupted, compact_log, tune
 
     budget = parse_duration(args.time_budget) if args.time_budget else None
     shapes = parse_input_shapes(args.input_shape or [])
@@ -89,10 +92,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
         code = EXIT_OK
     except TuningInterrupted as stop:
         report, code = stop.report, EXIT_INTERRUPTED
+    compacted = compact_log(report.log_dir) if args.compact and code == EXIT_OK else None
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(json.dumps({**report.to_dict(), "compacted": compacted}, indent=2))
     else:
         print_report(report)
+        if compacted:
+            print(f"  compacted    {compacted[0]} -> {compacted[1]} records "
+                  "(each kernel's fastest kept)")
     return code
 
 

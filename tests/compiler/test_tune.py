@@ -293,3 +293,25 @@ def test_time_budget_ends_the_first_round_early(tmp_path: Path,
     measured = [t for t in rep.tasks if t.trials]
     assert len(rep.tasks) == 3 and len(measured) == 1, [(t.name, t.trials) for t in rep.tasks]
     assert measured[0].valid > 0 and _all_records(rep.log_dir) == measured[0].trials
+
+
+def test_compacted_log_keeps_each_kernels_best_record(tuned: dict, tmp_path: Path) -> None:
+    # what ships: the fastest record per kernel and the workloads they use, still loadable
+    from compiler.tune import compact_log
+
+    path = tmp_path / "log"
+    path.mkdir()
+    for p in tuned["path"].iterdir():
+        if p.name in (tuning_db.WORKLOADS, tuning_db.RECORDS, SLOWER):
+            (path / p.name).write_text(p.read_text())
+    (entry,) = read_log(path).values()
+    files = [p for p in (path / tuning_db.RECORDS, path / SLOWER) if p.exists()
+             and p.read_text().strip()]
+    before, after = compact_log(path)
+    assert before == _all_records(tuned["path"]) and after == len(files)
+    (compacted,) = read_log(path).values()
+    assert compacted.records == after
+    assert (compacted.best_ms, compacted.best_slower_ms) == (entry.best_ms, entry.best_slower_ms)
+    assert len(_records(path)) == (1 if entry.best_ms is not None else 0)
+    db, _ = tuning_db.open_database(path, parse_target("host"))
+    assert len(db.get_all_tuning_records()) == len(_records(path))
