@@ -2,7 +2,7 @@
 
     python benchmarks/tuning.py                                   # small CNNs, temp logs
     python benchmarks/tuning.py --models digits_cnn,resnet18,mobilenet_v2,bert \\
-        --time-budget 6m --log-dir tuning_logs                    # the logs hwcc ships
+        --time-budget 4m --log-dir tuning_logs --compact          # the logs hwcc ships
 
 For each model, runs :func:`compiler.tune.tune` (``--trials`` for the whole model, or
 ``--time-budget`` per model; records already in the log count and a second run resumes) and
@@ -64,6 +64,8 @@ def main() -> int:
     p.add_argument("--time-budget", type=parse_duration, default=None, metavar="DURATION",
                    help="tuning time per model, e.g. 6m")
     p.add_argument("--log-dir", help="root of the tuning logs (default: a fresh temp dir)")
+    p.add_argument("--compact", action="store_true",
+                   help="at the end, keep only each kernel's fastest record in the log(s)")
     p.add_argument("--progress", action="store_true", help="show the tuning progress bars")
     p.add_argument("--no-save", action="store_true", help="do not write results/tuning.json")
     args = p.parse_args()
@@ -71,7 +73,7 @@ def main() -> int:
         args.trials = 64
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    from compiler.tune import tune
+    from compiler.tune import compact_log, tune
 
     work = Path(tempfile.mkdtemp(prefix="hwcc-bench-tune-"))
     log_root = Path(args.log_dir).resolve() if args.log_dir else work / "logs"
@@ -98,7 +100,14 @@ def main() -> int:
             "tuned_ms": rep.after_ms, "speedup": rep.speedup,
             "log_dir": str(rep.log_dir.relative_to(ROOT)) if rep.log_dir.is_relative_to(ROOT)
             else None,
+            "_log": rep.log_dir,
         })
+    if args.compact:
+        for path in sorted({r["_log"] for r in rows}):
+            before, after = compact_log(path)
+            print(f"compacted {path}: {before} -> {after} records")
+    for r in rows:
+        del r["_log"]
     cols = [("model", "model"), ("kernels", "kernels"), ("tuned_kernels", "kernels tuned"),
             ("trials", "trials (log)"), ("untuned_ms", "untuned (ms)"),
             ("tuned_ms", "tuned (ms)"), ("speedup", "speed-up")]
