@@ -130,6 +130,9 @@ class _Eliminator:
             sizes = [1] * dim
         if sum(sizes) != dim or any(s < 0 for s in sizes):
             raise NotStatic(node, f"split sizes {sizes} do not add up to dimension {dim}")
+        if not sizes:  # a dimension of 0 without a split: an empty sequence
+            self.seqs[node.output[0]] = []
+            return []
         base = node.output[0] or "split_to_sequence"
         parts = [self.names(f"{base}_part{i}") for i in range(len(sizes))]
         nodes = []

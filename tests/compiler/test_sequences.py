@@ -160,3 +160,15 @@ def test_non_strict_keeps_a_sequence_that_is_not_static_yet() -> None:
                    [helper.make_tensor_value_info("y", F, (2,))])
     out, removed = eliminate_sequences(model)
     assert out is model and removed == 0
+
+
+def test_split_to_sequence_of_an_empty_axis_is_an_empty_sequence() -> None:
+    # a dimension of 0 without a split: no Split node with zero outputs, length 0
+    nodes = [helper.make_node("SplitToSequence", ["x"], ["s"], axis=1),
+             helper.make_node("SequenceLength", ["s"], ["n"])]
+    model = _model(nodes, [helper.make_tensor_value_info("x", F, (2, 0))],
+                   [helper.make_tensor_value_info("n", TensorProto.INT64, ())])
+    out, removed = eliminate_sequences(model, strict=True)
+    assert removed == 2
+    assert [n.op_type for n in out.graph.node] == ["Constant"]
+    assert ReferenceEvaluator(out).run(None, {"x": np.zeros((2, 0), np.float32)})[0] == 0
