@@ -31,6 +31,7 @@ from .int8_dense import Int8Dense
 from .matmul import Matmul
 from .packing import pack_weights
 from .pool import Pool2d
+from .row_reduce import RowReduction
 from .target_info import CPUInfo, cpu_info, is_cpu_target
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ __all__ = [
     "Int8Dense",
     "Matmul",
     "Pool2d",
+    "RowReduction",
     "apply_default_schedules",
     "cpu_info",
     "is_scheduled",
@@ -54,7 +56,7 @@ __all__ = [
 DEFAULT_RULES: tuple[ScheduleRule, ...] = (
     # int8 rules first (u8xs8->s32 blocks only; their pack_plan packs weights to VNNI layout)
     Int8Dense(), Int8Conv2d(),
-    Matmul(), Conv2d(), DepthwiseConv2d(), Pool2d(), Fallback(),
+    Matmul(), Conv2d(), DepthwiseConv2d(), Pool2d(), RowReduction(), Fallback(),
 )
 
 _SCHEDULED_ATTRS = ("tirx.is_scheduled", "tir.is_scheduled")

@@ -276,7 +276,7 @@ def test_avx2_target_matches_reference():
 
 
 def test_fallback_ops_match_reference():
-    """Softmax, max-pool and layer norm go through the fallback rule."""
+    """Max-pool, softmax and layer norm on odd sizes (pool, row-reduction and fallback rules)."""
     nodes = [
         helper.make_node(
             "MaxPool", ["x"], ["p"], kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4
@@ -337,6 +337,55 @@ def test_pool2d_rule_declines_reductions_over_the_last_axis():
     with X86:
         (raw,) = _prim_funcs(_fused(model)).values()
     assert Pool2d().apply(raw, X86, False) is None
+
+
+def _row_norm_models(cols: int):
+    """LayerNorm, softmax over the last axis and an RMSNorm-like chain on [2, 200, cols]."""
+    shape = [2, 200, cols]
+    ln = _model([helper.make_node("LayerNormalization", ["x", "g", "bt"], ["z"], axis=-1)],
+                [_vi("x", shape)], [_vi("z", shape)], [_const("g", (cols,)), _const("bt", (cols,))])
+    sm = _model([helper.make_node("Softmax", ["x"], ["z"], axis=-1)],
+                [_vi("x", shape)], [_vi("z", shape)], [])
+    rms = _model(
+        [helper.make_node("Mul", ["x", "x"], ["sq"]),
+         helper.make_node("ReduceMean", ["sq"], ["ms"], axes=[-1], keepdims=1),
+         helper.make_node("Sqrt", ["ms"], ["r"]),
+         helper.make_node("Div", ["x", "r"], ["n"]),
+         helper.make_node("Mul", ["n", "g"], ["z"])],
+        [_vi("x", shape)], [_vi("z", shape)], [_const("g", (cols,))])
+    return {"layer_norm": ln, "softmax": sm, "rms_norm": rms}
+
+
+@pytest.mark.parametrize("cols", [256, 100, 17])
+@pytest.mark.parametrize("kind", ["layer_norm", "softmax", "rms_norm"])
+def test_row_reduction_rule_matches_reference(kind, cols):
+    """RowReduction: rows in parallel, vector partial sums/maxima where cols allow."""
+    from compiler.schedules.row_reduce import RowReduction
+
+    model = _row_norm_models(cols)[kind]
+    with X86:
+        raw = _prim_funcs(_fused(model))
+    matched = [n for n, f in raw.items() if RowReduction().apply(f, X86, False) is not None]
+    assert matched, f"RowReduction matched none of {sorted(raw)}"
+    mod = _check(model, {"x": RNG.standard_normal((2, 200, cols)).astype("float32")})
+    text = "\n".join(_prim_funcs(mod)[n].script() for n in matched)
+    assert ("T.parallel(" in text) == (400 * cols >= 16384)  # enough work for two threads
+    if cols % 16 == 0:  # AVX-512: 16 float lanes; partial results in one vector
+        assert "_rf" in text and "T.vectorized(" in text
+
+
+def test_row_reduction_rule_declines_other_reductions():
+    """A reduction without a row-wise consumer (ReduceSum over H, W) is not a row norm."""
+    from compiler.schedules.row_reduce import RowReduction
+
+    model = _model(
+        [helper.make_node("ReduceSum", ["x", "ax"], ["y"], keepdims=0)],
+        [_vi("x", [1, 8, 16, 16])], [_vi("y", [1, 8])],
+        [numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "ax")],
+    )
+    with X86:
+        (raw,) = _prim_funcs(_fused(model)).values()
+    assert RowReduction().apply(raw, X86, False) is None
 
 
 def test_vectorizable_erf_exp_match_numpy():
