@@ -119,10 +119,15 @@ def _fuse_passes(tvm_target: Any) -> list[Any]:
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
+    from .winograd import winograd_conv2d
+
     return ([
         # before DecomposeOpsForInference, which would turn BN into 4 elementwise ops per
         # output element (one a divide) and keep a following Clip out of the conv's kernel
         _fold_batch_norm(),
+        # after BN folding (weights are folded constants), before legalization (it rewrites
+        # the high-level nn.conv2d): 3x3 stride-1 convs become Winograd kernels
+        winograd_conv2d(),
         relax.transform.DecomposeOpsForInference(),  # remaining batch_norm etc. in inference form
     ]
             + cpu_generic.library_dispatch_passes(tvm_target)

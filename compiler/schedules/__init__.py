@@ -33,6 +33,7 @@ from .packing import pack_weights
 from .pool import Pool2d
 from .row_reduce import RowReduction
 from .target_info import CPUInfo, cpu_info, is_cpu_target
+from .winograd import Winograd
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ __all__ = [
     "Matmul",
     "Pool2d",
     "RowReduction",
+    "Winograd",
     "apply_default_schedules",
     "cpu_info",
     "is_scheduled",
@@ -56,7 +58,8 @@ __all__ = [
 DEFAULT_RULES: tuple[ScheduleRule, ...] = (
     # int8 rules first (u8xs8->s32 blocks only; their pack_plan packs weights to VNNI layout)
     Int8Dense(), Int8Conv2d(),
-    Matmul(), Conv2d(), DepthwiseConv2d(), Pool2d(), RowReduction(), Fallback(),
+    # Winograd before the others: its batched GEMM would otherwise match as a matmul
+    Winograd(), Matmul(), Conv2d(), DepthwiseConv2d(), Pool2d(), RowReduction(), Fallback(),
 )
 
 _SCHEDULED_ATTRS = ("tirx.is_scheduled", "tir.is_scheduled")
