@@ -127,7 +127,7 @@ def _fuse_passes(tvm_target: Any) -> list[Any]:
         _fold_batch_norm(),
         # after BN folding (weights are folded constants), before legalization (it rewrites
         # the high-level nn.conv2d): 3x3 stride-1 convs become Winograd kernels
-        winograd_conv2d(),
+        winograd_conv2d(target=tvm_target),
         relax.transform.DecomposeOpsForInference(),  # remaining batch_norm etc. in inference form
     ]
             + cpu_generic.library_dispatch_passes(tvm_target)

@@ -69,11 +69,13 @@ def _schedule_input(sch: s_tir.Schedule, st: dict[str, SBlockRV], lanes: int, pa
 def _schedule_gemm(
     sch: s_tir.Schedule, st: dict[str, SBlockRV], lanes: int, registers: int, par: bool
 ):
-    """``M[e] = U[e] V[e]``: a ``columns x channels`` register tile, channels in vectors."""
+    """``M[e] = V[e] U[e]``: a ``tiles x channels`` register tile, channels in vectors."""
     gemm = st["gemm"]
     eps, nu, p, k, rc = sch.get_loops(gemm)
-    k_ext, p_ext = loop_extent(sch, k), loop_extent(sch, p)
-    kv = vector_factor(k_ext, lanes, max_vectors=2)
+    p_ext = loop_extent(sch, p)
+    # the output-channel block of the packed weight U[eps, nu, K / kv, C, kv]
+    (kv,) = {int(region_buffer(r).shape[-1]) for r in sch.get(gemm).reads
+             if len(region_buffer(r).shape) == 5}
     budget = registers * 3 // 4  # accumulators; the rest hold weights and a broadcast
     pt = next((c for c in _GEMM_COLUMNS if p_ext % c == 0 and c * -(-kv // lanes) <= budget), 1)
     ko, ki = sch.split(k, [None, kv])

@@ -101,7 +101,7 @@ def _compile_and_run(model, feeds, config=ANY, target=X86):
     mod = from_onnx(model, keep_params_in_input=False)
     hw_target = parse_target("host")
     passes = lower._fuse_passes(target)
-    passes = [winograd_conv2d(config) if p.info.name == "hwcc.WinogradConv2d" else p
+    passes = [winograd_conv2d(config, target) if p.info.name == "hwcc.WinogradConv2d" else p
               for p in passes]
     with target, lower._pass_context(hw_target):
         fused = tvm.transform.Sequential(passes)(mod)
@@ -132,12 +132,14 @@ def test_transform_matrices_compute_a_3_tap_correlation():
 
 
 def test_weight_transform_layout():
-    """U is [6, 6, C, K] (eps, nu, input channel, output channel) of G w G^T."""
+    """U is [6, 6, K / b, C, b] (eps, nu, output-channel block, input channel, lane) of G w G^T,
+    zero-padded to whole blocks."""
     wt = RNG.standard_normal((5, 3, 3, 3)).astype("float32")
-    u = transform_weight(wt)
+    u = transform_weight(wt, block=4)
     _, _, g = transform_matrices()
-    assert u.shape == (6, 6, 3, 5) and u.dtype == np.float32
-    np.testing.assert_allclose(u[:, :, 1, 4], g @ wt[4, 1] @ g.T, rtol=1e-6, atol=1e-6)
+    assert u.shape == (6, 6, 2, 3, 4) and u.dtype == np.float32
+    np.testing.assert_allclose(u[:, :, 1, 1, 0], g @ wt[4, 1] @ g.T, rtol=1e-6, atol=1e-6)
+    assert not u[:, :, 1, :, 1:].any()
 
 
 @pytest.mark.parametrize(
@@ -175,7 +177,19 @@ def test_small_maps_use_2x2_tiles(h, w, residual):
     (func,) = [f for gv, f in mod.functions_items()
                if isinstance(f, tvm.tirx.PrimFunc) and "winograd" in gv.name_hint]
     shapes = [tuple(int(d) for d in p.shape) for p in func.params]
-    assert (4, 4, 16, 32) in shapes  # U: 4x4 transform points, C, K
+    assert (4, 4, 1, 16, 32) in shapes  # U: 4x4 transform points, K / 32, C, 32
+
+
+def test_asymmetric_padding():
+    """ONNX pads [top, left, bottom, right] = [1, 0, 0, 1]: output 10 x 10 from 11 x 10."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["z"], pads=[1, 0, 0, 1])]
+    w = numpy_helper.from_array(RNG.standard_normal((16, 16, 3, 3)).astype("float32"), "w")
+    graph = helper.make_graph(nodes, "g", [_vi("x", [1, 16, 11, 10])],
+                              [_vi("z", [1, 16, 10, 9])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = {"x": RNG.standard_normal((1, 16, 11, 10)).astype("float32")}
+    mod = _check(model, feeds)
+    assert _calls(mod, "winograd_conv2d") == 1
 
 
 def test_winograd_after_batch_norm_folding():
@@ -207,6 +221,14 @@ def test_ineligible_convs_stay_direct(kwargs, config):
     assert _calls(out, "winograd_conv2d") == 0
 
 
+def test_non_cpu_target_is_left_alone():
+    """Only LLVM CPU targets have a schedule for the kernel."""
+    model, _ = _conv(16, 16, 16, 16)
+    mod = from_onnx(model, keep_params_in_input=False)
+    out = winograd_conv2d(ANY, tvm.target.Target({"kind": "cuda", "arch": "sm_80"}))(mod)
+    assert _calls(out, "relax.nn.conv2d") == 1
+
+
 def test_conv_with_weight_as_input_stays_direct():
     x = relax.Var("x", relax.TensorType((1, 16, 16, 16), "float32"))
     wv = relax.Var("w", relax.TensorType((16, 16, 3, 3), "float32"))
@@ -236,8 +258,8 @@ def test_rule_declines_other_functions():
 
 def test_rule_schedules_the_bare_kernel():
     x = te.placeholder((1, 16, 10, 10), name="x")
-    u = te.placeholder((6, 6, 16, 32), name="u")
-    func = te.create_prim_func([x, u, winograd_te(x, u, (1, 1, 1, 1))])
+    u = te.placeholder((6, 6, 1, 16, 32), name="u")
+    func = te.create_prim_func([x, u, winograd_te(x, u, (1, 1, 1, 1), 32)])
     sch = Winograd().apply(func, X86, False)
     assert sch is not None
     text = sch.mod.script()
