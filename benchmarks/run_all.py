@@ -6,6 +6,13 @@ Each script writes ``benchmarks/results/<name>.json`` with the machine and date;
 table is rendered from those files by ``update_readme.py`` — never typed by hand. The
 conformance run takes the longest (all ONNX node tests in subprocesses); skip it with
 ``--skip conformance`` to keep its last result.
+
+Tuning is not in the default list: it writes the logs that ship in ``tuning_logs/`` (and
+``results/tuning.json``, whose trial counts the models table shows). Run it on its own, alone
+on the machine, before the models table::
+
+    python benchmarks/tuning.py --models digits_cnn,bert,resnet18,mobilenet_v2 \
+        --time-budget 5m --log-dir tuning_logs --compact
 """
 
 from __future__ import annotations
@@ -17,8 +24,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["models", "kernels", "tuning", "prune", "low_rank", "sparse", "quantize", "search",
-           "conformance"]
+SCRIPTS = ["models", "kernels", "prune", "low_rank", "sparse", "quantize", "search", "conformance"]
 
 
 def main() -> int:
