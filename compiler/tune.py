@@ -107,6 +107,9 @@ class TaskReport:
         Its default schedule built but did not run on random inputs (e.g. a gather whose
         indices then fall out of bounds): candidates could not be measured either, so it was
         not tuned.
+    no_design_space : str or None
+        MetaSchedule could not generate a search space for this kernel (its error's last
+        line); the kernel keeps hwcc's default schedule and was not tuned.
     used : bool
         ``compile`` applies a tuned schedule to this kernel (it has records, and its best
         beat the default schedule).
@@ -123,6 +126,7 @@ class TaskReport:
     best_ms: float | None = None
     skipped: bool = False
     unmeasurable: bool = False
+    no_design_space: str | None = None
     used: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,7 +135,7 @@ class TaskReport:
                 "run_errors": self.run_errors, "records": self.records,
                 "default_ms": _round(self.default_ms), "best_ms": _round(self.best_ms),
                 "skipped": self.skipped, "unmeasurable": self.unmeasurable,
-                "used": self.used}
+                "no_design_space": self.no_design_space, "used": self.used}
 
 
 @dataclass
@@ -1024,6 +1028,7 @@ def tune(
             _measure_defaults(session, tasks, default_mod, tvm_target)
             if session.remote is None:
                 todo = [t for t in todo if not t.report.unmeasurable]
+            todo = [t for t in todo if _has_design_space(t, tvm_target)]
             # costliest kernels first: under a time budget the first round may not reach all
             todo.sort(key=lambda t: -t.weight * (t.report.default_ms or 0.0))
             if todo:
@@ -1091,6 +1096,31 @@ def _settle_log(path: Path, tasks: list[_Task]) -> None:
     _partition_log(path, slower, {t.shash for t in tasks if t.report.default_ms is not None})
 
 
+def _tune_context(t: _Task, tvm_target: Any, strategy: Any, seed: int | None) -> Any:
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.TuneContext(
+        mod=t.mod, target=tvm_target, space_generator="post-order-apply",
+        search_strategy=strategy, task_name=t.name, rand_state=seed if seed is not None else -1,
+        num_threads="physical", logger=logging.getLogger(f"{__name__}.metaschedule"))
+
+
+def _has_design_space(t: _Task, tvm_target: Any) -> bool:
+    """Whether MetaSchedule can generate the search space of ``t`` (hwcc's own kernels, e.g.
+    Winograd's gather-transform-GEMM, can defeat its schedule rules: one such kernel would
+    otherwise end the whole run). A kernel without one keeps its default schedule."""
+    try:
+        spaces = _tune_context(t, tvm_target, "evolutionary", None).generate_design_space()
+        if not spaces:
+            raise ValueError("empty design space")
+    except Exception as err:  # noqa: BLE001 - TVM raises many types from its schedule rules
+        t.report.no_design_space = _last_line(err)
+        logger.warning("%s: MetaSchedule cannot generate its search space (%s); it keeps the "
+                       "default schedule", t.name, t.report.no_design_space)
+        return False
+    return True
+
+
 def _run_search(session: _Session, todo: list[_Task], database: Any, tvm_target: Any,
                 work_dir: Path, need: Mapping[str, int]) -> None:
     from tvm.s_tir import meta_schedule as ms
@@ -1100,12 +1130,8 @@ def _run_search(session: _Session, todo: list[_Task], database: Any, tvm_target:
     contexts, weights = [], []
     for i, (t, seed) in enumerate(zip(todo, fork_seed(None, n=len(todo)))):
         t.index = i
-        ctx = ms.TuneContext(
-            mod=t.mod, target=tvm_target, space_generator="post-order-apply",
-            search_strategy=_make_bounded_search(ms.search_strategy.EvolutionarySearch(),
-                                                 session),
-            task_name=t.name, rand_state=seed,
-            num_threads="physical", logger=logging.getLogger(f"{__name__}.metaschedule"))
+        ctx = _tune_context(t, tvm_target, _make_bounded_search(
+            ms.search_strategy.EvolutionarySearch(), session), seed)
         contexts.append(ctx.clone())
         weights.append(float(t.weight))
     per_task = max(need.values())

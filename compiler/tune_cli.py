@@ -119,6 +119,8 @@ def print_report(report: Any) -> None:
         note = "skipped (enough records)" if r["skipped"] else ""
         if r.get("unmeasurable"):
             note = "not tuned (default schedule does not run on random inputs)"
+        if r.get("no_design_space"):
+            note = "not tuned (MetaSchedule has no search space for it)"
         if r["best_ms"] is not None and not r["used"]:
             note = (note + "; " if note else "") + "default kept (tuned not 10% faster)"
         print(f"  {r['name']:<{w}}  {r['weight']:>5}  {r['trials']:>6}  {r['valid']:>5}  "

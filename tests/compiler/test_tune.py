@@ -315,3 +315,28 @@ def test_compacted_log_keeps_each_kernels_best_record(tuned: dict, tmp_path: Pat
     assert len(_records(path)) == (1 if entry.best_ms is not None else 0)
     db, _ = tuning_db.open_database(path, parse_target("host"))
     assert len(db.get_all_tuning_records()) == len(_records(path))
+
+
+def test_kernel_without_design_space_is_skipped_not_fatal(tmp_path: Path) -> None:
+    # hwcc's Winograd kernel defeats MetaSchedule's schedule rules (no search space): it keeps
+    # its default schedule and the run tunes the other kernels instead of failing
+    rng = np.random.default_rng(2)
+    w1 = numpy_helper.from_array((rng.standard_normal((16, 16, 3, 3)) * 0.1).astype(np.float32),
+                                 "w1")
+    w2 = numpy_helper.from_array((rng.standard_normal((32, 16, 1, 1)) * 0.1).astype(np.float32),
+                                 "w2")
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"]),
+             helper.make_node("Relu", ["c2"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "wino", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (1, 16, 16, 16))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, (1, 32, 16, 16))], [w1, w2])
+    model = tmp_path / "wino.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+    rep = tune(str(model), trials=8, log_dir=tmp_path / "logs", progress=False)
+    by_name = {t.name: t for t in rep.tasks}
+    wino = [t for n, t in by_name.items() if "winograd" in n]
+    assert wino and all(t.no_design_space and t.trials == 0 for t in wino), by_name
+    assert rep.valid_trials > 0
+    assert all(t.no_design_space is None for n, t in by_name.items() if "winograd" not in n)
