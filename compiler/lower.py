@@ -160,6 +160,58 @@ def mark_layout_free(mod) -> Any:
     return relax.transform.AttachAttrLayoutFreeBuffers()(mod)
 
 
+_PREPROC = "meta_schedule.layout_rewrite_preproc"
+
+
+def _rewrites_layout(func) -> bool:
+    """Whether a tuned PrimFunc still re-lays-out a weight inside (a RewriteLayout block)."""
+    import tvm_ffi
+    from tvm import s_tir
+
+    found = []
+
+    def note(block):
+        if block.annotations is not None and _PREPROC in block.annotations:
+            found.append(block)
+        return block
+
+    tvm_ffi.structural_map(func, [(s_tir.SBlock, note)])
+    return bool(found)
+
+
+def _apply_records(mod, database) -> tuple[Any, int]:
+    """Apply the database's records (tuned kernels get ``tirx.is_scheduled``); return the
+    module and how many kernels were tuned. With no record for any kernel the module comes
+    back unchanged, so a log made for other models changes nothing."""
+    import tvm
+    from tvm import relax, tirx
+
+    before = {n for n, f in _primfuncs(mod).items() if _is_scheduled(f)}
+    with database:
+        applied = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(
+            mark_layout_free(mod))
+    funcs = _primfuncs(applied)
+    tuned = {n for n, f in funcs.items() if _is_scheduled(f)} - before
+    if not tuned:
+        return mod, 0
+    split = {n for n in tuned if _rewrites_layout(funcs[n])}
+    if split:
+        # those records re-lay-out a weight inside the kernel (MetaSchedule's RewriteLayout):
+        # split that step out and run it once, on the constant, here. TVM's pass inspects
+        # every PrimFunc and rejects some it need not touch (hand-scheduled sparse kernels,
+        # scans), so it sees only the Relax functions and the kernels to split.
+        keep = tvm.IRModule(
+            {gv: f for gv, f in applied.functions_items()
+             if not isinstance(f, tirx.PrimFunc) or gv.name_hint in split},
+            attrs=applied.attrs, global_infos=applied.global_infos)
+        done = relax.transform.SplitLayoutRewritePreproc()(keep)
+        for gv, f in applied.functions_items():
+            if isinstance(f, tirx.PrimFunc) and gv.name_hint not in split:
+                done[gv] = f
+        applied = relax.transform.FoldConstant()(done)
+    return applied, len(tuned)
+
+
 def lower_cpu(mod, target: Target, database: Any = None) -> tuple[Any, LowerStats]:
     """Legalize, fuse, schedule (tuned records, then defaults) and lower to VM form."""
     import tvm
@@ -174,15 +226,7 @@ def lower_cpu(mod, target: Target, database: Any = None) -> tuple[Any, LowerStat
         mod = tvm.transform.Sequential(_fuse_passes(tvm_target))(mod)
         stats.kernels = len(_primfuncs(mod))
         if database is not None:
-            # tuned schedules first: they mark their kernels tirx.is_scheduled
-            mod = mark_layout_free(mod)
-            with database:
-                mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
-            stats.tuned = sum(_is_scheduled(f) for f in _primfuncs(mod).values())
-            # a record whose schedule re-lays-out a weight (MetaSchedule's RewriteLayout) left
-            # that step in the kernel: split it out and run it once, on the constant, here
-            mod = relax.transform.SplitLayoutRewritePreproc()(mod)
-            mod = relax.transform.FoldConstant()(mod)
+            mod, stats.tuned = _apply_records(mod, database)
         if target.kind == "llvm":
             # defaults for the rest; already-scheduled kernels are left alone
             mod = apply_default_schedules(mod, tvm_target)

@@ -340,3 +340,29 @@ def test_kernel_without_design_space_is_skipped_not_fatal(tmp_path: Path) -> Non
     assert wino and all(t.no_design_space and t.trials == 0 for t in wino), by_name
     assert rep.valid_trials > 0
     assert all(t.no_design_space is None for n, t in by_name.items() if "winograd" not in n)
+
+
+def test_records_apply_next_to_kernels_tvm_cannot_split(tuned: dict, tmp_path: Path) -> None:
+    # a tuned kernel whose record re-lays-out its weight, in a model that also has a scan
+    # (CumSum): TVM's SplitLayoutRewritePreproc rejects such kernels, so compile must apply
+    # the record without showing it the others (it failed the whole build before)
+    import compiler
+
+    path = tmp_path / "log"
+    path.mkdir()
+    lines = []
+    for name in (tuning_db.RECORDS, SLOWER):  # whatever the settle decided: apply them
+        if (tuned["path"] / name).exists():
+            lines += [ln for ln in (tuned["path"] / name).read_text().splitlines() if ln]
+    (path / tuning_db.RECORDS).write_text("".join(ln + "\n" for ln in lines))
+    (path / tuning_db.WORKLOADS).write_text((tuned["path"] / tuning_db.WORKLOADS).read_text())
+    model = _matmul_relu_model()
+    g = model.graph
+    g.node.append(helper.make_node("CumSum", ["y", "axis"], ["c"]))
+    g.initializer.append(numpy_helper.from_array(np.array(1, dtype=np.int64), "axis"))
+    g.output[0].CopyFrom(helper.make_tensor_value_info("c", TensorProto.FLOAT, (32, 64)))
+    f = tmp_path / "matmul_cumsum.onnx"
+    onnx.save(model, str(f))
+    art = compiler.compile(str(f), output_dir=tmp_path / "a", tuning_log=path)
+    assert art.manifest["kernels"]["tuned"] == 1
+    assert art.manifest["verification"]["max_abs_err"] < 1e-3
