@@ -215,7 +215,6 @@ def _apply_records(mod, database) -> tuple[Any, int]:
 def lower_cpu(mod, target: Target, database: Any = None) -> tuple[Any, LowerStats]:
     """Legalize, fuse, schedule (tuned records, then defaults) and lower to VM form."""
     import tvm
-    from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
     from .schedules import apply_default_schedules
