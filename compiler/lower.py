@@ -208,7 +208,8 @@ def _apply_records(mod, database) -> tuple[Any, int]:
         for gv, f in applied.functions_items():
             if isinstance(f, tirx.PrimFunc) and gv.name_hint not in split:
                 done[gv] = f
-        applied = relax.transform.FoldConstant()(done)
+        # the split-out steps ran on the constants; drop the functions no longer called
+        applied = relax.transform.DeadCodeElimination()(relax.transform.FoldConstant()(done))
     return applied, len(tuned)
 
 
