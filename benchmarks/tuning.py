@@ -1,8 +1,8 @@
 """Tune models with ``compiler.tune`` and report untuned vs tuned latency and the trials spent.
 
     python benchmarks/tuning.py                                   # small CNNs, temp logs
-    python benchmarks/tuning.py --models digits_cnn,resnet18,mobilenet_v2,bert \\
-        --time-budget 4m --log-dir tuning_logs --compact          # the logs hwcc ships
+    python benchmarks/tuning.py --models digits_cnn,bert,resnet18,mobilenet_v2 \\
+        --time-budget 5m --log-dir tuning_logs --compact          # the logs hwcc ships
 
 For each model, runs :func:`compiler.tune.tune` (``--trials`` for the whole model, or
 ``--time-budget`` per model; records already in the log count and a second run resumes) and
@@ -14,8 +14,9 @@ not 10% faster than the default schedule keep the default (``compiler.tune``'s r
 Models: ``digits_cnn`` (``examples/``), ``resnet_block_cnn`` (``tests/models.py``) and the
 benchmark models of ``benchmarks/model_zoo.py`` (``resnet18``, ``mobilenet_v2``, ``bert``).
 Without ``--log-dir`` the records go to a fresh temporary directory, so ``tuning_logs/`` is
-left alone; results go to ``benchmarks/results/tuning.json`` (``benchmarks/models.py`` reads
-the trial counts from it for its "hwcc tuned" column).
+left alone, and the table is only printed. With it, results go to
+``benchmarks/results/tuning.json`` (``benchmarks/models.py`` reads the trial counts of the
+shipped logs from it for its "hwcc tuned" column), unless ``--no-save``.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def main() -> int:
     m = machine()
     print(f"\nMetaSchedule tuning — {machine_line(m)}\n")
     print(table(rows, cols))
-    if not args.no_save:
+    if args.log_dir and not args.no_save:  # a scratch run must not replace the shipped run's
         budget = (f"{args.time_budget:.0f} s per model" if args.time_budget
                   else f"{args.trials} trials per model")
         save_results("tuning", rows, {

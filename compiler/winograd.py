@@ -18,9 +18,9 @@ lookups, no multiplies by 0 or +-1), selected per tile position by ``Select`` ch
 become constant once the schedule unrolls the tile loops.
 
 The matrices are TVM's (``topi.nn.winograd_util``): interpolation points
-``0, -1, 1, 1/2, -2`` chosen for accuracy (Barabasz et al., arXiv 1803.10986). Against
-onnxruntime the result differs by ~2e-6 of the output's magnitude on random data (a direct
-float32 conv: ~1e-6).
+``0, -1, 1, 1/2, -2`` chosen for accuracy (Barabasz et al., arXiv 1803.10986). The rounding
+error is a few times a direct float32 conv's; ``tests/compiler/test_winograd.py`` holds it to
+2e-5 of the output's magnitude against ``onnx.reference``.
 
 Multiplies per output: 36 * C / 16 instead of 9 * C (4x fewer); the transforms add work that
 does not shrink with the channel count, and the transformed weight is 4x the original, so
@@ -29,11 +29,8 @@ transform points, see :class:`WinogradConfig`). ``HWCC_WINOGRAD=0`` turns the re
 
 The transformed weight is stored in output-channel blocks ``U[eps, nu, K / b, C, b]`` (``b`` =
 the GEMM's register tile, two vectors of the target) so that the GEMM streams it contiguously:
-with a plain ``[eps, nu, C, K]`` layout the 2 KB stride between rows defeated the hardware
-prefetcher and the 512-channel GEMM ran at 20 GFLOP/s instead of 95.
-
-Measured on one core (AVX-512), kernel alone, direct -> Winograd: 64 ch 56x56 2.2 -> 0.74 ms,
-128 ch 28x28 2.1 -> 0.62 ms, 256 ch 14x14 2.1 -> 0.76 ms, 512 ch 7x7 (2x2 tiles) 2.0 -> 1.3 ms.
+with a plain ``[eps, nu, C, K]`` layout the KB-sized stride between rows defeats the
+hardware prefetcher. ``python benchmarks/models.py`` shows the effect on ResNet-18.
 """
 
 from __future__ import annotations
@@ -79,8 +76,8 @@ class WinogradConfig:
         more than the multiplies saved.
     small_maps : bool
         Use F(2x2, 3x3) where 4x4 tiles are too few but 2x2 tiles are enough (a 7x7 map: 16
-        tiles; 2.25x fewer multiplies instead of 4x, with a weight 16/9 the size). Default on:
-        ResNet-18's 512-channel 7x7 conv took 1.6 ms that way against 2.2 ms direct (one core).
+        tiles; 2.25x fewer multiplies instead of 4x, with a weight 16/9 the size). Default on
+        (hand-timed faster than direct on ResNet-18's 512-channel 7x7 maps).
     """
 
     enabled: bool = True
