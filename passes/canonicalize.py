@@ -29,6 +29,7 @@ Options (:class:`CanonicalizeConfig`): ``fold_batch_norm`` (default True),
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -237,12 +238,15 @@ _TE_OPS = {
 }
 
 
-def _te_op(mod: tvm.IRModule, call: relax.Call) -> relax.Expr | None:
-    """The Relax op call equivalent to ``call_tir(maximum|minimum, (x, c))``, or None."""
+def relax_op_of_te_call(mod: tvm.IRModule, call: relax.Call) -> relax.Expr | None:
+    """The Relax op call equivalent to ``call_tir(maximum|minimum, (x, c))``, or None (the
+    callee is checked to be structurally TOPI's kernel, not just named like it)."""
     if op_name(call) != "relax.call_tir" or not isinstance(call.args[1], relax.Tuple):
         return None
     gv, args = call.args[0], list(call.args[1].fields)
-    entry = _TE_OPS.get(gv.name_hint)
+    # the importer names them maximum, maximum1, ...: the structural check below decides
+    base = re.sub(r"\d+$", "", gv.name_hint)
+    entry = _TE_OPS.get(base)
     if entry is None or len(args) != 2 or not any(is_const(a) for a in args):
         return None
     te_fn, relax_op = entry
@@ -250,7 +254,7 @@ def _te_op(mod: tvm.IRModule, call: relax.Call) -> relax.Expr | None:
     bb = relax.BlockBuilder()
     with bb.function("probe", [p for p in params if not is_const(p)]):
         bb.emit_func_output(bb.emit_te(te_fn, *params))
-    ref = bb.get()[gv.name_hint]
+    ref = bb.get()[base]
     if not tvm_ffi.structural_equal(ref, mod[gv], map_free_vars=True):
         return None
     return relax_op(*args)
@@ -258,7 +262,7 @@ def _te_op(mod: tvm.IRModule, call: relax.Call) -> relax.Expr | None:
 
 def _rewrite_te_ops(mod: tvm.IRModule) -> tvm.IRModule:
     func = main_function(mod)
-    found = {b.var: _te_op(mod, b.value) for b in bindings(func)}
+    found = {b.var: relax_op_of_te_call(mod, b.value) for b in bindings(func)}
     found = {k: v for k, v in found.items() if v is not None}
     if not found:
         return mod

@@ -49,6 +49,33 @@ def test_clip_call_tir_becomes_relax_ops() -> None:
     assert counts["relax.maximum"] == 2 and counts["relax.minimum"] == 2
 
 
+def test_clips_of_different_shapes_all_become_relax_ops() -> None:
+    """The importer names the kernels of a second Clip shape maximum1/minimum1; those are
+    recognised too (the PrimFunc's structure decides, not its name)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(8, 4, 1, 1)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+             numpy_helper.from_array(np.array(6.0, np.float32), "hi")]
+    nodes = [helper.make_node("Clip", ["input", "lo", "hi"], ["c1"]),
+             helper.make_node("Conv", ["c1", "w"], ["y"]),
+             helper.make_node("Clip", ["y", "lo", "hi"], ["output"])]
+    graph = helper.make_graph(
+        nodes, "two_clips", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4, 5, 5])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 8, 5, 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    before = imported(model)
+    names = {b.value.args[0].name_hint for b in bindings(main_function(before))
+             if op_name(b.value) == "relax.call_tir"}
+    assert names == {"maximum", "minimum", "maximum1", "minimum1"}
+    after = apply(Canonicalize(), before)
+    counts = op_counts(after)
+    assert "relax.call_tir" not in counts
+    assert counts["relax.maximum"] == 2 and counts["relax.minimum"] == 2
+    xs = {"input": rng.normal(size=(2, 1, 4, 5, 5)).astype(np.float32) * 5}
+    np.testing.assert_allclose(run(after, xs)[0], onnx_reference(model, xs), rtol=1e-5, atol=1e-5)
+
+
 def _bn_on_input_model() -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     inits = [
