@@ -119,12 +119,16 @@ def _fuse_passes(tvm_target: Any) -> list[Any]:
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
+    from .expand_depthwise import fuse_expand_depthwise
     from .winograd import winograd_conv2d
 
     return ([
         # before DecomposeOpsForInference, which would turn BN into 4 elementwise ops per
         # output element (one a divide) and keep a following Clip out of the conv's kernel
         _fold_batch_norm(),
+        # after BN folding (folded constant weights and biases), before legalization:
+        # 1x1 expansion -> activation -> depthwise conv chains become one kernel
+        fuse_expand_depthwise(target=tvm_target),
         # after BN folding (weights are folded constants), before legalization (it rewrites
         # the high-level nn.conv2d): 3x3 stride-1 convs become Winograd kernels
         winograd_conv2d(target=tvm_target),

@@ -24,6 +24,7 @@ from tvm.s_tir.dlight import ScheduleRule
 
 from .conv2d import Conv2d
 from .depthwise import DepthwiseConv2d
+from .expand_depthwise import ExpandDepthwise
 from .fallback import Fallback
 from .fast_math import vectorizable_math
 from .int8_conv2d import Int8Conv2d  # int8 rules (VNNI): first, only integer kernels match
@@ -42,6 +43,7 @@ __all__ = [
     "CPUInfo",
     "Conv2d",
     "DepthwiseConv2d",
+    "ExpandDepthwise",
     "Fallback",
     "Int8Conv2d",
     "Int8Dense",
@@ -58,8 +60,9 @@ __all__ = [
 DEFAULT_RULES: tuple[ScheduleRule, ...] = (
     # int8 rules first (u8xs8->s32 blocks only; their pack_plan packs weights to VNNI layout)
     Int8Dense(), Int8Conv2d(),
-    # Winograd before the others: its batched GEMM would otherwise match as a matmul
-    Winograd(), Matmul(), Conv2d(), DepthwiseConv2d(), Pool2d(), RowReduction(), Fallback(),
+    # Winograd and the fused expansion+depthwise kernel before the others: their blocks would
+    # otherwise match as a matmul / conv
+    Winograd(), ExpandDepthwise(), Matmul(), Conv2d(), DepthwiseConv2d(), Pool2d(), RowReduction(), Fallback(),
 )
 
 _SCHEDULED_ATTRS = ("tirx.is_scheduled", "tir.is_scheduled")

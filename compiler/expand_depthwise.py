@@ -1,0 +1,402 @@
+"""Expansion 1x1 conv -> activation -> depthwise conv as one kernel (MobileNet's inverted residual).
+
+:func:`fuse_expand_depthwise` is a Relax module pass that runs before legalization, after
+batch-norm folding (so that weights and biases are folded constants). It finds the chain ::
+
+    e = conv2d(x, w1)     1x1, stride 1, no padding, groups 1, constant weight
+    e = add(e, b1)        optional; constant bias, one value per channel (or one for all)
+    e = act(e)            optional; any chain of ReLU / Clip / maximum / minimum with constants
+    d = conv2d(e, w2)     depthwise: groups = channels, one 2-D filter per channel, constant
+
+(NCHW, float32, static shapes, dilation 1, each intermediate used only by the next step, the
+channel count a multiple of the target's vector lanes) and replaces it by one ``call_tir`` of
+:func:`expand_depthwise_te`. The scheduled kernel
+(:class:`compiler.schedules.expand_depthwise.ExpandDepthwise`) never writes ``e`` to memory:
+each task computes the expansion for one block of ``lanes`` channels (and, on large maps, a
+band of rows) into a zero-padded, channel-innermost tile that the depthwise conv then reads
+from cache. In MobileNetV2 the expansion outputs are the largest tensors of the network (4.8 MB
+at 112x112); written to memory and read back by a separate depthwise kernel they cost more than
+their arithmetic (``benchmarks/models.py`` shows the effect on the whole model).
+
+The depthwise conv's own bias and activation are not part of the rewrite: the kernel is
+annotated ``op_pattern = kOutEWiseFusable``, so ``FuseOps`` fuses them after it as usual.
+Clip arrives from the ONNX importer as ``call_tir`` of TOPI's ``maximum`` / ``minimum``; those
+are recognised by :func:`passes.canonicalize.relax_op_of_te_call` (which checks the PrimFunc).
+
+``HWCC_EXPAND_DW=0`` turns the rewrite off.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: Name prefix of the kernel's blocks (the schedule rule finds them by it).
+BLOCK_PREFIX = "hwcc_expand_dw_"
+
+#: ``(op, constant)`` steps of the activation between the two convolutions, applied in order;
+#: op is ``"max"`` or ``"min"`` (ReLU is ``("max", 0.0)``, Clip a max and a min).
+Activation = tuple[tuple[str, float], ...]
+
+
+def _env_enabled() -> bool:
+    return os.environ.get("HWCC_EXPAND_DW", "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def expand_depthwise_te(data, w1, b1, w2, acts: Activation, stride: tuple[int, int],
+                        padding: tuple[int, int, int, int]):
+    """TE compute of ``depthwise(act(conv1x1(data, w1) + b1), w2)``.
+
+    Parameters
+    ----------
+    data : te.Tensor
+        ``[N, K, H, W]`` float32.
+    w1 : te.Tensor
+        Expansion weight packed ``[C / L, K, L]`` (``L`` = the target's vector lanes).
+    b1 : te.Tensor
+        Expansion bias ``[C]``.
+    w2 : te.Tensor
+        Depthwise weight packed ``[C / L, KH, KW, L]``.
+    acts : Activation
+        The activation steps, in order.
+    stride : tuple of int
+        Depthwise stride ``(sy, sx)``.
+    padding : tuple of int
+        Depthwise zero padding ``(top, left, bottom, right)``.
+
+    Returns
+    -------
+    te.Tensor
+        The depthwise conv's output ``[N, C, OH, OW]`` (before its own bias/activation).
+    """
+    from tvm import te, tirx
+
+    n, k, h, w = (int(s) for s in data.shape)
+    blocks, _, lanes = (int(s) for s in w1.shape)
+    _, kh, kw, _ = (int(s) for s in w2.shape)
+    channels = blocks * lanes
+    sy, sx = stride
+    top, left, bottom, right = padding
+    oh, ow = (h + top + bottom - kh) // sy + 1, (w + left + right - kw) // sx + 1
+    f32 = "float32"
+
+    rk = te.reduce_axis((0, k), name="rk")
+    expand = te.compute(
+        (n, blocks, h, w, lanes),
+        lambda b, co, y, x, ci: te.sum(data[b, rk, y, x] * w1[co, rk, ci], axis=rk),
+        name=BLOCK_PREFIX + "expand",
+    )
+
+    def activate(value):
+        for op, c in acts:
+            bound = tirx.const(c, f32)
+            value = te.max(value, bound) if op == "max" else te.min(value, bound)
+        return value
+
+    padded = te.compute(
+        (n, blocks, h + top + bottom, w + left + right, lanes),
+        lambda b, co, yy, xx, ci: te.if_then_else(
+            tirx.all(yy >= top, yy < top + h, xx >= left, xx < left + w),
+            activate(expand[b, co, yy - top, xx - left, ci] + b1[co * lanes + ci]),
+            tirx.const(0.0, f32),
+        ),
+        name=BLOCK_PREFIX + "pad",
+    )
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+    return te.compute(
+        (n, channels, oh, ow),
+        lambda b, c, oy, ox: te.sum(
+            padded[b, c // lanes, oy * sy + ry, ox * sx + rx, c % lanes]
+            * w2[c // lanes, ry, rx, c % lanes],
+            axis=[ry, rx],
+        ),
+        name=BLOCK_PREFIX + "depthwise",
+    )
+
+
+def pack_expand_weight(w1: np.ndarray, lanes: int) -> np.ndarray:
+    """``[C, K, 1, 1]`` -> ``[C / L, K, L]``: each block's channels innermost."""
+    c, k = w1.shape[:2]
+    return np.ascontiguousarray(w1.reshape(c // lanes, lanes, k).transpose(0, 2, 1))
+
+
+def pack_depthwise_weight(w2: np.ndarray, lanes: int) -> np.ndarray:
+    """``[C, 1, KH, KW]`` -> ``[C / L, KH, KW, L]``."""
+    c, _, kh, kw = w2.shape
+    return np.ascontiguousarray(w2.reshape(c // lanes, lanes, kh, kw).transpose(0, 2, 3, 1))
+
+
+@dataclass
+class _Match:
+    data: Any  # the expansion conv's input (an original Relax var or expr)
+    w1: np.ndarray
+    b1: np.ndarray
+    acts: Activation
+    w2: np.ndarray
+    stride: tuple[int, int]
+    padding: tuple[int, int, int, int]
+
+
+def _op_name(expr) -> str | None:
+    from tvm import relax
+
+    if isinstance(expr, relax.Call) and hasattr(expr.op, "name"):
+        return str(expr.op.name)
+    return None
+
+
+def _static_shape(expr) -> list[int] | None:
+    import tvm
+    from tvm import relax
+
+    ty = expr.ty
+    if not isinstance(ty, relax.TensorType) or ty.shape is None:
+        return None
+    dims = ty.shape.values
+    if not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
+        return None
+    return [int(d) for d in dims]
+
+
+def _float32(expr) -> bool:
+    from tvm import relax
+
+    return isinstance(expr.ty, relax.TensorType) and expr.ty.dtype == "float32"
+
+
+def _plain_nchw(attrs) -> bool:
+    out_dtype = str(attrs.out_dtype) if attrs.out_dtype is not None else ""
+    return ((attrs.data_layout, attrs.kernel_layout, attrs.out_layout) == ("NCHW", "OIHW", "NCHW")
+            and out_dtype in ("", "void", "float32")
+            and [int(d) for d in attrs.dilation] == [1, 1])
+
+
+def _is_const(expr) -> bool:
+    import tvm
+
+    return isinstance(expr, tvm.ir.expr.Constant)
+
+
+def _const_array(expr) -> np.ndarray:
+    return expr.value.numpy()
+
+
+def _scalar_const(expr) -> float | None:
+    import tvm
+
+    if isinstance(expr, tvm.tirx.FloatImm | tvm.tirx.IntImm):
+        return float(expr.value)
+    if _is_const(expr) and _const_array(expr).size == 1:
+        return float(_const_array(expr).reshape(()))
+    return None
+
+
+def _activation_step(mod, call) -> tuple[Any, list[tuple[str, float]]] | None:
+    """``(input, steps)`` when ``call`` is one elementwise activation with constant bounds."""
+    from passes.canonicalize import relax_op_of_te_call
+
+    name = _op_name(call)
+    out_shape = _static_shape(call)
+    if name == "relax.call_tir":
+        call = relax_op_of_te_call(mod, call)
+        if call is None:
+            return None
+        name = _op_name(call)
+    if name == "relax.nn.relu":
+        return call.args[0], [("max", 0.0)]
+    if name == "relax.clip":
+        lo, hi = _scalar_const(call.args[1]), _scalar_const(call.args[2])
+        if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+            return None
+        return call.args[0], [("min", hi), ("max", lo)]  # relax.clip = max(min(x, hi), lo)
+    if name in ("relax.maximum", "relax.minimum"):
+        a, b = call.args
+        bound, x = (_scalar_const(b), a) if _scalar_const(b) is not None else (_scalar_const(a), b)
+        if bound is None or math.isnan(bound) or _scalar_const(x) is not None:
+            return None
+        if out_shape is None or _static_shape(x) != out_shape:
+            return None
+        return x, [("max" if name == "relax.maximum" else "min", bound)]
+    return None
+
+
+class _Matcher:
+    """Finds the chains of one Relax function (see the module docstring)."""
+
+    def __init__(self, mod, func, lanes: int) -> None:
+        from tvm import relax
+
+        self.mod = mod
+        self.lanes = lanes
+        self.bound: dict[Any, Any] = {}
+        self.uses: dict[Any, int] = {}
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                if isinstance(binding, relax.VarBinding):
+                    self.bound[binding.var] = binding.value
+                    self._count(binding.value)
+        self._count(func.body.body)
+
+    def _count(self, expr) -> None:
+        from tvm import relax
+
+        for v in relax.analysis.free_vars(expr):
+            self.uses[v] = self.uses.get(v, 0) + 1
+
+    def _single_producer(self, var):
+        """The value bound to ``var`` if ``var`` is a binding used exactly once, else None."""
+        from tvm import relax
+
+        if not isinstance(var, relax.Var) or self.uses.get(var, 0) != 1:
+            return None
+        return self.bound.get(var)
+
+    def match(self, call) -> _Match | None:
+        from tvm import relax
+
+        if _op_name(call) != "relax.nn.conv2d" or not _plain_nchw(call.attrs):
+            return None
+        e, w2 = call.args
+        if not _is_const(w2) or not _float32(e) or not _float32(w2):
+            return None
+        eshape, wshape = _static_shape(e), _static_shape(w2)
+        if eshape is None or wshape is None or len(eshape) != 4:
+            return None
+        channels = eshape[1]
+        if int(call.attrs.groups) != channels or wshape[:2] != [channels, 1]:
+            return None
+        if channels % self.lanes != 0:
+            return None
+        acts: list[tuple[str, float]] = []
+        value = self._single_producer(e)
+        while value is not None:
+            step = _activation_step(self.mod, value)
+            if step is None:
+                break
+            inner, ops = step
+            acts[:0] = ops
+            value = self._single_producer(inner)
+        if value is None:
+            return None
+        bias = np.zeros(channels, np.float32)
+        if _op_name(value) == "relax.add":
+            a, b = value.args
+            if _is_const(a):
+                a, b = b, a
+            if not _is_const(b) or not _float32(b):
+                return None
+            bv = _const_array(b)
+            if bv.size == 1:
+                bias[:] = bv.reshape(())
+            elif bv.ndim <= 4 and bv.size == channels and list(bv.shape[-3:]) == [channels, 1, 1][
+                    -bv.ndim:] and (bv.ndim < 4 or bv.shape[0] == 1):
+                bias = bv.reshape(channels).astype(np.float32)
+            else:
+                return None
+            value = self._single_producer(a)
+        if value is None or _op_name(value) != "relax.nn.conv2d" or not _plain_nchw(value.attrs):
+            return None
+        x, w1 = value.args
+        if not _is_const(w1) or not _float32(x) or not _float32(w1):
+            return None
+        w1shape = _static_shape(w1)
+        xshape = _static_shape(x)
+        if (xshape is None or w1shape is None or len(xshape) != 4 or int(value.attrs.groups) != 1
+                or w1shape[2:] != [1, 1] or w1shape[0] != channels
+                or [int(s) for s in value.attrs.strides] != [1, 1]
+                or any(int(p) for p in value.attrs.padding)):
+            return None
+        return _Match(
+            data=x,
+            w1=pack_expand_weight(_const_array(w1), self.lanes),
+            b1=bias,
+            acts=tuple(acts),
+            w2=pack_depthwise_weight(_const_array(w2), self.lanes),
+            stride=tuple(int(s) for s in call.attrs.strides),
+            padding=tuple(int(p) for p in call.attrs.padding),
+        )
+
+
+def fuse_expand_depthwise(target=None, enabled: bool | None = None):
+    """Module pass: expansion-conv -> activation -> depthwise-conv chains become one kernel.
+
+    Must run before ``LegalizeOps``. Leaves the module unchanged when disabled (``enabled``
+    False, or ``HWCC_EXPAND_DW=0`` when ``enabled`` is None), when ``target`` is not an LLVM
+    CPU target (the only one with a schedule for the kernel), or when nothing matches. Channel
+    blocks are the target's float32 vector lanes (8 when ``target`` is None).
+    """
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    from .schedules.target_info import cpu_info, is_cpu_target
+
+    on = _env_enabled() if enabled is None else enabled
+    lanes = cpu_info(target).lanes(32) if target is not None else 8
+
+    @mutator
+    class _Rewriter(PyExprMutator):
+        def __init__(self, mod, plan):
+            super().__init__(mod)
+            self.plan = plan
+
+        def visit_var_binding_(self, binding):
+            found = self.plan.get(binding.var)
+            if found is None:
+                super().visit_var_binding_(binding)
+                return
+            call = self.builder_.call_te(
+                expand_depthwise_te,
+                self.visit_expr(found.data),
+                relax.const(found.w1),
+                relax.const(found.b1),
+                relax.const(found.w2),
+                found.acts,
+                found.stride,
+                found.padding,
+                primfunc_name_hint="expand_depthwise",
+                primfunc_attrs={"op_pattern": 4},  # kOutEWiseFusable: epilogues fuse after it
+            )
+            if isinstance(binding.var, relax.DataflowVar):
+                new_var = self.builder_.emit(call)
+            else:
+                new_var = self.builder_.emit_output(call)
+            self.set_var_remap(binding.var, new_var)
+
+    @tvm.transform.module_pass(opt_level=0, name="hwcc.FuseExpandDepthwise")
+    def rewrite(mod, _ctx):
+        if not on or (target is not None and not is_cpu_target(target)):
+            return mod
+        plans = {}
+        for gv, func in mod.functions_items():
+            if not isinstance(func, relax.Function) or not isinstance(func.body, relax.SeqExpr):
+                continue
+            matcher = _Matcher(mod, func, lanes)
+            plan = {}
+            for block in func.body.blocks:
+                for binding in block.bindings:
+                    if isinstance(binding, relax.VarBinding):
+                        found = matcher.match(binding.value)
+                        if found is not None:
+                            plan[binding.var] = found
+            if plan:
+                plans[gv] = plan
+        if not plans:
+            return mod
+        rewriter = _Rewriter(mod, {v: m for plan in plans.values() for v, m in plan.items()})
+        for gv in plans:
+            rewriter.builder_.update_func(gv, rewriter.visit_expr(mod[gv]))
+        mod = rewriter.builder_.get()
+        logger.info("%d expansion+depthwise conv pairs as one kernel",
+                    sum(len(p) for p in plans.values()))
+        return relax.transform.DeadCodeElimination()(mod)
+
+    return rewrite

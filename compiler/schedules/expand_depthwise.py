@@ -1,0 +1,125 @@
+"""Default CPU schedule for the fused expansion + depthwise kernel of
+:mod:`compiler.expand_depthwise`.
+
+Blocks are found by name (:data:`compiler.expand_depthwise.BLOCK_PREFIX`). Each parallel task
+owns one block of ``L`` channels (the packed weights' lanes) -- or, when there are too few
+channel blocks to keep every core busy, a band of output rows with the channel blocks serial
+inside it -- and, per channel block:
+
+1. zero-fills the border of a padded ``[rows, W, L]`` tile and computes the expansion into its
+   interior, ``XT`` pixels x ``L`` channels in registers (the input pixel broadcast, one
+   weight vector per input channel), with the bias and activation applied on the way out;
+2. computes the depthwise conv from that tile (still in cache), ``XT`` output pixels x ``L``
+   channels in registers, and applies the fused epilogue (the depthwise conv's bias and
+   activation) while writing NCHW output.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.s_tir.schedule import SBlockRV
+
+from ..expand_depthwise import BLOCK_PREFIX
+from .common import attach_epilogue, choose_factor, loop_extent, schedule_other_blocks
+from .target_info import cpu_info, is_cpu_target
+
+logger = logging.getLogger(__name__)
+
+#: Pixels per register tile (accumulators = pixels x one channel vector).
+TILE_PIXELS = 8
+
+
+def _find(sch: s_tir.Schedule) -> dict[str, SBlockRV] | None:
+    found = {}
+    for stage in ("expand", "pad", "depthwise"):
+        try:
+            found[stage] = sch.get_sblock(BLOCK_PREFIX + stage)
+        except Exception:  # noqa: BLE001 - the schedule raises a generic error for missing names
+            return None
+    return found
+
+
+def _row_band(rows: int, blocks: int, cores: int) -> int | None:
+    """Output rows per task when channel blocks alone are too few tasks (fewer than 4 per
+    core), else None. Bands recompute ``kernel - stride`` expansion rows each, so they are as
+    tall as still gives every core two tasks."""
+    if cores <= 1 or blocks >= 4 * cores:
+        return None
+    band = choose_factor(rows, max(1, rows // (2 * cores)))
+    return band if band < rows else None
+
+
+class ExpandDepthwise(CPUScheduleRule):
+    """Schedule :func:`compiler.expand_depthwise.expand_depthwise_te` kernels (see module doc).
+    Returns None for any other function."""
+
+    def apply(
+        self, func: tirx.PrimFunc, target: tvm.target.Target, tunable: bool
+    ) -> s_tir.Schedule | None:
+        if not is_cpu_target(target):
+            return None
+        sch = s_tir.Schedule(func)
+        st = _find(sch)
+        if st is None:
+            return None
+        info = cpu_info(target)
+        dw, pad, expand = st["depthwise"], st["pad"], st["expand"]
+        lanes = loop_extent(sch, sch.get_loops(expand)[4])
+        b, c, oy, ox, ry, rx = sch.get_loops(dw)
+        rows, cols = loop_extent(sch, oy), loop_extent(sch, ox)
+        blocks = loop_extent(sch, c) // lanes
+        co, ci = sch.split(c, [None, lanes])
+        xo, xi = sch.split(ox, [None, choose_factor(cols, TILE_PIXELS)])
+        band = _row_band(rows, blocks, info.num_cores)
+        if band is not None:
+            oyo, oyi = sch.split(oy, [None, band])
+            sch.reorder(b, oyo, co, oyi, xo, ry, rx, xi, ci)
+            par = sch.fuse(b, oyo)
+            task = co
+        else:
+            sch.reorder(b, co, oy, xo, ry, rx, xi, ci)
+            par = task = sch.fuse(b, co)
+        tail = attach_epilogue(sch, dw, xo, lanes)
+        # accumulators pixel-major, channels innermost: one vector register per output pixel
+        sch.transform_layout(dw, ("write", 0), lambda n, f, y, x: (n, y, x, f))
+
+        # the padded expansion tile, per task and channel block
+        sch.compute_at(pad, task, preserve_unit_loops=True)
+        loops = sch.get_loops(pad)
+        py, px, pc = loops[-3:]
+        fill = None
+        if sch.can_decompose_padding(pad, loops[-4]):
+            fill = sch.decompose_padding(pad, loops[-4])
+            loops = sch.get_loops(pad)
+            py, px, pc = loops[-3:]
+        pxo, pxi = sch.split(px, [None, choose_factor(loop_extent(sch, px), TILE_PIXELS)])
+        sch.reorder(py, pxo, pxi, pc)
+        sch.set_scope(expand, 0, "local")
+        sch.compute_at(expand, pxo, preserve_unit_loops=True)
+        eloops = sch.get_loops(expand)
+        k, eci, exi = eloops[-1], eloops[-2], eloops[-3]
+        sch.reorder(k, exi, eci)
+
+        sch.parallel(par)
+        sch.unroll(exi)
+        sch.vectorize(eci)
+        sch.vectorize(pc)
+        if fill is not None:
+            sch.vectorize(sch.get_loops(fill)[-1])
+        sch.unroll(xi)
+        sch.vectorize(ci)
+        for lp in (ry, rx):
+            ext = loop_extent(sch, lp)
+            if ext is not None and ext <= 7:
+                sch.unroll(lp)
+        sch.decompose_reduction(dw, ry)
+        sch.decompose_reduction(expand, k)
+        skip = [dw, expand, pad] + ([tail] if tail is not None else []) + (
+            [fill] if fill is not None else [])
+        schedule_other_blocks(sch, skip, lanes, info.num_cores)
+        logger.debug("expand+depthwise: lanes=%d band=%s", lanes, band)
+        return sch

@@ -1,0 +1,158 @@
+"""Expansion 1x1 conv -> activation -> depthwise conv as one kernel (compiler.expand_depthwise
+and compiler.schedules.expand_depthwise).
+
+Each case compiles a small ONNX inverted-residual chain through hwcc's own lowering and compares
+with ``onnx.reference``; the chain must also have become one ``expand_depthwise`` kernel (or,
+where it must not, stayed two convolutions). Shapes cover both task layouts of the schedule:
+channel blocks in parallel (many channels) and row bands (few channels).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TVM_NUM_THREADS", "2")
+
+import numpy as np
+import pytest
+import tvm
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+from tvm import relax
+from tvm.relax.frontend.onnx import from_onnx
+
+from compiler import lower
+from compiler.expand_depthwise import pack_depthwise_weight, pack_expand_weight
+from compiler.schedules import ExpandDepthwise
+from compiler.schedules.target_info import cpu_info
+from targets import parse_target
+
+HOST = parse_target("host")
+LANES = cpu_info(HOST.tvm_target()).lanes(32)
+RNG = np.random.default_rng(0)
+
+
+def _vi(name, shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def _chain(cin, mid, size, *, stride=1, kernel=3, act="clip", expand_bias=True, batch=1,
+           expose_expansion=False):
+    """x -> Conv1x1(mid) [+bias] -> act -> depthwise Conv(kernel, stride, same pad) + bias ->
+    Clip(0, 6); with ``expose_expansion`` the activated expansion is a second graph output."""
+    pad = kernel // 2
+    out = (size + 2 * pad - kernel) // stride + 1
+    inits = [
+        numpy_helper.from_array((RNG.standard_normal((mid, cin, 1, 1)) * 0.5).astype("float32"),
+                                "w1"),
+        numpy_helper.from_array(RNG.standard_normal((mid, 1, kernel, kernel)).astype("float32"),
+                                "w2"),
+        numpy_helper.from_array(RNG.standard_normal(mid).astype("float32"), "b2"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+        numpy_helper.from_array(np.array(6.0, np.float32), "hi"),
+    ]
+    expand_in = ["x", "w1"]
+    if expand_bias:
+        inits.append(numpy_helper.from_array(RNG.standard_normal(mid).astype("float32"), "b1"))
+        expand_in.append("b1")
+    nodes = [helper.make_node("Conv", expand_in, ["e"])]
+    if act == "clip":
+        nodes.append(helper.make_node("Clip", ["e", "lo", "hi"], ["a"]))
+    elif act == "relu":
+        nodes.append(helper.make_node("Relu", ["e"], ["a"]))
+    else:
+        nodes.append(helper.make_node("Identity", ["e"], ["a"]))
+    nodes += [
+        helper.make_node("Conv", ["a", "w2", "b2"], ["d"], group=mid, strides=[stride] * 2,
+                         pads=[pad] * 4, kernel_shape=[kernel] * 2),
+        helper.make_node("Clip", ["d", "lo", "hi"], ["y"]),
+    ]
+    outputs = [_vi("y", [batch, mid, out, out])]
+    if expose_expansion:
+        outputs.append(_vi("a", [batch, mid, size, size]))
+    graph = helper.make_graph(nodes, "chain", [_vi("x", [batch, cin, size, size])], outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    feeds = {"x": RNG.standard_normal((batch, cin, size, size)).astype("float32")}
+    return model, feeds
+
+
+def _kernel_names(mod) -> list[str]:
+    return [gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+
+
+def _check(model, feeds) -> list[str]:
+    """Compile with hwcc's lowering, compare every output with onnx.reference; return the
+    kernel names of the lowered module."""
+    mod = from_onnx(model, keep_params_in_input=False)
+    built = lower.build(mod, HOST)
+    vm = relax.VirtualMachine(built.executable, tvm.cpu())
+    got = vm["main"](*[tvm.runtime.tensor(v) for v in feeds.values()])
+    got = [got] if hasattr(got, "numpy") else list(got)
+    want = ReferenceEvaluator(model).run(None, feeds)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        scale = max(1.0, float(np.abs(w).max()))
+        np.testing.assert_allclose(g.numpy(), w, rtol=1e-4, atol=1e-5 * scale)
+    fused = lower.legalize_and_fuse(mod, HOST)
+    return _kernel_names(fused)
+
+
+@pytest.mark.parametrize(
+    "cin,mid,size,stride,kernel,act,expand_bias,batch",
+    [
+        (8, 2 * LANES, 12, 1, 3, "clip", True, 1),  # few channel blocks: row bands
+        (8, 16 * LANES, 8, 1, 3, "clip", True, 1),  # many channel blocks: blocks in parallel
+        (8, 2 * LANES, 10, 2, 3, "relu", False, 1),  # stride 2, ReLU, no expansion bias
+        (6, 2 * LANES, 9, 1, 5, "none", True, 2),  # 5x5 (EfficientNet), odd map, batch 2
+        (4, 8 * LANES, 14, 2, 3, "clip", True, 1),  # stride 2, 7x7 output
+    ],
+)
+def test_chain_becomes_one_kernel_and_matches_reference(cin, mid, size, stride, kernel, act,
+                                                        expand_bias, batch):
+    model, feeds = _chain(cin, mid, size, stride=stride, kernel=kernel, act=act,
+                          expand_bias=expand_bias, batch=batch)
+    names = _check(model, feeds)
+    assert sum("expand_depthwise" in n for n in names) == 1, names
+    assert not any(n.startswith("fused_conv2d") for n in names), names
+
+
+def test_the_rule_schedules_the_kernel():
+    """The fused kernel is scheduled by ExpandDepthwise itself (not left to the fallback)."""
+    model, _ = _chain(8, 4 * LANES, 12)
+    fused = lower.legalize_and_fuse(from_onnx(model, keep_params_in_input=False), HOST)
+    (name,) = [n for n in _kernel_names(fused) if "expand_depthwise" in n]
+    sch = ExpandDepthwise().apply(fused[name], HOST.tvm_target(), False)
+    assert sch is not None
+    text = sch.mod.script()
+    assert "T.parallel" in text and "T.vectorized" in text
+
+
+def test_expansion_used_elsewhere_stays_two_convolutions():
+    """An expansion output that is also a graph output must be written: no fusion."""
+    model, feeds = _chain(8, 2 * LANES, 8, expose_expansion=True)
+    names = _check(model, feeds)
+    assert not any("expand_depthwise" in n for n in names)
+
+
+def test_channels_not_a_multiple_of_the_lanes_stay_two_convolutions():
+    mid = LANES + LANES // 2
+    model, feeds = _chain(8, mid, 8)
+    names = _check(model, feeds)
+    assert not any("expand_depthwise" in n for n in names)
+
+
+def test_switch_off(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("HWCC_EXPAND_DW", "0")
+    model, feeds = _chain(8, 2 * LANES, 8)
+    names = _check(model, feeds)
+    assert not any("expand_depthwise" in n for n in names)
+
+
+def test_weight_packing_layouts():
+    w1 = RNG.standard_normal((32, 5, 1, 1)).astype("float32")
+    w2 = RNG.standard_normal((32, 1, 3, 3)).astype("float32")
+    p1, p2 = pack_expand_weight(w1, 16), pack_depthwise_weight(w2, 16)
+    assert p1.shape == (2, 5, 16) and p2.shape == (2, 3, 3, 16)
+    assert p1[1, 3, 7] == w1[16 + 7, 3, 0, 0]
+    assert p2[1, 2, 0, 5] == w2[16 + 5, 0, 2, 0]
