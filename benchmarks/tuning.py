@@ -9,7 +9,7 @@ For each model, runs :func:`compiler.tune.tune` (``--trials`` for the whole mode
 prints, per kernel, the default-schedule and best tuned latency measured by the tuner's runner,
 and for the model its latency with hwcc's default schedules and with the records applied, both
 built like ``hwcc compile`` and timed alternately in the same run. Kernels whose best record is
-not 10% faster than the default schedule keep the default (``compiler.tune``'s rule).
+not 10% (and 1 µs) faster than the default schedule keep the default (``compiler.tune``'s rule).
 
 Models: ``digits_cnn`` (``examples/``), ``resnet_block_cnn`` (``tests/models.py``) and the
 benchmark models of ``benchmarks/model_zoo.py`` (``resnet18``, ``mobilenet_v2``, ``bert``).
@@ -121,7 +121,7 @@ def main() -> int:
         save_results("tuning", rows, {
             "columns": cols, "script": " ".join(["benchmarks/tuning.py", *sys.argv[1:]]),
             "title": f"MetaSchedule tuning (XGBoost cost model; {budget}; kernels keep hwcc's "
-                     "default schedule unless a record is 10% faster)"})
+                     "default schedule unless a record is 10% and 1 µs faster)"})
     return 0
 
 

@@ -122,7 +122,7 @@ def print_report(report: Any) -> None:
         if r.get("no_design_space"):
             note = "not tuned (MetaSchedule has no search space for it)"
         if r["best_ms"] is not None and not r["used"]:
-            note = (note + "; " if note else "") + "default kept (tuned not 10% faster)"
+            note = (note + "; " if note else "") + "default kept (tuned not 10% and 1 us faster)"
         print(f"  {r['name']:<{w}}  {r['weight']:>5}  {r['trials']:>6}  {r['valid']:>5}  "
               f"{r['records']:>7}  {_ms(r['best_ms']):>9}  {_ms(r['default_ms']):>10}  {note}")
     d = report.to_dict()

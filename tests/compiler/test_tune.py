@@ -250,6 +250,15 @@ def test_a_second_model_keeps_the_first_models_verdicts(tmp_path: Path) -> None:
     assert sorted(r[0] for r in _records(tmp_path)) == [0, 1, 3]
 
 
+def test_a_tuned_kernel_must_save_ten_percent_and_a_microsecond() -> None:
+    from compiler.tune import tuned_beats_default
+
+    assert tuned_beats_default(0.80, 1.0)
+    assert not tuned_beats_default(0.95, 1.0)  # within 10%
+    assert not tuned_beats_default(0.0001, 0.0005)  # 5x faster but 0.4 us: timer noise
+    assert tuned_beats_default(0.0010, 0.0026)
+
+
 def _three_matmul_model() -> onnx.ModelProto:
     """Three MatMul+ReLU layers of different shapes: three kernels to tune."""
     rng = np.random.default_rng(1)
