@@ -242,7 +242,7 @@ class _Matcher:
             for binding in block.bindings:
                 if isinstance(binding, relax.VarBinding):
                     self.bound[binding.var] = binding.value
-                    self._count(binding.value)
+                self._count(binding.value)  # MatchCast bindings use their value too
         self._count(func.body.body)
 
     def _count(self, expr) -> None:

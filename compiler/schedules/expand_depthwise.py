@@ -43,14 +43,19 @@ def _find(sch: s_tir.Schedule) -> dict[str, SBlockRV] | None:
     return found
 
 
+#: Fewest output rows per band: each band recomputes ``kernel - stride`` expansion rows of its
+#: neighbour's, a third of the work or more for bands under 4 rows of a 3x3 conv.
+MIN_BAND_ROWS = 4
+
+
 def _row_band(rows: int, blocks: int, cores: int) -> int | None:
     """Output rows per task when channel blocks alone are too few tasks (fewer than 4 per
-    core), else None. Bands recompute ``kernel - stride`` expansion rows each, so they are as
-    tall as still gives every core two tasks."""
+    core), else None: bands as tall as still gives every core two tasks, and at least
+    :data:`MIN_BAND_ROWS` (else channel blocks stay the only tasks)."""
     if cores <= 1 or blocks >= 4 * cores:
         return None
-    band = choose_factor(rows, max(1, rows // (2 * cores)))
-    return band if band < rows else None
+    band = choose_factor(rows, rows // (2 * cores))
+    return band if MIN_BAND_ROWS <= band < rows else None
 
 
 class ExpandDepthwise(CPUScheduleRule):

@@ -101,7 +101,7 @@ def _check(model, feeds) -> list[str]:
 @pytest.mark.parametrize(
     "cin,mid,size,stride,kernel,act,expand_bias,batch",
     [
-        (8, 2 * LANES, 12, 1, 3, "clip", True, 1),  # few channel blocks: row bands
+        (8, 2 * LANES, 16, 1, 3, "clip", True, 1),  # few channel blocks: row bands
         (8, 16 * LANES, 8, 1, 3, "clip", True, 1),  # many channel blocks: blocks in parallel
         (8, 2 * LANES, 10, 2, 3, "relu", False, 1),  # stride 2, ReLU, no expansion bias
         (6, 2 * LANES, 9, 1, 5, "none", True, 2),  # 5x5 (EfficientNet), odd map, batch 2
