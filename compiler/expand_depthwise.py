@@ -365,10 +365,11 @@ def fuse_expand_depthwise(target=None, enabled: bool | None = None):
                 primfunc_name_hint="expand_depthwise",
                 primfunc_attrs={"op_pattern": 4},  # kOutEWiseFusable: epilogues fuse after it
             )
-            if isinstance(binding.var, relax.DataflowVar):
-                new_var = self.builder_.emit(call)
+            if self.builder_.current_block_is_dataflow() and not isinstance(
+                    binding.var, relax.DataflowVar):
+                new_var = self.builder_.emit_output(call)  # the dataflow block's output
             else:
-                new_var = self.builder_.emit_output(call)
+                new_var = self.builder_.emit(call)
             self.set_var_remap(binding.var, new_var)
 
     @tvm.transform.module_pass(opt_level=0, name="hwcc.FuseExpandDepthwise")

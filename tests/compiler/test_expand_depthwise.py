@@ -37,9 +37,10 @@ def _vi(name, shape):
 
 
 def _chain(cin, mid, size, *, stride=1, kernel=3, act="clip", expand_bias=True, batch=1,
-           expose_expansion=False):
+           expose_expansion=False, dw_is_output=False):
     """x -> Conv1x1(mid) [+bias] -> act -> depthwise Conv(kernel, stride, same pad) + bias ->
-    Clip(0, 6); with ``expose_expansion`` the activated expansion is a second graph output."""
+    Clip(0, 6); with ``expose_expansion`` the activated expansion is a second graph output;
+    with ``dw_is_output`` the depthwise conv (no bias) is the graph output itself."""
     pad = kernel // 2
     out = (size + 2 * pad - kernel) // stride + 1
     inits = [
@@ -62,11 +63,16 @@ def _chain(cin, mid, size, *, stride=1, kernel=3, act="clip", expand_bias=True, 
         nodes.append(helper.make_node("Relu", ["e"], ["a"]))
     else:
         nodes.append(helper.make_node("Identity", ["e"], ["a"]))
-    nodes += [
-        helper.make_node("Conv", ["a", "w2", "b2"], ["d"], group=mid, strides=[stride] * 2,
-                         pads=[pad] * 4, kernel_shape=[kernel] * 2),
-        helper.make_node("Clip", ["d", "lo", "hi"], ["y"]),
-    ]
+    if dw_is_output:
+        nodes.append(helper.make_node("Conv", ["a", "w2"], ["y"], group=mid,
+                                      strides=[stride] * 2, pads=[pad] * 4,
+                                      kernel_shape=[kernel] * 2))
+    else:
+        nodes += [
+            helper.make_node("Conv", ["a", "w2", "b2"], ["d"], group=mid, strides=[stride] * 2,
+                             pads=[pad] * 4, kernel_shape=[kernel] * 2),
+            helper.make_node("Clip", ["d", "lo", "hi"], ["y"]),
+        ]
     outputs = [_vi("y", [batch, mid, out, out])]
     if expose_expansion:
         outputs.append(_vi("a", [batch, mid, size, size]))
@@ -115,6 +121,14 @@ def test_chain_becomes_one_kernel_and_matches_reference(cin, mid, size, stride, 
     names = _check(model, feeds)
     assert sum("expand_depthwise" in n for n in names) == 1, names
     assert not any(n.startswith("fused_conv2d") for n in names), names
+
+
+def test_depthwise_conv_as_the_graph_output():
+    """No epilogue: the kernel's result is the function's output (the dataflow block's output
+    variable is rebound to the new call)."""
+    model, feeds = _chain(8, 2 * LANES, 8, act="relu", dw_is_output=True)
+    names = _check(model, feeds)
+    assert sum("expand_depthwise" in n for n in names) == 1, names
 
 
 def test_the_rule_schedules_the_kernel():
