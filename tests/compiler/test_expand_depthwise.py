@@ -87,11 +87,11 @@ def _kernel_names(mod) -> list[str]:
     return [gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
 
 
-def _check(model, feeds) -> list[str]:
+def _check(model, feeds, target=HOST) -> list[str]:
     """Compile with hwcc's lowering, compare every output with onnx.reference; return the
     kernel names of the lowered module."""
     mod = from_onnx(model, keep_params_in_input=False)
-    built = lower.build(mod, HOST)
+    built = lower.build(mod, target)
     vm = relax.VirtualMachine(built.executable, tvm.cpu())
     got = vm["main"](*[tvm.runtime.tensor(v) for v in feeds.values()])
     got = [got] if hasattr(got, "numpy") else list(got)
@@ -100,7 +100,7 @@ def _check(model, feeds) -> list[str]:
     for g, w in zip(got, want):
         scale = max(1.0, float(np.abs(w).max()))
         np.testing.assert_allclose(g.numpy(), w, rtol=1e-4, atol=1e-5 * scale)
-    fused = lower.legalize_and_fuse(mod, HOST)
+    fused = lower.legalize_and_fuse(mod, target)
     return _kernel_names(fused)
 
 
@@ -128,6 +128,14 @@ def test_depthwise_conv_as_the_graph_output():
     variable is rebound to the new call)."""
     model, feeds = _chain(8, 2 * LANES, 8, act="relu", dw_is_output=True)
     names = _check(model, feeds)
+    assert sum("expand_depthwise" in n for n in names) == 1, names
+
+
+def test_avx2_blocks_of_eight_channels():
+    """On an AVX2 target (8 lanes; runs on AVX-512 hosts too) 24 channels are three blocks."""
+    avx2 = parse_target("x86_64-linux-gnu -mattr=+avx2,+fma")
+    model, feeds = _chain(8, 24, 10, stride=2)
+    names = _check(model, feeds, target=avx2)
     assert sum("expand_depthwise" in n for n in names) == 1, names
 
 
