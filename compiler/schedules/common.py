@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 from tvm import s_tir, tirx
 from tvm.s_tir.schedule import LoopRV, SBlockRV
+from tvm.sym.pattern import detect_linear_equation
 
 from .analysis import is_load, load_buffer, param_index, region_buffer, same_indices
 
@@ -228,7 +229,15 @@ def _innermost_contiguous(sch: s_tir.Schedule, block: SBlockRV) -> bool:
         return False
     last = spatial[-1]
     region = stmt.writes[0].region
-    return len(region) > 0 and region[len(region) - 1].min.same_as(last)
+    if len(region) == 0:
+        return False
+    index = region[len(region) - 1].min
+    if index.same_as(last):
+        return True
+    # last + constant (the interior of a padded buffer) is as contiguous
+    coef = detect_linear_equation(index, [last])
+    return (len(coef) == 2 and isinstance(coef[0], tirx.IntImm) and int(coef[0].value) == 1
+            and isinstance(coef[1], tirx.IntImm))
 
 
 def _reads_follow(sch: s_tir.Schedule, block: SBlockRV) -> bool:

@@ -38,6 +38,25 @@ def inline_spatial_chains(sch: s_tir.Schedule) -> None:
             break
 
 
+def decompose_padding_blocks(sch: s_tir.Schedule) -> None:
+    """Split each root-level padding block (``if_then_else(inside, value, constant)``) into a
+    fill of the constant and a loop over the inside only.
+
+    The inside loop then has the unpadded extent (224, not 226, for a 1-pixel pad), which
+    vectorizes, and no per-element bounds test; the quantize-and-pad kernel in front of an int8
+    network's first conv is one such block.
+    """
+    for block in root_blocks(sch):
+        loops = sch.get_loops(block)
+        if not loops or not is_spatial_block(sch, block):
+            continue
+        try:
+            if sch.can_decompose_padding(block, loops[0]):
+                sch.decompose_padding(block, loops[0])
+        except Exception as err:  # noqa: BLE001 - keep the block whole (correct, slower)
+            logger.debug("padding not decomposed: %s", err)
+
+
 class Fallback(CPUScheduleRule):
     """Schedule for everything the specific rules leave: elementwise, reductions, pooling.
 
@@ -59,5 +78,6 @@ class Fallback(CPUScheduleRule):
         except Exception as err:  # noqa: BLE001 - inlining is only an optimization
             logger.debug("fallback inlining stopped: %s", err)
             sch = s_tir.Schedule(func)
+        decompose_padding_blocks(sch)
         schedule_other_blocks(sch, [], info.lanes(32), info.num_cores)
         return sch

@@ -477,6 +477,24 @@ def test_scheduled_kernels_are_parallel_and_vectorized():
             assert "T.vectorized(" in text, name
 
 
+def test_padding_kernel_vectorizes_its_inside():
+    """Scale then pad by one pixel (as int8 input quantization before a conv is): the padded
+    width (50) has no vector-sized divisor, the inside (48) has; the fallback fills the border
+    and runs the inside as a vectorized loop, with the same values."""
+    nodes = [
+        helper.make_node("Mul", ["x", "s"], ["m"]),
+        helper.make_node("Pad", ["m", "pads"], ["z"], mode="constant"),
+    ]
+    pads = numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")
+    model = _model(nodes, [_vi("x", [1, 3, 48, 48])], [_vi("z", [1, 3, 50, 50])],
+                   [_const("s", (1,)), pads])
+    _check(model, {"x": RNG.standard_normal((1, 3, 48, 48)).astype("float32")})
+    with X86:
+        mod = apply_default_schedules(_fused(model), X86)
+    (text,) = [f.script() for n, f in _prim_funcs(mod).items() if "pad" in n]
+    assert "T.vectorized(" in text and "pad_const" in text
+
+
 def test_already_scheduled_function_is_left_alone():
     """A PrimFunc carrying tirx.is_scheduled is neither rescheduled nor repacked."""
     mod = _fused(_gemm(8, 16, 32, 1))
