@@ -139,6 +139,26 @@ def test_avx2_blocks_of_eight_channels():
     assert sum("expand_depthwise" in n for n in names) == 1, names
 
 
+def test_valid_padding_stride_two():
+    """A depthwise conv with no padding (the pad block pads nothing) fuses and matches too."""
+    mid, cin, size = 2 * LANES, 8, 12
+    inits = [
+        numpy_helper.from_array((RNG.standard_normal((mid, cin, 1, 1)) * 0.5).astype("float32"),
+                                "w1"),
+        numpy_helper.from_array(RNG.standard_normal((mid, 1, 3, 3)).astype("float32"), "w2"),
+    ]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["e"]),
+             helper.make_node("Relu", ["e"], ["a"]),
+             helper.make_node("Conv", ["a", "w2"], ["y"], group=mid, kernel_shape=[3, 3],
+                              strides=[2, 2])]
+    graph = helper.make_graph(nodes, "valid", [_vi("x", [1, cin, size, size])],
+                              [_vi("y", [1, mid, 5, 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    names = _check(model, {"x": RNG.standard_normal((1, cin, size, size)).astype("float32")})
+    assert sum("expand_depthwise" in n for n in names) == 1, names
+
+
 def test_the_rule_schedules_the_kernel():
     """The fused kernel is scheduled by ExpandDepthwise itself (not left to the fallback)."""
     model, _ = _chain(8, 4 * LANES, 12)
