@@ -260,7 +260,6 @@ class _Matcher:
         return self.bound.get(var)
 
     def match(self, call) -> _Match | None:
-        from tvm import relax
 
         if _op_name(call) != "relax.nn.conv2d" or not _plain_nchw(call.attrs):
             return None

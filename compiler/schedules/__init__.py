@@ -62,7 +62,8 @@ DEFAULT_RULES: tuple[ScheduleRule, ...] = (
     Int8Dense(), Int8Conv2d(),
     # Winograd and the fused expansion+depthwise kernel before the others: their blocks would
     # otherwise match as a matmul / conv
-    Winograd(), ExpandDepthwise(), Matmul(), Conv2d(), DepthwiseConv2d(), Pool2d(), RowReduction(), Fallback(),
+    Winograd(), ExpandDepthwise(),
+    Matmul(), Conv2d(), DepthwiseConv2d(), Pool2d(), RowReduction(), Fallback(),
 )
 
 _SCHEDULED_ATTRS = ("tirx.is_scheduled", "tir.is_scheduled")

@@ -60,7 +60,8 @@ def test_clips_of_different_shapes_all_become_relax_ops() -> None:
              helper.make_node("Conv", ["c1", "w"], ["y"]),
              helper.make_node("Clip", ["y", "lo", "hi"], ["output"])]
     graph = helper.make_graph(
-        nodes, "two_clips", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4, 5, 5])],
+        nodes, "two_clips",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4, 5, 5])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 8, 5, 5])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
