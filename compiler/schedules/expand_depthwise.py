@@ -2,9 +2,9 @@
 :mod:`compiler.expand_depthwise`.
 
 Blocks are found by name (:data:`compiler.expand_depthwise.BLOCK_PREFIX`). Each parallel task
-owns one block of ``L`` channels (the packed weights' lanes) -- or, when there are too few
-channel blocks to keep every core busy, a band of output rows with the channel blocks serial
-inside it -- and, per channel block:
+owns one block of ``L`` channels (the packed weights' lanes) of the whole map -- or of a band
+of output rows, when a whole map's tile would not stay in cache or there are too few channel
+blocks to keep every core busy (:func:`_row_band`) -- and:
 
 1. zero-fills the border of a padded ``[rows, W, L]`` tile and computes the expansion into its
    interior, ``XT`` pixels x ``L`` channels in registers (the input pixel broadcast, one
@@ -46,16 +46,26 @@ def _find(sch: s_tir.Schedule) -> dict[str, SBlockRV] | None:
 #: Fewest output rows per band: each band recomputes ``kernel - stride`` expansion rows of its
 #: neighbour's, a third of the work or more for bands under 4 rows of a 3x3 conv.
 MIN_BAND_ROWS = 4
+#: Largest padded expansion tile (one channel block, one band) kept per task: well inside a
+#: core's L2 next to the input rows it is computed from.
+TILE_BYTES = 256 * 1024
 
 
-def _row_band(rows: int, blocks: int, cores: int) -> int | None:
-    """Output rows per task when channel blocks alone are too few tasks (fewer than 4 per
-    core), else None: bands as tall as still gives every core two tasks, and at least
-    :data:`MIN_BAND_ROWS` (else channel blocks stay the only tasks)."""
-    if cores <= 1 or blocks >= 4 * cores:
+def _row_band(rows: int, blocks: int, cores: int, tile_row_bytes: int, stride: int) -> int | None:
+    """Output rows per band, or None for whole maps.
+
+    Bands are used when a whole map's tile would not fit :data:`TILE_BYTES` (MobileNetV2's
+    112x112 stage), or when the channel blocks alone give fewer than two tasks per core (many
+    cores, few channels); they are as tall as those allow, and at least
+    :data:`MIN_BAND_ROWS` (shorter bands recompute too much).
+    """
+    bands = max(1, -(-rows * stride * tile_row_bytes // TILE_BYTES))
+    if cores > 1:
+        bands = max(bands, -(-2 * cores // blocks))
+    if bands <= 1:
         return None
-    band = choose_factor(rows, rows // (2 * cores))
-    return band if MIN_BAND_ROWS <= band < rows else None
+    band = choose_factor(rows, max(MIN_BAND_ROWS, rows // bands))
+    return band if band < rows else None
 
 
 class ExpandDepthwise(CPUScheduleRule):
@@ -79,12 +89,14 @@ class ExpandDepthwise(CPUScheduleRule):
         blocks = loop_extent(sch, c) // lanes
         co, ci = sch.split(c, [None, lanes])
         xo, xi = sch.split(ox, [None, choose_factor(cols, TILE_PIXELS)])
-        band = _row_band(rows, blocks, info.num_cores)
+        padded_width = int(sch.get(pad).iter_vars[3].dom.extent)
+        stride = max(1, int(sch.get(expand).iter_vars[2].dom.extent) // rows)
+        band = _row_band(rows, blocks, info.num_cores, padded_width * lanes * 4, stride)
         if band is not None:
+            # tasks: (band, channel block) pairs; a core's consecutive tasks share input rows
             oyo, oyi = sch.split(oy, [None, band])
             sch.reorder(b, oyo, co, oyi, xo, ry, rx, xi, ci)
-            par = sch.fuse(b, oyo)
-            task = co
+            par = task = sch.fuse(b, oyo, co)
         else:
             sch.reorder(b, co, oy, xo, ry, rx, xi, ci)
             par = task = sch.fuse(b, co)

@@ -159,6 +159,18 @@ def test_valid_padding_stride_two():
     assert sum("expand_depthwise" in n for n in names) == 1, names
 
 
+def test_many_cores_split_rows_too():
+    """With 16 cores and 3 channel blocks, tasks are (row band, channel block) pairs."""
+    many = parse_target("x86_64-linux-gnu -mattr=+avx2,+fma -cores=16")
+    model, feeds = _chain(8, 24, 16)
+    names = _check(model, feeds, target=many)
+    assert sum("expand_depthwise" in n for n in names) == 1, names
+    fused = lower.legalize_and_fuse(from_onnx(model, keep_params_in_input=False), many)
+    (name,) = [n for n in _kernel_names(fused) if "expand_depthwise" in n]
+    text = ExpandDepthwise().apply(fused[name], many.tvm_target(), False).mod.script()
+    assert "T.parallel(T.int64(12))" in text  # 4 bands of 4 rows x 3 channel blocks
+
+
 def test_the_rule_schedules_the_kernel():
     """The fused kernel is scheduled by ExpandDepthwise itself (not left to the fallback)."""
     model, _ = _chain(8, 4 * LANES, 12)
