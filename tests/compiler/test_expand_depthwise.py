@@ -203,6 +203,20 @@ def test_switch_off(monkeypatch: pytest.MonkeyPatch):
     assert not any("expand_depthwise" in n for n in names)
 
 
+def test_a_failing_rewrite_leaves_the_convolutions_apart(monkeypatch: pytest.MonkeyPatch):
+    """The fusion is an optimization: if building its kernel fails, the model still compiles
+    (two convolutions) and computes the same values."""
+    import compiler.expand_depthwise as ed
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("kernel construction failed")
+
+    monkeypatch.setattr(ed, "expand_depthwise_te", broken)
+    model, feeds = _chain(8, 2 * LANES, 8)
+    names = _check(model, feeds)
+    assert not any("expand_depthwise" in n for n in names)
+
+
 def test_weight_packing_layouts():
     w1 = RNG.standard_normal((32, 5, 1, 1)).astype("float32")
     w2 = RNG.standard_normal((32, 1, 3, 3)).astype("float32")
