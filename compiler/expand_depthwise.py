@@ -15,8 +15,8 @@ channel count a multiple of the target's vector lanes) and replaces it by one ``
 each task computes the expansion for one block of ``lanes`` channels (and, on large maps, a
 band of rows) into a zero-padded, channel-innermost tile that the depthwise conv then reads
 from cache. In MobileNetV2 the expansion outputs are the largest tensors of the network (4.8 MB
-at 112x112); written to memory and read back by a separate depthwise kernel they cost more than
-their arithmetic (``benchmarks/models.py`` shows the effect on the whole model).
+at 112x112), which two separate kernels write to memory and read back; ``HWCC_EXPAND_DW=0`` with
+``hwcc bench`` compares the two on a given model.
 
 The depthwise conv's own bias and activation are not part of the rewrite: the kernel is
 annotated ``op_pattern = kOutEWiseFusable``, so ``FuseOps`` fuses them after it as usual.
@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from passes._ir import const_array, is_const, op_name, static_shape
 
 logger = logging.getLogger(__name__)
 
@@ -145,27 +147,6 @@ class _Match:
     padding: tuple[int, int, int, int]
 
 
-def _op_name(expr) -> str | None:
-    from tvm import relax
-
-    if isinstance(expr, relax.Call) and hasattr(expr.op, "name"):
-        return str(expr.op.name)
-    return None
-
-
-def _static_shape(expr) -> list[int] | None:
-    import tvm
-    from tvm import relax
-
-    ty = expr.ty
-    if not isinstance(ty, relax.TensorType) or ty.shape is None:
-        return None
-    dims = ty.shape.values
-    if not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
-        return None
-    return [int(d) for d in dims]
-
-
 def _float32(expr) -> bool:
     from tvm import relax
 
@@ -179,23 +160,13 @@ def _plain_nchw(attrs) -> bool:
             and [int(d) for d in attrs.dilation] == [1, 1])
 
 
-def _is_const(expr) -> bool:
-    import tvm
-
-    return isinstance(expr, tvm.ir.expr.Constant)
-
-
-def _const_array(expr) -> np.ndarray:
-    return expr.value.numpy()
-
-
 def _scalar_const(expr) -> float | None:
     import tvm
 
     if isinstance(expr, tvm.tirx.FloatImm | tvm.tirx.IntImm):
         return float(expr.value)
-    if _is_const(expr) and _const_array(expr).size == 1:
-        return float(_const_array(expr).reshape(()))
+    if is_const(expr) and const_array(expr).size == 1:
+        return float(const_array(expr).reshape(()))
     return None
 
 
@@ -203,13 +174,13 @@ def _activation_step(mod, call) -> tuple[Any, list[tuple[str, float]]] | None:
     """``(input, steps)`` when ``call`` is one elementwise activation with constant bounds."""
     from passes.canonicalize import relax_op_of_te_call
 
-    name = _op_name(call)
-    out_shape = _static_shape(call)
+    name = op_name(call)
+    out_shape = static_shape(call)
     if name == "relax.call_tir":
         call = relax_op_of_te_call(mod, call)
         if call is None:
             return None
-        name = _op_name(call)
+        name = op_name(call)
     if name == "relax.nn.relu":
         return call.args[0], [("max", 0.0)]
     if name == "relax.clip":
@@ -222,7 +193,7 @@ def _activation_step(mod, call) -> tuple[Any, list[tuple[str, float]]] | None:
         bound, x = (_scalar_const(b), a) if _scalar_const(b) is not None else (_scalar_const(a), b)
         if bound is None or math.isnan(bound) or _scalar_const(x) is not None:
             return None
-        if out_shape is None or _static_shape(x) != out_shape:
+        if out_shape is None or static_shape(x) != out_shape:
             return None
         return x, [("max" if name == "relax.maximum" else "min", bound)]
     return None
@@ -261,16 +232,16 @@ class _Matcher:
 
     def match(self, call) -> _Match | None:
 
-        if _op_name(call) != "relax.nn.conv2d" or not _plain_nchw(call.attrs):
+        if op_name(call) != "relax.nn.conv2d" or not _plain_nchw(call.attrs):
             return None
         e, w2 = call.args
-        if not _is_const(w2) or not _float32(e) or not _float32(w2):
+        if not is_const(w2) or not _float32(e) or not _float32(w2):
             return None
-        eshape, wshape = _static_shape(e), _static_shape(w2)
+        eshape, wshape = static_shape(e), static_shape(w2)
         if eshape is None or wshape is None or len(eshape) != 4:
             return None
         channels = eshape[1]
-        if int(call.attrs.groups) != channels or wshape[:2] != [channels, 1]:
+        if int(call.attrs.groups) != channels or wshape[:2] != (channels, 1):
             return None
         if channels % self.lanes != 0:
             return None
@@ -286,39 +257,38 @@ class _Matcher:
         if value is None:
             return None
         bias = np.zeros(channels, np.float32)
-        if _op_name(value) == "relax.add":
+        if op_name(value) == "relax.add":
             a, b = value.args
-            if _is_const(a):
+            if is_const(a):
                 a, b = b, a
-            if not _is_const(b) or not _float32(b):
+            if not is_const(b) or not _float32(b):
                 return None
-            bv = _const_array(b)
+            bv = const_array(b)
             if bv.size == 1:
                 bias[:] = bv.reshape(())
-            elif bv.ndim <= 4 and bv.size == channels and list(bv.shape[-3:]) == [channels, 1, 1][
-                    -bv.ndim:] and (bv.ndim < 4 or bv.shape[0] == 1):
+            elif bv.shape in ((channels, 1, 1), (1, channels, 1, 1)):  # one per channel
                 bias = bv.reshape(channels).astype(np.float32)
             else:
                 return None
             value = self._single_producer(a)
-        if value is None or _op_name(value) != "relax.nn.conv2d" or not _plain_nchw(value.attrs):
+        if value is None or op_name(value) != "relax.nn.conv2d" or not _plain_nchw(value.attrs):
             return None
         x, w1 = value.args
-        if not _is_const(w1) or not _float32(x) or not _float32(w1):
+        if not is_const(w1) or not _float32(x) or not _float32(w1):
             return None
-        w1shape = _static_shape(w1)
-        xshape = _static_shape(x)
+        w1shape = static_shape(w1)
+        xshape = static_shape(x)
         if (xshape is None or w1shape is None or len(xshape) != 4 or int(value.attrs.groups) != 1
-                or w1shape[2:] != [1, 1] or w1shape[0] != channels
+                or w1shape[2:] != (1, 1) or w1shape[0] != channels
                 or [int(s) for s in value.attrs.strides] != [1, 1]
                 or any(int(p) for p in value.attrs.padding)):
             return None
         return _Match(
             data=x,
-            w1=pack_expand_weight(_const_array(w1), self.lanes),
+            w1=pack_expand_weight(const_array(w1), self.lanes),
             b1=bias,
             acts=tuple(acts),
-            w2=pack_depthwise_weight(_const_array(w2), self.lanes),
+            w2=pack_depthwise_weight(const_array(w2), self.lanes),
             stride=tuple(int(s) for s in call.attrs.strides),
             padding=tuple(int(p) for p in call.attrs.padding),
         )
