@@ -1,9 +1,11 @@
-"""Expansion 1x1 conv -> activation -> depthwise conv as one kernel (MobileNet's inverted residual).
+"""Expansion conv -> activation -> depthwise conv as one kernel (MobileNet's inverted residual).
 
 :func:`fuse_expand_depthwise` is a Relax module pass that runs before legalization, after
 batch-norm folding (so that weights and biases are folded constants). It finds the chain ::
 
-    e = conv2d(x, w1)     1x1, stride 1, no padding, groups 1, constant weight
+    e = conv2d(x, w1)     groups 1, constant weight: the 1x1 expansion of an inverted residual,
+                          or any dense conv (MobileNet's 3x3/2 stem conv feeds a depthwise conv
+                          the same way)
     e = add(e, b1)        optional; constant bias, one value per channel (or one for all)
     e = act(e)            optional; any chain of ReLU / Clip / maximum / minimum with constants
     d = conv2d(e, w2)     depthwise: groups = channels, one 2-D filter per channel, constant
@@ -53,15 +55,17 @@ def _env_enabled() -> bool:
 
 
 def expand_depthwise_te(data, w1, b1, w2, acts: Activation, stride: tuple[int, int],
-                        padding: tuple[int, int, int, int]):
-    """TE compute of ``depthwise(act(conv1x1(data, w1) + b1), w2)``.
+                        padding: tuple[int, int, int, int],
+                        expand_stride: tuple[int, int] = (1, 1),
+                        expand_padding: tuple[int, int, int, int] = (0, 0, 0, 0)):
+    """TE compute of ``depthwise(act(conv(data, w1) + b1), w2)``.
 
     Parameters
     ----------
     data : te.Tensor
         ``[N, K, H, W]`` float32.
     w1 : te.Tensor
-        Expansion weight packed ``[C / L, K, L]`` (``L`` = the target's vector lanes).
+        Expansion weight packed ``[C / L, K, KH1, KW1, L]`` (``L`` = the target's vector lanes).
     b1 : te.Tensor
         Expansion bias ``[C]``.
     w2 : te.Tensor
@@ -72,6 +76,8 @@ def expand_depthwise_te(data, w1, b1, w2, acts: Activation, stride: tuple[int, i
         Depthwise stride ``(sy, sx)``.
     padding : tuple of int
         Depthwise zero padding ``(top, left, bottom, right)``.
+    expand_stride, expand_padding : tuple of int
+        The same for the expansion conv (1x1 expansions have neither).
 
     Returns
     -------
@@ -81,18 +87,39 @@ def expand_depthwise_te(data, w1, b1, w2, acts: Activation, stride: tuple[int, i
     from tvm import te, tirx
 
     n, k, h, w = (int(s) for s in data.shape)
-    blocks, _, lanes = (int(s) for s in w1.shape)
+    blocks, _, ekh, ekw, lanes = (int(s) for s in w1.shape)
     _, kh, kw, _ = (int(s) for s in w2.shape)
     channels = blocks * lanes
+    esy, esx = expand_stride
+    etop, eleft, ebottom, eright = expand_padding
+    eh = (h + etop + ebottom - ekh) // esy + 1
+    ew = (w + eleft + eright - ekw) // esx + 1
     sy, sx = stride
     top, left, bottom, right = padding
-    oh, ow = (h + top + bottom - kh) // sy + 1, (w + left + right - kw) // sx + 1
+    oh, ow = (eh + top + bottom - kh) // sy + 1, (ew + left + right - kw) // sx + 1
     f32 = "float32"
 
+    if any(expand_padding):
+        source = te.compute(
+            (n, k, h + etop + ebottom, w + eleft + eright),
+            lambda b, c, yy, xx: te.if_then_else(
+                tirx.all(yy >= etop, yy < etop + h, xx >= eleft, xx < eleft + w),
+                data[b, c, yy - etop, xx - eleft],
+                tirx.const(0.0, f32),
+            ),
+            name=BLOCK_PREFIX + "input_pad",
+        )
+    else:
+        source = data
     rk = te.reduce_axis((0, k), name="rk")
+    rky = te.reduce_axis((0, ekh), name="rky")
+    rkx = te.reduce_axis((0, ekw), name="rkx")
     expand = te.compute(
-        (n, blocks, h, w, lanes),
-        lambda b, co, y, x, ci: te.sum(data[b, rk, y, x] * w1[co, rk, ci], axis=rk),
+        (n, blocks, eh, ew, lanes),
+        lambda b, co, y, x, ci: te.sum(
+            source[b, rk, y * esy + rky, x * esx + rkx] * w1[co, rk, rky, rkx, ci],
+            axis=[rk, rky, rkx],
+        ),
         name=BLOCK_PREFIX + "expand",
     )
 
@@ -103,9 +130,9 @@ def expand_depthwise_te(data, w1, b1, w2, acts: Activation, stride: tuple[int, i
         return value
 
     padded = te.compute(
-        (n, blocks, h + top + bottom, w + left + right, lanes),
+        (n, blocks, eh + top + bottom, ew + left + right, lanes),
         lambda b, co, yy, xx, ci: te.if_then_else(
-            tirx.all(yy >= top, yy < top + h, xx >= left, xx < left + w),
+            tirx.all(yy >= top, yy < top + eh, xx >= left, xx < left + ew),
             activate(expand[b, co, yy - top, xx - left, ci] + b1[co * lanes + ci]),
             tirx.const(0.0, f32),
         ),
@@ -125,9 +152,9 @@ def expand_depthwise_te(data, w1, b1, w2, acts: Activation, stride: tuple[int, i
 
 
 def pack_expand_weight(w1: np.ndarray, lanes: int) -> np.ndarray:
-    """``[C, K, 1, 1]`` -> ``[C / L, K, L]``: each block's channels innermost."""
-    c, k = w1.shape[:2]
-    return np.ascontiguousarray(w1.reshape(c // lanes, lanes, k).transpose(0, 2, 1))
+    """``[C, K, KH, KW]`` -> ``[C / L, K, KH, KW, L]``: each block's channels innermost."""
+    c, k, kh, kw = w1.shape
+    return np.ascontiguousarray(w1.reshape(c // lanes, lanes, k, kh, kw).transpose(0, 2, 3, 4, 1))
 
 
 def pack_depthwise_weight(w2: np.ndarray, lanes: int) -> np.ndarray:
@@ -145,6 +172,8 @@ class _Match:
     w2: np.ndarray
     stride: tuple[int, int]
     padding: tuple[int, int, int, int]
+    expand_stride: tuple[int, int]
+    expand_padding: tuple[int, int, int, int]
 
 
 def _float32(expr) -> bool:
@@ -278,10 +307,8 @@ class _Matcher:
             return None
         w1shape = static_shape(w1)
         xshape = static_shape(x)
-        if (xshape is None or w1shape is None or len(xshape) != 4 or int(value.attrs.groups) != 1
-                or w1shape[2:] != (1, 1) or w1shape[0] != channels
-                or [int(s) for s in value.attrs.strides] != [1, 1]
-                or any(int(p) for p in value.attrs.padding)):
+        if (xshape is None or w1shape is None or len(xshape) != 4 or len(w1shape) != 4
+                or int(value.attrs.groups) != 1 or w1shape[0] != channels):
             return None
         return _Match(
             data=x,
@@ -291,6 +318,8 @@ class _Matcher:
             w2=pack_depthwise_weight(const_array(w2), self.lanes),
             stride=tuple(int(s) for s in call.attrs.strides),
             padding=tuple(int(p) for p in call.attrs.padding),
+            expand_stride=tuple(int(s) for s in value.attrs.strides),
+            expand_padding=tuple(int(p) for p in value.attrs.padding),
         )
 
 
@@ -331,6 +360,8 @@ def fuse_expand_depthwise(target=None, enabled: bool | None = None):
                 found.acts,
                 found.stride,
                 found.padding,
+                found.expand_stride,
+                found.expand_padding,
                 primfunc_name_hint="expand_depthwise",
                 primfunc_attrs={"op_pattern": 4},  # kOutEWiseFusable: epilogues fuse after it
             )

@@ -8,7 +8,9 @@ blocks to keep every core busy (:func:`_row_band`) -- and:
 
 1. zero-fills the border of a padded ``[rows, W, L]`` tile and computes the expansion into its
    interior, ``XT`` pixels x ``L`` channels in registers (the input pixel broadcast, one
-   weight vector per input channel), with the bias and activation applied on the way out;
+   weight vector per input channel and kernel tap), with the bias and activation applied on
+   the way out; a padded expansion conv (the stem's 3x3) reads input rows that the task pads
+   first;
 2. computes the depthwise conv from that tile (still in cache), ``XT`` output pixels x ``L``
    channels in registers, and applies the fused epilogue (the depthwise conv's bias and
    activation) while writing NCHW output.
@@ -24,7 +26,13 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.s_tir.schedule import SBlockRV
 
 from ..expand_depthwise import BLOCK_PREFIX
-from .common import attach_epilogue, choose_factor, loop_extent, schedule_other_blocks
+from .common import (
+    attach_epilogue,
+    choose_factor,
+    compute_padding_at,
+    loop_extent,
+    schedule_other_blocks,
+)
 from .target_info import cpu_info, is_cpu_target
 
 logger = logging.getLogger(__name__)
@@ -34,13 +42,15 @@ TILE_PIXELS = 8
 
 
 def _find(sch: s_tir.Schedule) -> dict[str, SBlockRV] | None:
-    found = {}
-    for stage in ("expand", "pad", "depthwise"):
-        try:
-            found[stage] = sch.get_sblock(BLOCK_PREFIX + stage)
-        except Exception:  # noqa: BLE001 - the schedule raises a generic error for missing names
-            return None
-    return found
+    found = {stage: _find_optional(sch, stage) for stage in ("expand", "pad", "depthwise")}
+    return None if None in found.values() else found
+
+
+def _find_optional(sch: s_tir.Schedule, stage: str) -> SBlockRV | None:
+    try:
+        return sch.get_sblock(BLOCK_PREFIX + stage)
+    except Exception:  # noqa: BLE001 - the schedule raises a generic error for missing names
+        return None
 
 
 #: Fewest output rows per band: each band recomputes ``kernel - stride`` expansion rows of its
@@ -83,6 +93,7 @@ class ExpandDepthwise(CPUScheduleRule):
             return None
         info = cpu_info(target)
         dw, pad, expand = st["depthwise"], st["pad"], st["expand"]
+        input_pad = _find_optional(sch, "input_pad")
         lanes = loop_extent(sch, sch.get_loops(expand)[4])
         b, c, oy, ox, ry, rx = sch.get_loops(dw)
         rows, cols = loop_extent(sch, oy), loop_extent(sch, ox)
@@ -117,9 +128,10 @@ class ExpandDepthwise(CPUScheduleRule):
         sch.reorder(py, pxo, pxi, pc)
         sch.set_scope(expand, 0, "local")
         sch.compute_at(expand, pxo, preserve_unit_loops=True)
-        eloops = sch.get_loops(expand)
-        k, eci, exi = eloops[-1], eloops[-2], eloops[-3]
-        sch.reorder(k, exi, eci)
+        exi, eci, k, ky, kx = sch.get_loops(expand)[-5:]
+        sch.reorder(k, ky, kx, exi, eci)
+        if input_pad is not None:
+            compute_padding_at(sch, input_pad, task, lanes)
 
         sch.parallel(par)
         sch.unroll(exi)
@@ -129,7 +141,7 @@ class ExpandDepthwise(CPUScheduleRule):
             sch.vectorize(sch.get_loops(fill)[-1])
         sch.unroll(xi)
         sch.vectorize(ci)
-        for lp in (ry, rx):
+        for lp in (ry, rx, ky, kx):
             ext = loop_extent(sch, lp)
             if ext is not None and ext <= 7:
                 sch.unroll(lp)

@@ -37,15 +37,22 @@ def _vi(name, shape):
 
 
 def _chain(cin, mid, size, *, stride=1, kernel=3, act="clip", expand_bias=True, batch=1,
-           expose_expansion=False, dw_is_output=False):
-    """x -> Conv1x1(mid) [+bias] -> act -> depthwise Conv(kernel, stride, same pad) + bias ->
-    Clip(0, 6); with ``expose_expansion`` the activated expansion is a second graph output;
-    with ``dw_is_output`` the depthwise conv (no bias) is the graph output itself."""
+           expose_expansion=False, dw_is_output=False, expand_kernel=1, expand_stride=1,
+           expand_pads=(0, 0, 0, 0)):
+    """x -> Conv(mid, expand_kernel, expand_stride, expand_pads) [+bias] -> act -> depthwise
+    Conv(kernel, stride, same pad) + bias -> Clip(0, 6); with ``expose_expansion`` the
+    activated expansion is a second graph output; with ``dw_is_output`` the depthwise conv (no
+    bias) is the graph output itself. ``expand_pads`` is ONNX's (top, left, bottom, right)."""
+    pt, pl, pb, pr = expand_pads
+    esize = ((size + pt + pb - expand_kernel) // expand_stride + 1,
+             (size + pl + pr - expand_kernel) // expand_stride + 1)
     pad = kernel // 2
-    out = (size + 2 * pad - kernel) // stride + 1
+    out = [(e + 2 * pad - kernel) // stride + 1 for e in esize]
+    scale = 0.5 / expand_kernel
     inits = [
-        numpy_helper.from_array((RNG.standard_normal((mid, cin, 1, 1)) * 0.5).astype("float32"),
-                                "w1"),
+        numpy_helper.from_array(
+            (RNG.standard_normal((mid, cin, expand_kernel, expand_kernel)) * scale)
+            .astype("float32"), "w1"),
         numpy_helper.from_array(RNG.standard_normal((mid, 1, kernel, kernel)).astype("float32"),
                                 "w2"),
         numpy_helper.from_array(RNG.standard_normal(mid).astype("float32"), "b2"),
@@ -56,7 +63,8 @@ def _chain(cin, mid, size, *, stride=1, kernel=3, act="clip", expand_bias=True, 
     if expand_bias:
         inits.append(numpy_helper.from_array(RNG.standard_normal(mid).astype("float32"), "b1"))
         expand_in.append("b1")
-    nodes = [helper.make_node("Conv", expand_in, ["e"])]
+    nodes = [helper.make_node("Conv", expand_in, ["e"], strides=[expand_stride] * 2,
+                              pads=list(expand_pads))]
     if act == "clip":
         nodes.append(helper.make_node("Clip", ["e", "lo", "hi"], ["a"]))
     elif act == "relu":
@@ -73,9 +81,9 @@ def _chain(cin, mid, size, *, stride=1, kernel=3, act="clip", expand_bias=True, 
                              pads=[pad] * 4, kernel_shape=[kernel] * 2),
             helper.make_node("Clip", ["d", "lo", "hi"], ["y"]),
         ]
-    outputs = [_vi("y", [batch, mid, out, out])]
+    outputs = [_vi("y", [batch, mid, *out])]
     if expose_expansion:
-        outputs.append(_vi("a", [batch, mid, size, size]))
+        outputs.append(_vi("a", [batch, mid, *esize]))
     graph = helper.make_graph(nodes, "chain", [_vi("x", [batch, cin, size, size])], outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -121,6 +129,41 @@ def test_chain_becomes_one_kernel_and_matches_reference(cin, mid, size, stride, 
     names = _check(model, feeds)
     assert sum("expand_depthwise" in n for n in names) == 1, names
     assert not any(n.startswith("fused_conv2d") for n in names), names
+
+
+@pytest.mark.parametrize(
+    "cin,mid,size,expand_kernel,expand_stride,expand_pads,stride",
+    [
+        (3, 2 * LANES, 32, 3, 2, (1, 1, 1, 1), 1),  # MobileNet's stem: 3x3/2 conv -> dw
+        (3, 2 * LANES, 17, 3, 2, (0, 0, 1, 1), 2),  # TF-style asymmetric padding, odd map
+        (5, 2 * LANES, 12, 3, 1, (0, 0, 0, 0), 1),  # unpadded 3x3 expansion
+        (4, 8 * LANES, 14, 2, 2, (0, 0, 0, 0), 1),  # 2x2/2 patchify, channel blocks in parallel
+    ],
+)
+def test_spatial_expansion_conv_fuses_and_matches_reference(cin, mid, size, expand_kernel,
+                                                            expand_stride, expand_pads, stride):
+    """The expansion may be any dense conv (kernel, stride, padding): MobileNet's first conv
+    feeds a depthwise conv the same way a 1x1 expansion does."""
+    model, feeds = _chain(cin, mid, size, stride=stride, expand_kernel=expand_kernel,
+                          expand_stride=expand_stride, expand_pads=expand_pads)
+    names = _check(model, feeds)
+    assert sum("expand_depthwise" in n for n in names) == 1, names
+    assert not any(n.startswith("fused_conv2d") for n in names), names
+
+
+def test_the_rule_pads_the_input_per_task():
+    """A padded expansion conv's input is padded inside the parallel task (rows the task
+    needs), not in a separate serial pass over the whole input."""
+    model, _ = _chain(3, 2 * LANES, 32, expand_kernel=3, expand_stride=2,
+                      expand_pads=(1, 1, 1, 1))
+    fused = lower.legalize_and_fuse(from_onnx(model, keep_params_in_input=False), HOST)
+    (name,) = [n for n in _kernel_names(fused) if "expand_depthwise" in n]
+    sch = ExpandDepthwise().apply(fused[name], HOST.tvm_target(), False)
+    assert sch is not None
+    body = sch.mod["main"].body.block.body
+    # one root-level nest: the parallel task loop holds every stage, input padding included
+    assert isinstance(body, tvm.tirx.For) and body.kind == tvm.tirx.ForKind.PARALLEL
+    assert "input_pad" in str(body)
 
 
 def test_depthwise_conv_as_the_graph_output():
@@ -218,9 +261,9 @@ def test_a_failing_rewrite_leaves_the_convolutions_apart(monkeypatch: pytest.Mon
 
 
 def test_weight_packing_layouts():
-    w1 = RNG.standard_normal((32, 5, 1, 1)).astype("float32")
+    w1 = RNG.standard_normal((32, 5, 3, 2)).astype("float32")
     w2 = RNG.standard_normal((32, 1, 3, 3)).astype("float32")
     p1, p2 = pack_expand_weight(w1, 16), pack_depthwise_weight(w2, 16)
-    assert p1.shape == (2, 5, 16) and p2.shape == (2, 3, 3, 16)
-    assert p1[1, 3, 7] == w1[16 + 7, 3, 0, 0]
+    assert p1.shape == (2, 5, 3, 2, 16) and p2.shape == (2, 3, 3, 16)
+    assert p1[1, 3, 2, 1, 7] == w1[16 + 7, 3, 2, 1]
     assert p2[1, 2, 0, 5] == w2[16 + 5, 0, 2, 0]
