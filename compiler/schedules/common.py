@@ -126,15 +126,18 @@ def inline_epilogue_chain(sch: s_tir.Schedule, main: SBlockRV) -> SBlockRV | Non
 
 
 def attach_epilogue(
-    sch: s_tir.Schedule, main: SBlockRV, tile_loop: LoopRV, lanes: int
+    sch: s_tir.Schedule, main: SBlockRV, tile_loop: LoopRV, lanes: int, fuse_inner: int = 1
 ) -> SBlockRV | None:
     """Compute ``main``'s epilogue (or a write-back of its accumulator) per tile of ``tile_loop``.
 
     If ``main`` writes a function output directly, a ``local`` accumulator is added with
     ``cache_write``. If it writes an intermediate consumed by an elementwise chain, the chain is
     inlined into one block, moved under ``tile_loop`` and the intermediate becomes ``local``.
-    Returns the block computed at the tile (write-back or epilogue), or None if the epilogue is
-    not elementwise (it is then left as a separate loop nest, still correct).
+    The epilogue's innermost loop is vectorized; with ``fuse_inner`` > 1 that many innermost
+    loops are fused first and the result is split into ``lanes``-wide vectors (rows of pixels
+    that together fill whole vectors). Returns the block computed at the tile (write-back or
+    epilogue), or None if the epilogue is not elementwise (it is then left as a separate loop
+    nest, still correct).
     """
     consumers = list(sch.get_consumers(main))
     out = region_buffer(sch.get(main).writes[0])
@@ -151,6 +154,12 @@ def attach_epilogue(
     tile_var = sch.get(tile_loop).loop_var
     pos = [i for i, lp in enumerate(loops) if sch.get(lp).loop_var.same_as(tile_var)]
     tile_loops = loops[pos[0] + 1 :] if pos else []
+    if fuse_inner > 1 and len(tile_loops) >= fuse_inner:
+        inner = sch.fuse(*tile_loops[-fuse_inner:])
+        ext = loop_extent(sch, inner)
+        if ext is not None and ext % lanes == 0:
+            sch.vectorize(sch.split(inner, [None, lanes])[1])
+        return tail
     if tile_loops:
         ext = loop_extent(sch, tile_loops[-1])
         if ext is not None and ext > 1:

@@ -120,6 +120,54 @@ def _width_tile(c: int, x_ext: int, target: tvm.target.Target) -> int:
     return choose_factor(x_ext, xt, minimum=max(1, xt // 2))
 
 
+#: Most vectors of output pixels in one register tile of the pixel-vectorized 1x1 schedule.
+PIXEL_VECTORS = 8
+
+
+@dataclass(frozen=True)
+class PixelTile:
+    """Register tile of the pixel-vectorized 1x1 conv: ``channels`` output channels x ``rows``
+    whole output rows, whose pixels fill whole vectors."""
+
+    channels: int
+    rows: int
+
+
+def _pixel_tile(match: ConvMatch, target: tvm.target.Target) -> PixelTile | None:
+    """The tile for vectorizing a 1x1 conv along output pixels, or None.
+
+    Chosen when the output channels do not fill whole vectors (24, 40, 72 channels with 16
+    lanes: channel vectors would run half empty) but rows of pixels do: a 1x1, stride-1,
+    unpadded conv reads and writes each channel's pixels contiguously in NCHW, so ``rows``
+    output rows (the fewest dividing the height whose pixels are a multiple of the lanes, at
+    most :data:`PIXEL_VECTORS` vectors) are the vector dimension and each weight is broadcast.
+    ``channels`` is the largest divisor of the output channels that keeps the accumulators
+    within the vector registers (at least 2).
+    """
+    if match.grouped or match.y is None or match.x is None:
+        return None
+    info = cpu_info(target)
+    lanes = info.lanes(32)
+    con = match.con
+    out_channels = con.extent(match.f)
+    height, width = con.extent(match.y), con.extent(match.x)
+    wshape = [int(d) for d in match.weight.buffer.shape]
+    dshape = [int(d) for d in match.data.buffer.shape]
+    if out_channels % lanes == 0 or wshape[2:4] != [1, 1] or dshape[2:] != [height, width]:
+        return None
+    rows = next((r for r in range(1, height + 1)
+                 if height % r == 0 and r * width % lanes == 0), None)
+    if rows is None or rows * width // lanes > PIXEL_VECTORS:
+        return None
+    vectors = rows * width // lanes
+    budget = 28 if info.vector_registers >= 32 else 12
+    channels = max((c for c in range(1, out_channels + 1)
+                    if out_channels % c == 0 and c * vectors <= budget), default=1)
+    if channels < 2:
+        return None
+    return PixelTile(channels, rows)
+
+
 def _place_padding(sch: s_tir.Schedule, pad, par, lanes: int) -> None:
     """Compute the padded input per parallel task (vectorized, no select), else inline it."""
     if compute_padding_at(sch, pad, par, lanes):
@@ -154,7 +202,8 @@ class Conv2d(CPUScheduleRule):
         idx = param_index(func, match.weight.buffer)
         if idx is None:
             return None
-        c = _channel_block(match, target)
+        pixels = _pixel_tile(match, target)
+        c = pixels.channels if pixels is not None else _channel_block(match, target)
         if match.con.extent(match.f) % c != 0 or c == 1:
             return None
         block = sch.get(match.con.block)
@@ -184,6 +233,9 @@ class Conv2d(CPUScheduleRule):
             return None
         info = cpu_info(target)
         lanes = info.lanes(32)
+        pixels = _pixel_tile(match, target)
+        if pixels is not None and match.packed in (None, pixels.channels):
+            return _schedule_pixels(sch, match, pixels, info.lanes(32))
         con = match.con
         main = con.block
         c = match.packed
@@ -256,3 +308,43 @@ class Conv2d(CPUScheduleRule):
         schedule_other_blocks(sch, skip, lanes, info.num_cores)
         logger.debug("conv2d: c=%d XT=%d", c, xt)
         return sch
+
+
+def _schedule_pixels(
+    sch: s_tir.Schedule, match: ConvMatch, tile: PixelTile, lanes: int
+) -> s_tir.Schedule | None:
+    """1x1 conv vectorized along output pixels (see :func:`_pixel_tile`).
+
+    Each task computes ``tile.channels`` output channels x ``tile.rows`` rows: the reduction
+    over input channels outside, the tile's accumulators (channels x pixel vectors) in
+    registers, one input vector load per pixel vector and one weight broadcast per channel.
+    The epilogue writes whole vectors of NCHW output, no transpose. Tasks are (rows, channel
+    tile) pairs, channel tiles innermost, so a core's consecutive tasks reuse the same input rows.
+    """
+    con = match.con
+    main = con.block
+    for producer in sch.get_producers(main):
+        written = region_buffer(sch.get(producer).writes[0])
+        if written.same_as(match.data.buffer):
+            if not is_plain_copy(sch, producer):
+                return None
+            sch.compute_inline(producer)  # pad=0 legalizes to a copy
+    lb, lf, ly, lx = (con.loop_of(v) for v in (match.b, match.f, match.y, match.x))
+    reduce_loops = [lp for lp in (con.loop_of(v) for v in con.reduce) if lp is not None]
+    fo, fi = sch.split(lf, [None, tile.channels])
+    yo, yi = sch.split(ly, [None, tile.rows])
+    pixels = sch.fuse(yi, lx)
+    po, pv = sch.split(pixels, [None, lanes])
+    outer = [lp for lp in (lb, yo, fo) if lp is not None]
+    sch.reorder(*outer, *reduce_loops, fi, po, pv)
+    par = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    attach_epilogue(sch, main, par, lanes, fuse_inner=2)
+    if int(np.prod(list(con.extents.values()))) >= MIN_PARALLEL_WORK:
+        sch.parallel(par)
+    sch.unroll(fi)
+    sch.unroll(po)
+    sch.vectorize(pv)
+    if reduce_loops:
+        sch.decompose_reduction(main, reduce_loops[0])
+    logger.debug("conv2d 1x1 by pixels: %d channels x %d rows", tile.channels, tile.rows)
+    return sch
