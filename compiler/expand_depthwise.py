@@ -45,9 +45,20 @@ logger = logging.getLogger(__name__)
 #: Name prefix of the kernel's blocks (the schedule rule finds them by it).
 BLOCK_PREFIX = "hwcc_expand_dw_"
 
-#: ``(op, constant)`` steps of the activation between the two convolutions, applied in order;
-#: op is ``"max"`` or ``"min"`` (ReLU is ``("max", 0.0)``, Clip a max and a min).
-Activation = tuple[tuple[str, float], ...]
+#: The activation between the two convolutions, an expression tree over the expansion's
+#: biased value: ``("x",)`` is that value, ``("const", c)`` a constant, ``("sigmoid", a)``, and
+#: ``(op, a, b)`` with op one of :data:`BINARY_OPS`. ReLU is ``("max", ("x",), ("const", 0))``;
+#: Swish ``("mul", ("x",), ("sigmoid", ("x",)))``; HardSwish
+#: ``("mul", ("x",), ("div", ("max", ("min", ("add", ("x",), ("const", 3)), ...), ...), ...))``.
+Activation = tuple
+
+#: Binary operators an :data:`Activation` may use.
+BINARY_OPS = ("max", "min", "add", "sub", "mul", "div")
+
+#: Largest activation tree (nodes) the matcher accepts.
+MAX_ACTIVATION_NODES = 64
+
+IDENTITY: Activation = ("x",)
 
 
 def _env_enabled() -> bool:
@@ -71,7 +82,7 @@ def expand_depthwise_te(data, w1, b1, w2, acts: Activation, stride: tuple[int, i
     w2 : te.Tensor
         Depthwise weight packed ``[C / L, KH, KW, L]``.
     acts : Activation
-        The activation steps, in order.
+        The activation, applied to the expansion's biased value.
     stride : tuple of int
         Depthwise stride ``(sy, sx)``.
     padding : tuple of int
@@ -124,10 +135,7 @@ def expand_depthwise_te(data, w1, b1, w2, acts: Activation, stride: tuple[int, i
     )
 
     def activate(value):
-        for op, c in acts:
-            bound = tirx.const(c, f32)
-            value = te.max(value, bound) if op == "max" else te.min(value, bound)
-        return value
+        return evaluate_activation(acts, value)
 
     padded = te.compute(
         (n, blocks, eh + top + bottom, ew + left + right, lanes),
@@ -149,6 +157,32 @@ def expand_depthwise_te(data, w1, b1, w2, acts: Activation, stride: tuple[int, i
         ),
         name=BLOCK_PREFIX + "depthwise",
     )
+
+
+def evaluate_activation(tree: Activation, value):
+    """The TIR expression of ``tree`` applied to ``value`` (a float32 PrimExpr). Sigmoid is
+    written with ``exp`` (which :mod:`compiler.schedules.fast_math` makes vectorizable)."""
+    from tvm import te, tirx
+
+    kind = tree[0]
+    if kind == "x":
+        return value
+    if kind == "const":
+        return tirx.const(tree[1], "float32")
+    if kind == "sigmoid":
+        arg = evaluate_activation(tree[1], value)
+        one = tirx.const(1.0, "float32")
+        return one / (one + tirx.exp(tirx.const(0.0, "float32") - arg))
+    a, b = evaluate_activation(tree[1], value), evaluate_activation(tree[2], value)
+    if kind == "max":
+        return te.max(a, b)
+    if kind == "min":
+        return te.min(a, b)
+    return {"add": a + b, "sub": a - b, "mul": a * b, "div": a / b}[kind]
+
+
+def _tree_size(tree: Activation) -> int:
+    return 1 + sum(_tree_size(t) for t in tree[1:] if isinstance(t, tuple))
 
 
 def pack_expand_weight(w1: np.ndarray, lanes: int) -> np.ndarray:
@@ -199,33 +233,8 @@ def _scalar_const(expr) -> float | None:
     return None
 
 
-def _activation_step(mod, call) -> tuple[Any, list[tuple[str, float]]] | None:
-    """``(input, steps)`` when ``call`` is one elementwise activation with constant bounds."""
-    from passes.canonicalize import relax_op_of_te_call
-
-    name = op_name(call)
-    out_shape = static_shape(call)
-    if name == "relax.call_tir":
-        call = relax_op_of_te_call(mod, call)
-        if call is None:
-            return None
-        name = op_name(call)
-    if name == "relax.nn.relu":
-        return call.args[0], [("max", 0.0)]
-    if name == "relax.clip":
-        lo, hi = _scalar_const(call.args[1]), _scalar_const(call.args[2])
-        if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
-            return None
-        return call.args[0], [("min", hi), ("max", lo)]  # relax.clip = max(min(x, hi), lo)
-    if name in ("relax.maximum", "relax.minimum"):
-        a, b = call.args
-        bound, x = (_scalar_const(b), a) if _scalar_const(b) is not None else (_scalar_const(a), b)
-        if bound is None or math.isnan(bound) or _scalar_const(x) is not None:
-            return None
-        if out_shape is None or static_shape(x) != out_shape:
-            return None
-        return x, [("max" if name == "relax.maximum" else "min", bound)]
-    return None
+_BINARY_RELAX = {"relax.maximum": "max", "relax.minimum": "min", "relax.add": "add",
+                 "relax.subtract": "sub", "relax.multiply": "mul", "relax.divide": "div"}
 
 
 class _Matcher:
@@ -259,8 +268,87 @@ class _Matcher:
             return None
         return self.bound.get(var)
 
-    def match(self, call) -> _Match | None:
+    def _source(self, var, channels: int):
+        """``(conv call, bias)`` when ``var`` is the expansion conv's output, with or without a
+        constant bias added (then only the conv output must be used once), else None."""
+        value = self.bound.get(var)
+        if value is None:
+            return None
+        bias = np.zeros(channels, np.float32)
+        if op_name(value) == "relax.add":
+            a, b = value.args
+            if is_const(a):
+                a, b = b, a
+            conv = self._single_producer(a)
+            if (conv is None or op_name(conv) != "relax.nn.conv2d" or not is_const(b)
+                    or not _float32(b)):
+                return None
+            bv = const_array(b)
+            if bv.size == 1:
+                bias[:] = bv.reshape(())
+            elif bv.shape in ((channels, 1, 1), (1, channels, 1, 1)):  # one per channel
+                bias = bv.reshape(channels).astype(np.float32)
+            else:
+                return None
+            value = conv
+        if op_name(value) != "relax.nn.conv2d" or not _plain_nchw(value.attrs):
+            return None
+        return value, bias
 
+    def _activation(self, expr, shape, state) -> Activation | None:
+        """The tree of ``expr`` (see :data:`Activation`), recording in ``state`` the source and
+        how often each variable was reached; None if ``expr`` is not such an activation."""
+        from tvm import relax
+
+        bound = _scalar_const(expr)
+        if bound is not None:
+            return None if math.isnan(bound) else ("const", bound)
+        if not isinstance(expr, relax.Var) or static_shape(expr) != shape:
+            return None
+        state["reached"][expr] = state["reached"].get(expr, 0) + 1
+        if state["reached"][expr] > 1:  # a value used twice (Swish): its tree is known
+            return state["trees"].get(expr)
+        if state["source"] is None or state["source"][0].same_as(expr):
+            source = self._source(expr, shape[1])
+            if source is not None:
+                state["source"] = (expr, *source)
+                state["trees"][expr] = IDENTITY
+                return IDENTITY
+        call = self.bound.get(expr)
+        if call is None:
+            return None
+        tree = self._activation_of_call(call, shape, state)
+        state["trees"][expr] = tree
+        return tree
+
+    def _activation_of_call(self, call, shape, state) -> Activation | None:
+        from passes.canonicalize import relax_op_of_te_call
+
+        name = op_name(call)
+        if name == "relax.call_tir":
+            call = relax_op_of_te_call(self.mod, call)  # the importer's Clip: maximum/minimum
+            if call is None:
+                return None
+            name = op_name(call)
+        args = [self._activation(a, shape, state) for a in call.args[:2]]
+        if name == "relax.nn.relu":
+            return None if args[0] is None else ("max", args[0], ("const", 0.0))
+        if name == "relax.sigmoid":
+            return None if args[0] is None else ("sigmoid", args[0])
+        if name == "relax.nn.silu":
+            return None if args[0] is None else ("mul", args[0], ("sigmoid", args[0]))
+        if name == "relax.clip":
+            lo, hi = _scalar_const(call.args[1]), _scalar_const(call.args[2])
+            if args[0] is None or lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+                return None
+            return ("max", ("min", args[0], ("const", hi)), ("const", lo))  # relax.clip order
+        if name in _BINARY_RELAX:
+            if None in args or all(a[0] == "const" for a in args):
+                return None
+            return (_BINARY_RELAX[name], args[0], args[1])
+        return None
+
+    def match(self, call) -> _Match | None:
         if op_name(call) != "relax.nn.conv2d" or not _plain_nchw(call.attrs):
             return None
         e, w2 = call.args
@@ -274,34 +362,14 @@ class _Matcher:
             return None
         if channels % self.lanes != 0:
             return None
-        acts: list[tuple[str, float]] = []
-        value = self._single_producer(e)
-        while value is not None:
-            step = _activation_step(self.mod, value)
-            if step is None:
-                break
-            inner, ops = step
-            acts[:0] = ops
-            value = self._single_producer(inner)
-        if value is None:
+        state: dict[str, Any] = {"source": None, "reached": {}, "trees": {}}
+        acts = self._activation(e, eshape, state)
+        if acts is None or state["source"] is None or _tree_size(acts) > MAX_ACTIVATION_NODES:
             return None
-        bias = np.zeros(channels, np.float32)
-        if op_name(value) == "relax.add":
-            a, b = value.args
-            if is_const(a):
-                a, b = b, a
-            if not is_const(b) or not _float32(b):
-                return None
-            bv = const_array(b)
-            if bv.size == 1:
-                bias[:] = bv.reshape(())
-            elif bv.shape in ((channels, 1, 1), (1, channels, 1, 1)):  # one per channel
-                bias = bv.reshape(channels).astype(np.float32)
-            else:
-                return None
-            value = self._single_producer(a)
-        if value is None or op_name(value) != "relax.nn.conv2d" or not _plain_nchw(value.attrs):
+        # every value between the two convolutions is used only inside the activation
+        if any(self.uses.get(v, 0) != n for v, n in state["reached"].items()):
             return None
+        _, value, bias = state["source"]
         x, w1 = value.args
         if not is_const(w1) or not _float32(x) or not _float32(w1):
             return None
@@ -314,7 +382,7 @@ class _Matcher:
             data=x,
             w1=pack_expand_weight(const_array(w1), self.lanes),
             b1=bias,
-            acts=tuple(acts),
+            acts=acts,
             w2=pack_depthwise_weight(const_array(w2), self.lanes),
             stride=tuple(int(s) for s in call.attrs.strides),
             padding=tuple(int(p) for p in call.attrs.padding),

@@ -69,6 +69,14 @@ def _chain(cin, mid, size, *, stride=1, kernel=3, act="clip", expand_bias=True, 
         nodes.append(helper.make_node("Clip", ["e", "lo", "hi"], ["a"]))
     elif act == "relu":
         nodes.append(helper.make_node("Relu", ["e"], ["a"]))
+    elif act == "swish":  # EfficientNet
+        nodes += [helper.make_node("Sigmoid", ["e"], ["s"]),
+                  helper.make_node("Mul", ["e", "s"], ["a"])]
+    elif act == "hardswish":  # MobileNetV3
+        nodes.append(helper.make_node("HardSwish", ["e"], ["a"]))
+    elif act == "hardsigmoid_gate":
+        nodes += [helper.make_node("HardSigmoid", ["e"], ["s"], alpha=0.25, beta=0.4),
+                  helper.make_node("Mul", ["s", "e"], ["a"])]
     else:
         nodes.append(helper.make_node("Identity", ["e"], ["a"]))
     if dw_is_output:
@@ -164,6 +172,41 @@ def test_the_rule_pads_the_input_per_task():
     # one root-level nest: the parallel task loop holds every stage, input padding included
     assert isinstance(body, tvm.tirx.For) and body.kind == tvm.tirx.ForKind.PARALLEL
     assert "input_pad" in str(body)
+
+
+@pytest.mark.parametrize("act,expand_bias", [("swish", True), ("hardswish", True),
+                                              ("hardswish", False), ("hardsigmoid_gate", True)])
+def test_gated_activations_fuse_and_match_reference(act, expand_bias):
+    """Swish (x * sigmoid(x)), HardSwish and other activations that use the expansion's value
+    twice are part of the kernel too (EfficientNet, MobileNetV3)."""
+    model, feeds = _chain(8, 2 * LANES, 12, act=act, expand_bias=expand_bias)
+    names = _check(model, feeds)
+    assert sum("expand_depthwise" in n for n in names) == 1, names
+    assert not any(n.startswith("fused_conv2d") for n in names), names
+
+
+def test_gate_on_another_tensor_stays_two_convolutions():
+    """x * sigmoid(y) with y not the expansion's value is not an activation of it."""
+    mid, size = 2 * LANES, 8
+    inits = [
+        numpy_helper.from_array((RNG.standard_normal((mid, 8, 1, 1)) * 0.5).astype("float32"),
+                                "w1"),
+        numpy_helper.from_array(RNG.standard_normal((mid, 1, 3, 3)).astype("float32"), "w2"),
+    ]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["e"]),
+             helper.make_node("Sigmoid", ["g"], ["s"]),
+             helper.make_node("Mul", ["e", "s"], ["a"]),
+             helper.make_node("Conv", ["a", "w2"], ["y"], group=mid, kernel_shape=[3, 3],
+                              pads=[1, 1, 1, 1])]
+    shape = [1, mid, size, size]
+    graph = helper.make_graph(nodes, "gate", [_vi("x", [1, 8, size, size]), _vi("g", shape)],
+                              [_vi("y", shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    feeds = {"x": RNG.standard_normal((1, 8, size, size)).astype("float32"),
+             "g": RNG.standard_normal(shape).astype("float32")}
+    names = _check(model, feeds)
+    assert not any("expand_depthwise" in n for n in names)
 
 
 def test_depthwise_conv_as_the_graph_output():
