@@ -9,6 +9,7 @@ import numpy as np
 import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.s_tir.schedule import SBlockRV
 
 from .analysis import (
     Contraction,
@@ -133,7 +134,17 @@ class PixelTile:
     rows: int
 
 
-def _pixel_tile(match: ConvMatch, target: tvm.target.Target) -> PixelTile | None:
+def _data_producer(sch: s_tir.Schedule, match: ConvMatch) -> SBlockRV | None:
+    """The block writing the conv's data (legalization's padding block), None for a parameter."""
+    for producer in sch.get_producers(match.con.block):
+        if region_buffer(sch.get(producer).writes[0]).same_as(match.data.buffer):
+            return producer
+    return None
+
+
+def _pixel_tile(
+    sch: s_tir.Schedule, match: ConvMatch, target: tvm.target.Target
+) -> PixelTile | None:
     """The tile for vectorizing a 1x1 conv along output pixels, or None.
 
     Chosen when the output channels do not fill whole vectors (24, 40, 72 channels with 16
@@ -155,6 +166,9 @@ def _pixel_tile(match: ConvMatch, target: tvm.target.Target) -> PixelTile | None
     dshape = [int(d) for d in match.data.buffer.shape]
     if out_channels % lanes == 0 or wshape[2:4] != [1, 1] or dshape[2:] != [height, width]:
         return None
+    producer = _data_producer(sch, match)
+    if producer is not None and not is_plain_copy(sch, producer):
+        return None  # a padded 1x1 conv (its border outputs are bias only)
     rows = next((r for r in range(1, height + 1)
                  if height % r == 0 and r * width % lanes == 0), None)
     if rows is None or rows * width // lanes > PIXEL_VECTORS:
@@ -202,7 +216,7 @@ class Conv2d(CPUScheduleRule):
         idx = param_index(func, match.weight.buffer)
         if idx is None:
             return None
-        pixels = _pixel_tile(match, target)
+        pixels = _pixel_tile(sch, match, target)
         c = pixels.channels if pixels is not None else _channel_block(match, target)
         if match.con.extent(match.f) % c != 0 or c == 1:
             return None
@@ -233,7 +247,7 @@ class Conv2d(CPUScheduleRule):
             return None
         info = cpu_info(target)
         lanes = info.lanes(32)
-        pixels = _pixel_tile(match, target)
+        pixels = _pixel_tile(sch, match, target)
         if pixels is not None and match.packed in (None, pixels.channels):
             return _schedule_pixels(sch, match, pixels, info.lanes(32))
         con = match.con
@@ -312,7 +326,7 @@ class Conv2d(CPUScheduleRule):
 
 def _schedule_pixels(
     sch: s_tir.Schedule, match: ConvMatch, tile: PixelTile, lanes: int
-) -> s_tir.Schedule | None:
+) -> s_tir.Schedule:
     """1x1 conv vectorized along output pixels (see :func:`_pixel_tile`).
 
     Each task computes ``tile.channels`` output channels x ``tile.rows`` rows: the reduction
@@ -323,12 +337,9 @@ def _schedule_pixels(
     """
     con = match.con
     main = con.block
-    for producer in sch.get_producers(main):
-        written = region_buffer(sch.get(producer).writes[0])
-        if written.same_as(match.data.buffer):
-            if not is_plain_copy(sch, producer):
-                return None
-            sch.compute_inline(producer)  # pad=0 legalizes to a copy
+    copy = _data_producer(sch, match)  # checked by _pixel_tile: a plain copy (pad=0) or none
+    if copy is not None:
+        sch.compute_inline(copy)
     lb, lf, ly, lx = (con.loop_of(v) for v in (match.b, match.f, match.y, match.x))
     reduce_loops = [lp for lp in (con.loop_of(v) for v in con.reduce) if lp is not None]
     fo, fi = sch.split(lf, [None, tile.channels])

@@ -256,6 +256,14 @@ def test_odd_channel_count_uses_power_of_two_vectors():
     assert "T.vectorized(T.int64(24))" not in text
 
 
+def _pixel_tile_of(model, target=X86):
+    from compiler.schedules.conv2d import _pixel_tile, match_conv2d
+
+    raw = next(f for n, f in _prim_funcs(_fused(model, target)).items() if "conv2d" in n)
+    sch = tvm.s_tir.Schedule(raw)
+    return _pixel_tile(sch, match_conv2d(sch), target)
+
+
 @pytest.mark.parametrize(
     "c,o,h,residual,target,tile",
     [
@@ -268,30 +276,27 @@ def test_1x1_conv_with_channels_short_of_a_vector_is_vectorized_along_pixels(
         c, o, h, residual, target, tile):
     """24 or 40 output channels fill no whole 16-lane vectors, but rows of pixels do: the 1x1
     conv keeps channels x pixel vectors in registers, its weight packed per channel tile."""
-    from compiler.schedules.conv2d import PixelTile, _pixel_tile, match_conv2d
+    from compiler.schedules.conv2d import PixelTile
 
     model, feeds = _conv(c, o, h, 1, pad=0, residual=residual)
-    raw = [f for n, f in _prim_funcs(_fused(model, target)).items() if "conv2d" in n][0]
-    assert _pixel_tile(match_conv2d(tvm.s_tir.Schedule(raw)), target) == PixelTile(*tile)
+    assert _pixel_tile_of(model, target) == PixelTile(*tile)
     mod = _check(model, feeds, target)
     (conv,) = [f for n, f in _prim_funcs(mod).items() if "conv2d" in n]
-    weight = [p for p in conv.params if len(p.shape) == 5][0]
+    weight = next(p for p in conv.params if len(p.shape) == 5)
     assert [int(d) for d in weight.shape] == [o // tile[0], c, 1, 1, tile[0]]
     lanes = 8 if target is X86_AVX2 else 16
     assert f"T.vectorized(T.int64({lanes}))" in conv.script()
 
 
-def test_1x1_conv_without_a_row_multiple_of_the_lanes_keeps_channel_vectors():
-    """14-wide rows: no divisor of 14 rows gives whole 16-lane vectors (nor on 7x7)."""
-    from compiler.schedules.conv2d import _pixel_tile, match_conv2d
-
+def test_other_1x1_convs_keep_channel_vectors():
+    """14-wide rows: no divisor of 14 rows gives whole 16-lane vectors (nor on 7x7); a padded
+    1x1 conv (border outputs are bias only); channels that fill whole vectors."""
     for h in (14, 7):
-        model, _ = _conv(48, 24, h, 1, pad=0)
-        raw = [f for n, f in _prim_funcs(_fused(model)).items() if "conv2d" in n][0]
-        assert _pixel_tile(match_conv2d(tvm.s_tir.Schedule(raw)), X86) is None
-    model, _ = _conv(48, 32, 16, 1, pad=0)  # channels fill two vectors: the channel schedule
-    raw = [f for n, f in _prim_funcs(_fused(model)).items() if "conv2d" in n][0]
-    assert _pixel_tile(match_conv2d(tvm.s_tir.Schedule(raw)), X86) is None
+        assert _pixel_tile_of(_conv(48, 24, h, 1, pad=0)[0]) is None
+    model, feeds = _conv(16, 24, 6, 1, pad=1)
+    assert _pixel_tile_of(model) is None
+    _check(model, feeds)
+    assert _pixel_tile_of(_conv(48, 32, 16, 1, pad=0)[0]) is None
 
 
 def test_unpadded_conv_reads_its_input_directly():
