@@ -55,7 +55,7 @@ Activation = tuple
 #: Binary operators an :data:`Activation` may use.
 BINARY_OPS = ("max", "min", "add", "sub", "mul", "div")
 
-#: Largest activation tree (nodes) the matcher accepts.
+#: Largest activation the matcher accepts: tree nodes, and Relax variables visited.
 MAX_ACTIVATION_NODES = 64
 
 IDENTITY: Activation = ("x",)
@@ -181,8 +181,14 @@ def evaluate_activation(tree: Activation, value):
     return {"add": a + b, "sub": a - b, "mul": a * b, "div": a / b}[kind]
 
 
-def _tree_size(tree: Activation) -> int:
-    return 1 + sum(_tree_size(t) for t in tree[1:] if isinstance(t, tuple))
+def _tree_size(tree: Activation, cap: int) -> int:
+    """Nodes of ``tree`` (shared subtrees counted each time), counting stops past ``cap``."""
+    count, stack = 0, [tree]
+    while stack and count <= cap:
+        node = stack.pop()
+        count += 1
+        stack.extend(t for t in node[1:] if isinstance(t, tuple))
+    return count
 
 
 def pack_expand_weight(w1: np.ndarray, lanes: int) -> np.ndarray:
@@ -308,16 +314,15 @@ class _Matcher:
         state["reached"][expr] = state["reached"].get(expr, 0) + 1
         if state["reached"][expr] > 1:  # a value used twice (Swish): its tree is known
             return state["trees"].get(expr)
-        if state["source"] is None or state["source"][0].same_as(expr):
-            source = self._source(expr, shape[1])
-            if source is not None:
-                state["source"] = (expr, *source)
-                state["trees"][expr] = IDENTITY
-                return IDENTITY
-        call = self.bound.get(expr)
-        if call is None:
+        if len(state["reached"]) > MAX_ACTIVATION_NODES:
             return None
-        tree = self._activation_of_call(call, shape, state)
+        source = self._source(expr, shape[1]) if state["source"] is None else None
+        if source is not None:
+            state["source"] = (expr, *source)
+            tree = IDENTITY
+        else:
+            call = self.bound.get(expr)
+            tree = None if call is None else self._activation_of_call(call, shape, state)
         state["trees"][expr] = tree
         return tree
 
@@ -330,22 +335,26 @@ class _Matcher:
             if call is None:
                 return None
             name = op_name(call)
-        args = [self._activation(a, shape, state) for a in call.args[:2]]
-        if name == "relax.nn.relu":
-            return None if args[0] is None else ("max", args[0], ("const", 0.0))
-        if name == "relax.sigmoid":
-            return None if args[0] is None else ("sigmoid", args[0])
-        if name == "relax.nn.silu":
-            return None if args[0] is None else ("mul", args[0], ("sigmoid", args[0]))
-        if name == "relax.clip":
+        if name in ("relax.nn.relu", "relax.sigmoid", "relax.nn.silu", "relax.clip"):
+            arg = self._activation(call.args[0], shape, state)
+            if arg is None:
+                return None
+            if name == "relax.nn.relu":
+                return ("max", arg, ("const", 0.0))
+            if name == "relax.sigmoid":
+                return ("sigmoid", arg)
+            if name == "relax.nn.silu":
+                return ("mul", arg, ("sigmoid", arg))
             lo, hi = _scalar_const(call.args[1]), _scalar_const(call.args[2])
-            if args[0] is None or lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+            if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
                 return None
-            return ("max", ("min", args[0], ("const", hi)), ("const", lo))  # relax.clip order
+            return ("max", ("min", arg, ("const", hi)), ("const", lo))  # relax.clip's order
         if name in _BINARY_RELAX:
-            if None in args or all(a[0] == "const" for a in args):
+            a = self._activation(call.args[0], shape, state)
+            b = None if a is None else self._activation(call.args[1], shape, state)
+            if b is None or (a[0] == "const" and b[0] == "const"):
                 return None
-            return (_BINARY_RELAX[name], args[0], args[1])
+            return (_BINARY_RELAX[name], a, b)
         return None
 
     def match(self, call) -> _Match | None:
@@ -364,7 +373,9 @@ class _Matcher:
             return None
         state: dict[str, Any] = {"source": None, "reached": {}, "trees": {}}
         acts = self._activation(e, eshape, state)
-        if acts is None or state["source"] is None or _tree_size(acts) > MAX_ACTIVATION_NODES:
+        if acts is None or state["source"] is None:
+            return None
+        if _tree_size(acts, MAX_ACTIVATION_NODES) > MAX_ACTIVATION_NODES:
             return None
         # every value between the two convolutions is used only inside the activation
         if any(self.uses.get(v, 0) != n for v, n in state["reached"].items()):

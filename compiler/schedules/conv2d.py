@@ -201,8 +201,9 @@ class Conv2d(CPUScheduleRule):
     ``c x XT`` tile of one output row with all reduction loops inside, accumulating in registers
     (channels innermost), and applies the fused elementwise epilogue (bias, BN-folded affine,
     ReLU, residual add) per tile. Padding is computed per task (zero fill + vectorized copy).
-    A weight that is not a constant is packed inside the kernel on every call. Returns None for
-    anything else.
+    A weight that is not a constant is packed inside the kernel on every call. 1x1 convs whose
+    output channels fill no whole vectors are vectorized along rows of pixels instead
+    (:func:`_pixel_tile`, :func:`_schedule_pixels`). Returns None for anything else.
     """
 
     def pack_plan(self, func: tirx.PrimFunc, target: tvm.target.Target) -> WeightPack | None:

@@ -209,6 +209,27 @@ def test_gate_on_another_tensor_stays_two_convolutions():
     assert not any("expand_depthwise" in n for n in names)
 
 
+@pytest.mark.parametrize("levels,fused", [(3, True), (20, False)])
+def test_nested_gates_are_bounded(levels, fused):
+    """swish(swish(...(x))): a few levels fuse; 20 levels would be a 2^20-node tree (each value
+    is used twice), which the matcher declines without building it."""
+    model, feeds = _chain(8, 2 * LANES, 8, act="none")
+    graph = model.graph
+    (ident,) = [n for n in graph.node if n.op_type == "Identity"]
+    at = list(graph.node).index(ident)
+    nodes, value = [], "e"
+    for i in range(levels):
+        nodes += [helper.make_node("Sigmoid", [value], [f"s{i}"]),
+                  helper.make_node("Mul", [value, f"s{i}"], [f"m{i}"])]
+        value = f"m{i}"
+    nodes.append(helper.make_node("Identity", [value], ["a"]))
+    del graph.node[at]
+    for offset, node in enumerate(nodes):
+        graph.node.insert(at + offset, node)
+    names = _check(model, feeds)
+    assert any("expand_depthwise" in n for n in names) == fused, names
+
+
 def test_depthwise_conv_as_the_graph_output():
     """No epilogue: the kernel's result is the function's output (the dataflow block's output
     variable is rebound to the new call)."""
