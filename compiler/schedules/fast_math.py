@@ -1,17 +1,18 @@
-"""Vectorizable float32 ``erf`` and ``exp`` for the default CPU schedules.
+"""Vectorizable float32 ``erf``, ``exp`` and ``sigmoid`` for the default CPU schedules.
 
-LLVM lowers ``T.erf`` / ``T.exp`` to calls of libm's ``erff`` / ``expf``: a vectorized loop
-is scalarized into one call per lane (BERT's GELU epilogue spent ~1.4 ms of a 2 ms kernel in
-``erff``). :func:`vectorizable_math` replaces them, in a PrimFunc about to be scheduled, with
+LLVM lowers ``T.erf`` / ``T.exp`` (and ``T.sigmoid``, through ``exp``) to calls of libm's
+``erff`` / ``expf``: a vectorized loop is scalarized into one call per lane (BERT's GELU
+epilogue spent ~1.4 ms of a 2 ms kernel in ``erff``; Swish epilogues in ``expf``). :func:`vectorizable_math` replaces them, in a PrimFunc about to be scheduled, with
 pure arithmetic that vectorizes:
 
 * ``erf``: the rational approximation TVM's ``topi.fast_erf`` and Eigen use (argument clamped to
   [-4, 4]; max abs error ~1e-7 against float64 erf);
 * ``exp``: Cody-Waite range reduction ``x = n ln2 + r``, a degree-5 polynomial for ``e^r`` and
   ``2^n`` built in the exponent bits (as ``topi.fast_exp``; relative error ~2e-7). Results
-  below the smallest normal float (``x < -87.34``) flush to 0, overflow gives ``+inf``.
+  below the smallest normal float (``x < -87.34``) flush to 0, overflow gives ``+inf``;
+* ``sigmoid``: ``1 / (1 + exp(-x))`` with that ``exp`` (exactly 0 and 1 far out).
 
-NaN propagates through both.
+NaN propagates through all three.
 
 Only float32 calls are rewritten; other dtypes keep the libm calls.
 """
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 _ERF = tvm.ir.Op.get("tirx.erf")
 _EXP = tvm.ir.Op.get("tirx.exp")
+_SIGMOID = tvm.ir.Op.get("tirx.sigmoid")
 _CALL = tvm.ir.expr.Call
 
 # topi::fast_erf_float_expr (Eigen's generic_fast_erf_float) coefficients
@@ -122,6 +124,13 @@ def fast_exp(arg: tirx.PrimExpr) -> tirx.PrimExpr:
     return tirx.Select(tirx.isnan(arg), arg, value)
 
 
+def fast_sigmoid(arg: tirx.PrimExpr) -> tirx.PrimExpr:
+    """A float32 ``sigmoid(arg) = 1 / (1 + exp(-arg))`` with :func:`fast_exp` (0 and 1 at the
+    extremes, NaN stays NaN)."""
+    one = _f(1.0)
+    return one / (one + fast_exp(_f(0.0) - arg))
+
+
 def _dtype(expr) -> str:
     """The scalar dtype of a TIR expression (``dtype``, or ``ty.dtype`` in TVM 0.27)."""
     if hasattr(expr, "dtype"):
@@ -131,8 +140,9 @@ def _dtype(expr) -> str:
 
 
 def vectorizable_math(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """``func`` with every float32 ``T.erf`` / ``T.exp`` call replaced by :func:`fast_erf` /
-    :func:`fast_exp` (the same function object when there is none)."""
+    """``func`` with every float32 ``T.erf`` / ``T.exp`` / ``T.sigmoid`` call replaced by
+    :func:`fast_erf` / :func:`fast_exp` / :func:`fast_sigmoid` (the same function object when
+    there is none)."""
     count = 0
 
     def rewrite(call):
@@ -145,9 +155,12 @@ def vectorizable_math(func: tirx.PrimFunc) -> tirx.PrimFunc:
         if call.op.same_as(_EXP):
             count += 1
             return fast_exp(call.args[0])
+        if call.op.same_as(_SIGMOID):
+            count += 1
+            return fast_sigmoid(call.args[0])
         return call
 
     new = tvm_ffi.structural_map(func, [(_CALL, rewrite)])
     if count:
-        logger.debug("replaced %d erf/exp calls by vectorizable expressions", count)
+        logger.debug("replaced %d erf/exp/sigmoid calls by vectorizable expressions", count)
     return new if count else func

@@ -468,6 +468,27 @@ def test_vectorizable_erf_exp_match_numpy():
     assert np.isnan(exp[-1]) and np.isnan(erf[-1])
 
 
+def test_vectorizable_sigmoid_matches_numpy():
+    """Sigmoid (SE blocks, Swish, LSTM gates) becomes vectorizable arithmetic too."""
+    n = 2048
+    x = np.concatenate(
+        [RNG.uniform(-10, 10, n - 8), [0.0, -0.0, 88.8, -88.8, np.inf, -np.inf, 200.0, np.nan]]
+    ).astype("float32")
+    model = _model([helper.make_node("Sigmoid", ["x"], ["s"])], [_vi("x", [n])],
+                   [_vi("s", [n])], [])
+    with X86:
+        mod = apply_default_schedules(_fused(model), X86)
+    (func,) = _prim_funcs(mod).values()
+    text = func.script()
+    assert "T.sigmoid(" not in text and "T.exp(" not in text and "T.vectorized(" in text
+    ex = tvm.compile(_lower(mod), target=X86, relax_pipeline=None)
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    with np.errstate(over="ignore"):
+        want = 1.0 / (1.0 + np.exp(-x.astype("float64")))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, equal_nan=True)
+    assert got[-4] == 1.0 and got[-3] == 0.0 and np.isnan(got[-1])
+
+
 def test_gelu_epilogue_fused_into_matmul():
     """GELU (x * 0.5 * (1 + erf(x / sqrt 2)), x read twice) is computed per matmul tile."""
     nodes = [
