@@ -209,10 +209,7 @@ def test_gate_on_another_tensor_stays_two_convolutions():
     assert not any("expand_depthwise" in n for n in names)
 
 
-@pytest.mark.parametrize("levels,fused", [(3, True), (20, False)])
-def test_nested_gates_are_bounded(levels, fused):
-    """swish(swish(...(x))): a few levels fuse; 20 levels would be a 2^20-node tree (each value
-    is used twice), which the matcher declines without building it."""
+def _nested_swish(levels):
     model, feeds = _chain(8, 2 * LANES, 8, act="none")
     graph = model.graph
     (ident,) = [n for n in graph.node if n.op_type == "Identity"]
@@ -226,8 +223,31 @@ def test_nested_gates_are_bounded(levels, fused):
     del graph.node[at]
     for offset, node in enumerate(nodes):
         graph.node.insert(at + offset, node)
+    return model, feeds
+
+
+def test_nested_gates_fuse_and_match_reference():
+    """swish(swish(swish(x))): every value is used twice; the tree (22 nodes) is fused."""
+    model, feeds = _nested_swish(3)
     names = _check(model, feeds)
-    assert any("expand_depthwise" in n for n in names) == fused, names
+    assert any("expand_depthwise" in n for n in names), names
+
+
+def test_nested_gates_past_the_cap_are_declined():
+    """Each nesting level doubles the activation's tree: 5 levels (94 nodes) pass
+    MAX_ACTIVATION_NODES and the pass leaves the chain alone; the node count stops at the cap,
+    so deeper nests cost no more. (Legalization and fusion only: building such a chain
+    unfused takes minutes in TVM itself, which inlines each duplicated operand.)"""
+    from compiler.expand_depthwise import MAX_ACTIVATION_NODES, _tree_size
+
+    tree = ("x",)
+    for _ in range(30):
+        tree = ("mul", tree, ("sigmoid", tree))
+    assert _tree_size(tree, MAX_ACTIVATION_NODES) == MAX_ACTIVATION_NODES + 1
+    for levels, fused in ((3, True), (5, False)):
+        mod = from_onnx(_nested_swish(levels)[0], keep_params_in_input=False)
+        names = _kernel_names(lower.legalize_and_fuse(mod, HOST))
+        assert any("expand_depthwise" in n for n in names) == fused, (levels, names)
 
 
 def test_depthwise_conv_as_the_graph_output():
