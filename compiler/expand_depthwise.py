@@ -7,7 +7,8 @@ batch-norm folding (so that weights and biases are folded constants). It finds t
                           or any dense conv (MobileNet's 3x3/2 stem conv feeds a depthwise conv
                           the same way)
     e = add(e, b1)        optional; constant bias, one value per channel (or one for all)
-    e = act(e)            optional; any chain of ReLU / Clip / maximum / minimum with constants
+    e = act(e)            optional; elementwise ops of e and scalar constants (ReLU, Clip,
+                          max/min, + - * /, sigmoid, SiLU: so also Swish and HardSwish)
     d = conv2d(e, w2)     depthwise: groups = channels, one 2-D filter per channel, constant
 
 (NCHW, float32, static shapes, dilation 1, each intermediate used only by the next step, the
@@ -52,8 +53,10 @@ BLOCK_PREFIX = "hwcc_expand_dw_"
 #: ``("mul", ("x",), ("div", ("max", ("min", ("add", ("x",), ("const", 3)), ...), ...), ...))``.
 Activation = tuple
 
-#: Binary operators an :data:`Activation` may use.
-BINARY_OPS = ("max", "min", "add", "sub", "mul", "div")
+#: Relax binary ops an :data:`Activation` may use, and their names in the tree.
+_BINARY_RELAX = {"relax.maximum": "max", "relax.minimum": "min", "relax.add": "add",
+                 "relax.subtract": "sub", "relax.multiply": "mul", "relax.divide": "div"}
+BINARY_OPS = tuple(_BINARY_RELAX.values())
 
 #: Largest activation the matcher accepts: tree nodes, and Relax variables visited.
 MAX_ACTIVATION_NODES = 64
@@ -160,8 +163,8 @@ def expand_depthwise_te(data, w1, b1, w2, acts: Activation, stride: tuple[int, i
 
 
 def evaluate_activation(tree: Activation, value):
-    """The TIR expression of ``tree`` applied to ``value`` (a float32 PrimExpr). Sigmoid is
-    written with ``exp`` (which :mod:`compiler.schedules.fast_math` makes vectorizable)."""
+    """The TIR expression of ``tree`` applied to ``value`` (a float32 PrimExpr). Sigmoid stays
+    ``T.sigmoid``, which :mod:`compiler.schedules.fast_math` makes vectorizable."""
     from tvm import te, tirx
 
     kind = tree[0]
@@ -170,9 +173,7 @@ def evaluate_activation(tree: Activation, value):
     if kind == "const":
         return tirx.const(tree[1], "float32")
     if kind == "sigmoid":
-        arg = evaluate_activation(tree[1], value)
-        one = tirx.const(1.0, "float32")
-        return one / (one + tirx.exp(tirx.const(0.0, "float32") - arg))
+        return tirx.sigmoid(evaluate_activation(tree[1], value))
     a, b = evaluate_activation(tree[1], value), evaluate_activation(tree[2], value)
     if kind == "max":
         return te.max(a, b)
@@ -237,10 +238,6 @@ def _scalar_const(expr) -> float | None:
     if is_const(expr) and const_array(expr).size == 1:
         return float(const_array(expr).reshape(()))
     return None
-
-
-_BINARY_RELAX = {"relax.maximum": "max", "relax.minimum": "min", "relax.add": "add",
-                 "relax.subtract": "sub", "relax.multiply": "mul", "relax.divide": "div"}
 
 
 class _Matcher:

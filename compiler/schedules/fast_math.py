@@ -2,8 +2,9 @@
 
 LLVM lowers ``T.erf`` / ``T.exp`` (and ``T.sigmoid``, through ``exp``) to calls of libm's
 ``erff`` / ``expf``: a vectorized loop is scalarized into one call per lane (BERT's GELU
-epilogue spent ~1.4 ms of a 2 ms kernel in ``erff``; Swish epilogues in ``expf``). :func:`vectorizable_math` replaces them, in a PrimFunc about to be scheduled, with
-pure arithmetic that vectorizes:
+epilogue spent ~1.4 ms of a 2 ms kernel in ``erff``; Swish epilogues in ``expf``).
+:func:`vectorizable_math` replaces them, in a PrimFunc about to be scheduled, with pure
+arithmetic that vectorizes:
 
 * ``erf``: the rational approximation TVM's ``topi.fast_erf`` and Eigen use (argument clamped to
   [-4, 4]; max abs error ~1e-7 against float64 erf);
