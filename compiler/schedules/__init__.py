@@ -32,6 +32,7 @@ from .int8_dense import Int8Dense
 from .matmul import Matmul
 from .packing import pack_weights
 from .pool import Pool2d
+from .reduce import InnerReduction
 from .row_reduce import RowReduction
 from .target_info import CPUInfo, cpu_info, is_cpu_target
 from .winograd import Winograd
@@ -45,6 +46,7 @@ __all__ = [
     "DepthwiseConv2d",
     "ExpandDepthwise",
     "Fallback",
+    "InnerReduction",
     "Int8Conv2d",
     "Int8Dense",
     "Matmul",
@@ -63,7 +65,7 @@ DEFAULT_RULES: tuple[ScheduleRule, ...] = (
     # Winograd and the fused expansion+depthwise kernel before the others: their blocks would
     # otherwise match as a matmul / conv
     Winograd(), ExpandDepthwise(),
-    Matmul(), Conv2d(), DepthwiseConv2d(), Pool2d(), RowReduction(), Fallback(),
+    Matmul(), Conv2d(), DepthwiseConv2d(), Pool2d(), RowReduction(), InnerReduction(), Fallback(),
 )
 
 _SCHEDULED_ATTRS = ("tirx.is_scheduled", "tir.is_scheduled")

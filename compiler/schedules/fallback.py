@@ -14,11 +14,34 @@ from .target_info import cpu_info, is_cpu_target
 logger = logging.getLogger(__name__)
 
 
+#: A producer whose consumer runs this many times more iterations is broadcast, not inlined.
+BROADCAST_RATIO = 4
+
+
+def _domain(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> int | None:
+    size = 1
+    for iv in sch.get(block).iter_vars:
+        ext = iv.dom.extent
+        if not isinstance(ext, tirx.IntImm):
+            return None
+        size *= int(ext.value)
+    return size
+
+
+def _is_broadcast(sch: s_tir.Schedule, block: s_tir.SBlockRV, consumer: s_tir.SBlockRV) -> bool:
+    """Whether ``consumer`` reads each element of ``block`` many times (a per-channel gate
+    multiplied into a whole feature map, as in squeeze-and-excitation)."""
+    small, large = _domain(sch, block), _domain(sch, consumer)
+    return small is not None and large is not None and large >= BROADCAST_RATIO * small
+
+
 def inline_spatial_chains(sch: s_tir.Schedule) -> None:
     """Inline each data-parallel block whose only consumer is also data-parallel.
 
     Elementwise chains (add -> relu -> cast ...) then run as one loop nest. Blocks feeding a
-    reduction are kept, so nothing expensive (``exp``, ``erf``) is recomputed per reduction step.
+    reduction are kept, so nothing expensive (``exp``, ``erf``) is recomputed per reduction step;
+    so are blocks that their consumer broadcasts (a squeeze-and-excitation gate,
+    ``sigmoid(conv(pool(x)))`` per channel, is computed once per channel, not once per pixel).
     """
     changed = True
     while changed:
@@ -28,6 +51,8 @@ def inline_spatial_chains(sch: s_tir.Schedule) -> None:
                 continue
             consumers = list(sch.get_consumers(block))
             if len(consumers) != 1 or not is_spatial_block(sch, consumers[0]):
+                continue
+            if _is_broadcast(sch, block, consumers[0]):
                 continue
             try:
                 sch.compute_inline(block)

@@ -431,6 +431,71 @@ def test_row_reduction_rule_declines_other_reductions():
     assert RowReduction().apply(raw, X86, False) is None
 
 
+def _reduce_model(op: str, shape: list[int], axes: list[int]):
+    out = [d for i, d in enumerate(shape) if i not in axes]
+    if op == "ReduceSum":  # axes are an input from opset 13, an attribute of the others to 17
+        node = helper.make_node(op, ["x", "ax"], ["y"], keepdims=0)
+        inits = [numpy_helper.from_array(np.array(axes, dtype=np.int64), "ax")]
+    else:
+        node, inits = helper.make_node(op, ["x"], ["y"], keepdims=0, axes=axes), []
+    return _model([node], [_vi("x", shape)], [_vi("y", out)], inits)
+
+
+@pytest.mark.parametrize(
+    "op,shape,axes,vectorized",
+    [
+        ("ReduceMean", [1, 32, 80, 80], [2, 3], True),  # squeeze-and-excitation pooling
+        ("ReduceMean", [1, 24, 20, 20], [2, 3], True),  # 400 = 25 vectors: one accumulator
+        ("ReduceSum", [4, 96, 256], [2], True),
+        ("ReduceMax", [3, 7, 512], [2], True),
+        ("ReduceMean", [1, 64, 7, 7], [2, 3], False),  # 49: not whole vectors, declined
+        ("ReduceSum", [2, 16, 48], [1], False),  # reduced axis not innermost, declined
+        ("ReduceMean", [2, 64, 64], [0, 1, 2], False),  # to one scalar: left to the fallback
+    ],
+)
+def test_inner_reduction_rule(op, shape, axes, vectorized):
+    """InnerReduction: vector partial results (rfactor) per output, outputs in parallel."""
+    from compiler.schedules.reduce import InnerReduction
+
+    model = _reduce_model(op, shape, axes)
+    with X86:
+        (raw,) = _prim_funcs(_fused(model)).values()
+    assert (InnerReduction().apply(raw, X86, False) is not None) == vectorized
+    mod = _check(model, {"x": RNG.standard_normal(shape).astype("float32")})
+    (func,) = _prim_funcs(mod).values()
+    text = func.script()
+    if vectorized:
+        assert "_rf" in text and "T.vectorized(" in text
+        outputs = int(np.prod([d for i, d in enumerate(shape) if i not in axes]))
+        assert ("T.parallel(" in text) == (outputs >= 2 and int(np.prod(shape)) >= 16384)
+
+
+def test_squeeze_excitation_gate_is_computed_once_per_channel():
+    """sigmoid(conv(mean(x))) * x: the gate is a separate per-channel loop, not recomputed for
+    every pixel of the map it scales, and the kernel matches the reference."""
+    c, r, h = 48, 8, 20
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["m"], keepdims=1, axes=[2, 3]),
+        helper.make_node("Conv", ["m", "w1", "b1"], ["s"]),
+        helper.make_node("Relu", ["s"], ["sr"]),
+        helper.make_node("Conv", ["sr", "w2", "b2"], ["g"]),
+        helper.make_node("Sigmoid", ["g"], ["gs"]),
+        helper.make_node("Mul", ["x", "gs"], ["y"]),
+    ]
+    model = _model(
+        nodes, [_vi("x", [1, c, h, h])], [_vi("y", [1, c, h, h])],
+        [_const("w1", (r, c, 1, 1)), _const("b1", (r,)),
+         _const("w2", (c, r, 1, 1)), _const("b2", (c,))],
+    )
+    mod = _check(model, {"x": RNG.standard_normal((1, c, h, h)).astype("float32")})
+    gates = [f for n, f in _prim_funcs(mod).items() if "sigmoid" in n and "multiply" in n]
+    assert gates, sorted(_prim_funcs(mod))
+    # the multiply's loop nest reads the gate from a buffer: no exp-bits arithmetic in it
+    for func in gates:
+        multiply = func.script().split('T.sblock("T_multiply")')[1]
+        assert "T.reinterpret" not in multiply and "T.exp" not in multiply
+
+
 def test_vectorizable_erf_exp_match_numpy():
     """Erf and Exp become vectorizable arithmetic: ~1e-7 accurate, inf/NaN/underflow kept."""
     import math
