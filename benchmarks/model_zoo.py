@@ -1,8 +1,9 @@
 """Benchmark models built with ``onnx.helper`` from seeded random weights (no torch needed).
 
 The architectures are the standard ones — ResNet-18 (He et al. 2016), MobileNetV2 (Sandler
-et al. 2018) and a 4-layer BERT encoder (hidden 256, 4 heads, sequence 128) — with
-BatchNorm kept as separate nodes, as exporters emit them. Weights are random: these models
+et al. 2018), EfficientNet-B0 (Tan & Le 2019: Swish, squeeze-and-excitation, 5x5 depthwise
+convs) and a 4-layer BERT encoder (hidden 256, 4 heads, sequence 128) — with BatchNorm kept
+as separate nodes, as exporters emit them. Weights are random: these models
 measure speed, not accuracy.
 """
 
@@ -55,7 +56,13 @@ class _Builder:
             y = self.node("Relu", [y])
         elif act == "Relu6":
             y = self.node("Clip", [y, self.const(np.float32(0.0)), self.const(np.float32(6.0))])
+        elif act == "Swish":
+            y = self.swish(y)
         return y
+
+    def swish(self, x: str) -> str:
+        """SiLU as exporters write it at opset 17: x * sigmoid(x)."""
+        return self.node("Mul", [x, self.node("Sigmoid", [x])])
 
     def gemm(self, x: str, cin: int, cout: int) -> str:
         w = (self.rng.standard_normal((cout, cin)) / np.sqrt(cin)).astype(np.float32)
@@ -121,6 +128,44 @@ def mobilenet_v2(batch: int = 1, seed: int = 0) -> onnx.ModelProto:
     return b.model("mobilenet_v2", [inp], x, [batch, 1000])
 
 
+def efficientnet_b0(batch: int = 1, seed: int = 0) -> onnx.ModelProto:
+    """EfficientNet-B0 for 224×224 input, 1000 classes (5.3 M parameters): MBConv blocks with
+    Swish and squeeze-and-excitation (pool, 1×1 conv, Swish, 1×1 conv, sigmoid, multiply)."""
+    b = _Builder(seed)
+    x = b.conv_bn("input", 3, 32, 3, stride=2, act="Swish")
+    cin = 32
+    # (expansion, channels, repeats, stride, kernel)
+    settings = [(1, 16, 1, 1, 3), (6, 24, 2, 2, 3), (6, 40, 2, 2, 5), (6, 80, 3, 2, 3),
+                (6, 112, 3, 1, 5), (6, 192, 4, 2, 5), (6, 320, 1, 1, 3)]
+    for t, c, n, s, k in settings:
+        for i in range(n):
+            stride = s if i == 0 else 1
+            hidden = cin * t
+            y = x if t == 1 else b.conv_bn(x, cin, hidden, 1, act="Swish")
+            y = b.conv_bn(y, hidden, hidden, k, stride=stride, group=hidden, act="Swish")
+            squeeze = max(1, cin // 4)
+            g = b.node("GlobalAveragePool", [y])
+            g = b.swish(b.node("Conv", [g, b.const(_he((squeeze, hidden, 1, 1), b.rng)),
+                                        b.const(np.zeros(squeeze, np.float32))]))
+            g = b.node("Conv", [g, b.const(_he((hidden, squeeze, 1, 1), b.rng)),
+                                b.const(np.zeros(hidden, np.float32))])
+            y = b.node("Mul", [y, b.node("Sigmoid", [g])])
+            y = b.conv_bn(y, hidden, c, 1, act=None)
+            x = b.node("Add", [x, y]) if (stride == 1 and cin == c) else y
+            cin = c
+    x = b.conv_bn(x, cin, 1280, 1, act="Swish")
+    x = b.node("GlobalAveragePool", [x])
+    x = b.node("Flatten", [x], axis=1)
+    x = b.gemm(x, 1280, 1000)
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, 224, 224])
+    return b.model("efficientnet_b0", [inp], x, [batch, 1000])
+
+
+def _he(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    fan_in = int(np.prod(shape[1:]))
+    return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+
+
 def bert(layers: int = 4, hidden: int = 256, heads: int = 4, seq: int = 128,
          vocab: int = 8000, batch: int = 1, seed: int = 0) -> onnx.ModelProto:
     """A BERT encoder (token + position embeddings, post-LN layers, GELU FFN of 4×hidden)."""
@@ -171,7 +216,8 @@ def _gelu(b: _Builder, x: str) -> str:
                           b.const(np.float32(0.5))])
 
 
-MODELS = {"resnet18": resnet18, "mobilenet_v2": mobilenet_v2, "bert": bert}
+MODELS = {"resnet18": resnet18, "mobilenet_v2": mobilenet_v2,
+          "efficientnet_b0": efficientnet_b0, "bert": bert}
 
 
 def get(name: str, cache_dir: str | Path | None = None) -> Path:

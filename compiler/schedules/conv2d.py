@@ -61,7 +61,8 @@ def match_conv2d(sch: s_tir.Schedule) -> ConvMatch | None:
     """Find the single NCHW convolution contraction of the function, or None.
 
     Requirements: one contraction block whose output is 4-D ``[b, f, y, x]`` (unit dims
-    allowed except ``f``) with at least one reduction iterator; a *weight* operand that uses
+    allowed except ``f``; with ``y`` and ``x`` both unit, the data operand is the one that does
+    not use ``f``) with at least one reduction iterator; a *weight* operand that uses
     ``f`` but neither ``y`` nor ``x``, indexed ``[f, ...]`` or packed ``[f // c, ..., f % c]``;
     a *data* operand that uses ``y``/``x`` but no weight-only index. All other blocks must be
     data-parallel (padding, epilogues).
@@ -82,18 +83,21 @@ def match_conv2d(sch: s_tir.Schedule) -> ConvMatch | None:
     if con is None or len(con.out_vars) != 4 or not con.reduce or not con.is_static():
         return None
     b, f, y, x = con.out_vars
-    if f is None or (y is None and x is None):
+    if f is None:
         return None
+    pointwise = y is None and x is None  # a 1x1 map (squeeze-and-excitation): a mat-vec
     weight = data = None
     for op in con.operands:
         if op.uses(f) and not op.uses(y) and not op.uses(x):
             weight = op
-        elif op.uses(y) or op.uses(x):
+        elif op.uses(y) or op.uses(x) or (pointwise and not op.uses(f)):
             data = op
     if weight is None or data is None or weight is data:
         return None
     if b is not None and weight.uses(b):
         return None
+    if pointwise and any(_domain(sch, i.block_rv) > _domain(sch, con.block) for i in infos):
+        return None  # a per-channel gate scaling a whole map: the fallback broadcasts it
     packed = packed_factor(weight, f, 5)
     if packed is None:
         if not is_plain(weight.indices[0], f) or len(weight.indices) != 4:
@@ -101,6 +105,14 @@ def match_conv2d(sch: s_tir.Schedule) -> ConvMatch | None:
         if any(f in u for u in weight.used[1:]):
             return None
     return ConvMatch(con, b, f, y, x, data, weight, data.uses(f), packed)
+
+
+def _domain(sch: s_tir.Schedule, block: SBlockRV) -> int:
+    size = 1
+    for iv in sch.get(block).iter_vars:
+        ext = iv.dom.extent
+        size *= int(ext.value) if isinstance(ext, tirx.IntImm) else 1 << 30
+    return size
 
 
 #: Output-channel vectors per tile (the register tile is ``CHANNEL_VECTORS x XT`` vectors).
@@ -271,7 +283,7 @@ class Conv2d(CPUScheduleRule):
             sch.transform_layout(
                 main, ("read", reads[0]), lambda o, i, h, w: (o // c, i, h, w, o % c)
             )
-        xt = _width_tile(c, con.extent(match.x), target)
+        xt = _width_tile(c, con.extent(match.x) if match.x is not None else 1, target)
         pad = None
         for producer in sch.get_producers(main):
             written = region_buffer(sch.get(producer).writes[0])

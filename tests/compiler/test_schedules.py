@@ -496,6 +496,37 @@ def test_squeeze_excitation_gate_is_computed_once_per_channel():
         assert "T.reinterpret" not in multiply and "T.exp" not in multiply
 
 
+def test_conv_on_a_1x1_map_is_a_vectorized_mat_vec():
+    """The squeeze conv of an SE block (pooled [1, C, 1, 1] in, C/4 out) matches the Conv2d rule
+    (packed weights, output-channel vectors); one whose epilogue scales a whole map with it does
+    not (the fallback computes the gate once per channel)."""
+    from compiler.schedules.conv2d import Conv2d
+
+    c, r = 256, 64
+    squeeze = _model(
+        [helper.make_node("Conv", ["x", "w", "b"], ["s"]), helper.make_node("Relu", ["s"], ["y"])],
+        [_vi("x", [1, c, 1, 1])], [_vi("y", [1, r, 1, 1])], [_const("w", (r, c, 1, 1)),
+                                                           _const("b", (r,))],
+    )
+    with X86:
+        (raw,) = _prim_funcs(_fused(squeeze)).values()
+    assert Conv2d().apply(raw, X86, False) is not None
+    mod = _check(squeeze, {"x": RNG.standard_normal((1, c, 1, 1)).astype("float32")})
+    (func,) = _prim_funcs(mod).values()
+    assert "T.vectorized(" in func.script()
+    excite = _model(
+        [helper.make_node("Conv", ["g", "w", "b"], ["s"]),
+         helper.make_node("Sigmoid", ["s"], ["gs"]), helper.make_node("Mul", ["x", "gs"], ["y"])],
+        [_vi("g", [1, r, 1, 1]), _vi("x", [1, c, 14, 14])], [_vi("y", [1, c, 14, 14])],
+        [_const("w", (c, r, 1, 1)), _const("b", (c,))],
+    )
+    with X86:
+        (raw,) = _prim_funcs(_fused(excite)).values()
+    assert Conv2d().apply(raw, X86, False) is None
+    _check(excite, {"g": RNG.standard_normal((1, r, 1, 1)).astype("float32"),
+                    "x": RNG.standard_normal((1, c, 14, 14)).astype("float32")})
+
+
 def test_vectorizable_erf_exp_match_numpy():
     """Erf and Exp become vectorizable arithmetic: ~1e-7 accurate, inf/NaN/underflow kept."""
     import math
