@@ -76,6 +76,17 @@ def _has_root(sch: s_tir.Schedule) -> bool:
     return True
 
 
+def block_domain(sch: s_tir.Schedule, block: SBlockRV) -> int | None:
+    """Number of iterations of ``block`` (the product of its iterator extents), None if symbolic."""
+    size = 1
+    for iv in sch.get(block).iter_vars:
+        ext = iv.dom.extent
+        if not isinstance(ext, tirx.IntImm):
+            return None
+        size *= int(ext.value)
+    return size
+
+
 def is_spatial_block(sch: s_tir.Schedule, block: SBlockRV) -> bool:
     """Whether every iterator of ``block`` is data-parallel."""
     return all(iv.iter_type == tirx.IterVar.DataPar for iv in sch.get(block).iter_vars)

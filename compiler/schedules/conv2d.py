@@ -24,6 +24,7 @@ from .analysis import (
 from .common import (
     MIN_PARALLEL_WORK,
     attach_epilogue,
+    block_domain,
     choose_factor,
     compute_padding_at,
     is_plain_copy,
@@ -96,7 +97,8 @@ def match_conv2d(sch: s_tir.Schedule) -> ConvMatch | None:
         return None
     if b is not None and weight.uses(b):
         return None
-    if pointwise and any(_domain(sch, i.block_rv) > _domain(sch, con.block) for i in infos):
+    if pointwise and any((block_domain(sch, i.block_rv) or 0) > (block_domain(sch, con.block) or 0)
+                         for i in infos):
         return None  # a per-channel gate scaling a whole map: the fallback broadcasts it
     packed = packed_factor(weight, f, 5)
     if packed is None:
@@ -105,14 +107,6 @@ def match_conv2d(sch: s_tir.Schedule) -> ConvMatch | None:
         if any(f in u for u in weight.used[1:]):
             return None
     return ConvMatch(con, b, f, y, x, data, weight, data.uses(f), packed)
-
-
-def _domain(sch: s_tir.Schedule, block: SBlockRV) -> int:
-    size = 1
-    for iv in sch.get(block).iter_vars:
-        ext = iv.dom.extent
-        size *= int(ext.value) if isinstance(ext, tirx.IntImm) else 1 << 30
-    return size
 
 
 #: Output-channel vectors per tile (the register tile is ``CHANNEL_VECTORS x XT`` vectors).

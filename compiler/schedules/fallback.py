@@ -8,7 +8,7 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 
-from .common import is_spatial_block, root_blocks, schedule_other_blocks
+from .common import block_domain, is_spatial_block, root_blocks, schedule_other_blocks
 from .target_info import cpu_info, is_cpu_target
 
 logger = logging.getLogger(__name__)
@@ -18,20 +18,10 @@ logger = logging.getLogger(__name__)
 BROADCAST_RATIO = 4
 
 
-def _domain(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> int | None:
-    size = 1
-    for iv in sch.get(block).iter_vars:
-        ext = iv.dom.extent
-        if not isinstance(ext, tirx.IntImm):
-            return None
-        size *= int(ext.value)
-    return size
-
-
 def _is_broadcast(sch: s_tir.Schedule, block: s_tir.SBlockRV, consumer: s_tir.SBlockRV) -> bool:
     """Whether ``consumer`` reads each element of ``block`` many times (a per-channel gate
     multiplied into a whole feature map, as in squeeze-and-excitation)."""
-    small, large = _domain(sch, block), _domain(sch, consumer)
+    small, large = block_domain(sch, block), block_domain(sch, consumer)
     return small is not None and large is not None and large >= BROADCAST_RATIO * small
 
 
