@@ -88,7 +88,8 @@ class InnerReduction(CPUScheduleRule):
         extents = [loop_extent(sch, lp) for lp in loops]
         if None in extents or not _reduced_contiguously(stmt, n_spatial):
             return None
-        lanes = cpu_info(target).lanes(32)
+        info = cpu_info(target)
+        lanes = info.lanes(32)
         n_reduce = 1
         for e in extents[n_spatial:]:
             n_reduce *= e  # type: ignore[operator]
@@ -121,7 +122,7 @@ class InnerReduction(CPUScheduleRule):
         init = sch.decompose_reduction(rf, red_loop)
         sch.vectorize(sch.get_loops(init)[-1])
         skip = [red, rf]
-        schedule_other_blocks(sch, skip, lanes, cpu_info(target).num_cores)
+        schedule_other_blocks(sch, skip, lanes, info.num_cores)
         logger.debug("inner reduction: %d outputs x %d elements, %d-wide partial sums",
                      outputs, n_reduce, width)
         return sch
