@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 
 from tvm import s_tir, tirx
@@ -15,6 +16,10 @@ logger = logging.getLogger(__name__)
 
 #: Below this many loop iterations a nest runs single-threaded (a parallel launch costs µs).
 MIN_PARALLEL_WORK = 16384
+
+#: A block whose consumer runs this many times more iterations is *broadcast* by it (a
+#: per-channel gate multiplied into a whole feature map): it is computed once, not inlined.
+BROADCAST_RATIO = 4
 
 
 def choose_factor(extent: int, preferred: int, minimum: int = 1) -> int:
@@ -87,6 +92,14 @@ def block_domain(sch: s_tir.Schedule, block: SBlockRV) -> int | None:
     return size
 
 
+def is_broadcast(sch: s_tir.Schedule, block: SBlockRV, consumer: SBlockRV) -> bool:
+    """Whether ``consumer`` reads each element of ``block`` many times
+    (:data:`BROADCAST_RATIO`): squeeze-and-excitation's gate, ``sigmoid(conv(pool(x)))`` per
+    channel, multiplied into the whole map."""
+    small, large = block_domain(sch, block), block_domain(sch, consumer)
+    return small is not None and large is not None and large >= BROADCAST_RATIO * small
+
+
 def is_spatial_block(sch: s_tir.Schedule, block: SBlockRV) -> bool:
     """Whether every iterator of ``block`` is data-parallel."""
     return all(iv.iter_type == tirx.IterVar.DataPar for iv in sch.get(block).iter_vars)
@@ -97,7 +110,9 @@ def inline_epilogue_chain(sch: s_tir.Schedule, main: SBlockRV) -> SBlockRV | Non
 
     Every spatial block downstream of ``main`` except the function's final output block is
     inlined into its own consumers (also when it has several, as in GELU's
-    ``x * (1 + erf(x / sqrt 2))``; each is then computed once per output element). Returns the single remaining consumer of ``main`` if there is exactly one and it
+    ``x * (1 + erf(x / sqrt 2))``; each is then computed once per output element), but not into
+    a consumer that broadcasts it (:func:`is_broadcast`: a squeeze-and-excitation gate stays
+    one value per channel). Returns the single remaining consumer of ``main`` if there is exactly one and it
     reads ``main``'s output at the same indices it writes (an elementwise epilogue such as bias
     add, ReLU, GELU, residual add), else None (the epilogue then stays a separate loop nest).
     """
@@ -108,6 +123,7 @@ def inline_epilogue_chain(sch: s_tir.Schedule, main: SBlockRV) -> SBlockRV | Non
             c
             for c in sch.get_consumers(main)
             if is_spatial_block(sch, c) and list(sch.get_consumers(c))
+            and not any(is_broadcast(sch, c, user) for user in sch.get_consumers(c))
         ]
         if not inlinable:
             break
@@ -213,7 +229,16 @@ def schedule_spatial(
         ext = loop_extent(sch, lp)
         work *= ext if ext is not None else 1024
     vec_loop = None
-    if spatial:
+    if spatial and not reductions and _innermost_contiguous(sch, block):
+        spatial, tail = _fuse_rows(sch, block, spatial, lanes)
+        if tail is not None:
+            # whole vectors, then one shorter vector for the rest of each row
+            main, rest = sch.loop_partition(spatial[-1], [tail, None])
+            vec_loop = sch.split(main, [None, lanes])[1]
+            if (loop_extent(sch, rest) or 0) > 1:
+                sch.vectorize(rest)
+            spatial = spatial[:-1]
+    if spatial and vec_loop is None:
         inner = spatial[-1]
         ext = loop_extent(sch, inner)
         small_reduce = all((loop_extent(sch, r) or 1 << 30) <= 64 for r in reductions)
@@ -236,6 +261,61 @@ def schedule_spatial(
             sch.parallel(fused)
     if vec_loop is not None:
         sch.vectorize(vec_loop)
+
+
+def _fuse_rows(
+    sch: s_tir.Schedule, block: SBlockRV, spatial: list[LoopRV], lanes: int
+) -> tuple[list[LoopRV], int | None]:
+    """Fuse the innermost loops of an elementwise nest into one contiguous run of vectors.
+
+    While the innermost extent is not a multiple of ``lanes`` (a 14x14 or 7x7 map), the loop
+    outside it is fused in, provided the block writes and reads whole contiguous rows over the
+    fused loops or does not depend on them at all (a per-channel gate multiplied into a map:
+    one value per vector). Returns the loops (the fused one last) and, when the run is longer
+    than a vector but not whole vectors, the length covered by whole vectors (the caller
+    splits the rest off into a shorter vector); otherwise None.
+    """
+    stmt = sch.get(block)
+    ivs = list(stmt.iter_vars)
+    if len(ivs) != len(spatial) or len(stmt.writes) != 1:
+        return spatial, None
+    extents = [loop_extent(sch, lp) for lp in spatial]
+    if any(e is None for e in extents):
+        return spatial, None
+    n = 1
+    while (
+        n < len(spatial)
+        and math.prod(extents[-n:]) % lanes != 0
+        and _rows_contiguous(stmt, [iv.var for iv in ivs[-(n + 1):]], extents[-(n + 1):])
+    ):
+        n += 1
+    run = math.prod(extents[-n:])
+    if n > 1:
+        spatial = spatial[:-n] + [sch.fuse(*spatial[-n:])]
+    if run > lanes and run % lanes != 0:
+        return spatial, run - run % lanes
+    return spatial, None
+
+
+def _rows_contiguous(stmt: tirx.SBlock, inner: list[tirx.Var], extents: list[int]) -> bool:
+    """Whether every buffer access of ``stmt`` either ends in exactly ``inner`` over whole rows
+    (fusing those loops gives one contiguous index) or uses none of them."""
+
+    def ok(region, buffer) -> bool:
+        idx = [r.min for r in region]
+        used = {v for e in idx for v in tirx.analysis.undefined_vars(e)}
+        if not any(any(v.same_as(u) for u in used) for v in inner):
+            return True
+        k = len(inner)
+        if len(idx) < k or any(int(r.extent) != 1 for r in region):
+            return False
+        if not all(a.same_as(v) for a, v in zip(idx[-k:], inner)):
+            return False
+        shape = [int(d) if isinstance(d, tirx.IntImm) else None for d in buffer.shape[-k:]]
+        return shape[1:] == extents[1:]
+
+    regions = list(stmt.reads) + list(stmt.writes)
+    return all(ok(r.region, region_buffer(r)) for r in regions)
 
 
 def _innermost_contiguous(sch: s_tir.Schedule, block: SBlockRV) -> bool:

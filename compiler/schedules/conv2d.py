@@ -24,7 +24,6 @@ from .analysis import (
 from .common import (
     MIN_PARALLEL_WORK,
     attach_epilogue,
-    block_domain,
     choose_factor,
     compute_padding_at,
     is_plain_copy,
@@ -97,9 +96,6 @@ def match_conv2d(sch: s_tir.Schedule) -> ConvMatch | None:
         return None
     if b is not None and weight.uses(b):
         return None
-    if pointwise and any((block_domain(sch, i.block_rv) or 0) > (block_domain(sch, con.block) or 0)
-                         for i in infos):
-        return None  # a per-channel gate scaling a whole map: the fallback broadcasts it
     packed = packed_factor(weight, f, 5)
     if packed is None:
         if not is_plain(weight.indices[0], f) or len(weight.indices) != 4:

@@ -8,21 +8,10 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 
-from .common import block_domain, is_spatial_block, root_blocks, schedule_other_blocks
+from .common import is_broadcast, is_spatial_block, root_blocks, schedule_other_blocks
 from .target_info import cpu_info, is_cpu_target
 
 logger = logging.getLogger(__name__)
-
-
-#: A producer whose consumer runs this many times more iterations is broadcast, not inlined.
-BROADCAST_RATIO = 4
-
-
-def _is_broadcast(sch: s_tir.Schedule, block: s_tir.SBlockRV, consumer: s_tir.SBlockRV) -> bool:
-    """Whether ``consumer`` reads each element of ``block`` many times (a per-channel gate
-    multiplied into a whole feature map, as in squeeze-and-excitation)."""
-    small, large = block_domain(sch, block), block_domain(sch, consumer)
-    return small is not None and large is not None and large >= BROADCAST_RATIO * small
 
 
 def inline_spatial_chains(sch: s_tir.Schedule) -> None:
@@ -42,7 +31,7 @@ def inline_spatial_chains(sch: s_tir.Schedule) -> None:
             consumers = list(sch.get_consumers(block))
             if len(consumers) != 1 or not is_spatial_block(sch, consumers[0]):
                 continue
-            if _is_broadcast(sch, block, consumers[0]):
+            if is_broadcast(sch, block, consumers[0]):
                 continue
             try:
                 sch.compute_inline(block)

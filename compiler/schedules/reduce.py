@@ -11,7 +11,13 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 
 from .analysis import region_buffer
-from .common import MIN_PARALLEL_WORK, loop_extent, root_blocks, schedule_other_blocks
+from .common import (
+    MIN_PARALLEL_WORK,
+    choose_factor,
+    loop_extent,
+    root_blocks,
+    schedule_other_blocks,
+)
 from .fallback import inline_spatial_chains
 from .target_info import cpu_info, is_cpu_target
 
@@ -50,15 +56,40 @@ def _reduced_contiguously(stmt: s_tir.SBlock, n_spatial: int) -> bool:
     return found
 
 
+#: Fewest partial sums per output worth a vector loop.
+MIN_WIDTH = 4
+
+
+def _partial_sums(n_reduce: int, lanes: int) -> int | None:
+    """How many partial sums (the vectorized lane loop) a reduction over ``n_reduce`` contiguous
+    elements keeps per output, or None when it is too short or no width divides it.
+
+    Whole vectors when they divide it: up to :data:`ACCUMULATORS` of them, so that each
+    accumulator chain sees at least two steps. Otherwise (a 7x7 or 14x14 map: 49 or 196
+    elements) the largest divisor up to two vectors, at least :data:`MIN_WIDTH`: 28 lanes for
+    196, 7 for 49, still several times faster than one scalar chain per output.
+    """
+    if n_reduce % lanes == 0:
+        if n_reduce < 2 * lanes:
+            return None
+        vectors = next(k for k in (ACCUMULATORS, 2, 1)
+                       if n_reduce % (k * lanes) == 0 and n_reduce >= 2 * k * lanes)
+        return vectors * lanes
+    width = choose_factor(n_reduce, 2 * lanes, minimum=MIN_WIDTH)
+    if n_reduce % width != 0 or n_reduce < 2 * width:
+        return None
+    return width
+
+
 class InnerReduction(CPUScheduleRule):
     """Schedule a float32 reduction whose reduced elements per output are contiguous.
 
     Matches functions with exactly one reduction block, iterators ``S..SR..R`` with static
     extents, reading its input with the reduction iterators as the innermost indices (see
-    :func:`_reduced_contiguously`), and ``R`` extents whose product is a multiple of the vector
-    lanes and at least two vectors; the other blocks must be data-parallel (the division of a
+    :func:`_reduced_contiguously`), and ``R`` extents whose product has a vector width
+    (:func:`_partial_sums`); the other blocks must be data-parallel (the division of a
     mean, a cast). Guarantees: semantics unchanged (floating-point sums are reassociated into
-    ``lanes`` x up to :data:`ACCUMULATORS` partial sums); outputs are computed in parallel when
+    that many partial sums); outputs are computed in parallel when
     the function does enough work, each with vector partial results (``rfactor``) combined at the
     end. Returns None otherwise, for the next rule.
     """
@@ -93,11 +124,9 @@ class InnerReduction(CPUScheduleRule):
         n_reduce = 1
         for e in extents[n_spatial:]:
             n_reduce *= e  # type: ignore[operator]
-        if n_reduce % lanes != 0 or n_reduce < 2 * lanes:
+        width = _partial_sums(n_reduce, lanes)
+        if width is None:
             return None
-        vectors = next(k for k in (ACCUMULATORS, 2, 1)
-                       if n_reduce % (k * lanes) == 0 and n_reduce >= 2 * k * lanes)
-        width = vectors * lanes
 
         r = sch.fuse(*loops[n_spatial:]) if len(loops) - n_spatial > 1 else loops[n_spatial]
         _, ri = sch.split(r, [None, width])

@@ -448,7 +448,9 @@ def _reduce_model(op: str, shape: list[int], axes: list[int]):
         ("ReduceMean", [1, 24, 20, 20], [2, 3], True),  # 400 = 25 vectors: one accumulator
         ("ReduceSum", [4, 96, 256], [2], True),
         ("ReduceMax", [3, 7, 512], [2], True),
-        ("ReduceMean", [1, 64, 7, 7], [2, 3], False),  # 49: not whole vectors, declined
+        ("ReduceMean", [1, 64, 7, 7], [2, 3], True),  # 49: 7 partial sums per output
+        ("ReduceMean", [1, 96, 14, 14], [2, 3], True),  # 196: 28 partial sums per output
+        ("ReduceSum", [4, 8, 37], [2], False),  # 37: no vector width divides it, declined
         ("ReduceSum", [2, 16, 48], [1], False),  # reduced axis not innermost, declined
         ("ReduceMean", [2, 64, 64], [0, 1, 2], False),  # to one scalar: left to the fallback
     ],
@@ -498,8 +500,9 @@ def test_squeeze_excitation_gate_is_computed_once_per_channel():
 
 def test_conv_on_a_1x1_map_is_a_vectorized_mat_vec():
     """The squeeze conv of an SE block (pooled [1, C, 1, 1] in, C/4 out) matches the Conv2d rule
-    (packed weights, output-channel vectors); one whose epilogue scales a whole map with it does
-    not (the fallback computes the gate once per channel)."""
+    (packed weights, output-channel vectors); so does the excite conv whose epilogue scales a
+    whole map with its gate: the gate is computed once per channel, and the map is scaled in
+    whole vectors of each channel's 14x14 = 196 pixels plus a 4-pixel vector for the rest."""
     from compiler.schedules.conv2d import Conv2d
 
     c, r = 256, 64
@@ -522,9 +525,14 @@ def test_conv_on_a_1x1_map_is_a_vectorized_mat_vec():
     )
     with X86:
         (raw,) = _prim_funcs(_fused(excite)).values()
-    assert Conv2d().apply(raw, X86, False) is None
-    _check(excite, {"g": RNG.standard_normal((1, r, 1, 1)).astype("float32"),
-                    "x": RNG.standard_normal((1, c, 14, 14)).astype("float32")})
+    assert Conv2d().apply(raw, X86, False) is not None
+    mod = _check(excite, {"g": RNG.standard_normal((1, r, 1, 1)).astype("float32"),
+                          "x": RNG.standard_normal((1, c, 14, 14)).astype("float32")})
+    (func,) = _prim_funcs(mod).values()
+    text = func.script()
+    gate, scale = text.split('T.sblock("T_multiply', 1)
+    assert "T.reinterpret" in gate and "T.reinterpret" not in scale  # sigmoid once per channel
+    assert "T.vectorized(T.int64(16))" in scale and "T.vectorized(T.int64(192), T.int64(196))" in scale
 
 
 def test_vectorizable_erf_exp_match_numpy():
