@@ -109,10 +109,39 @@ def match_conv2d(sch: s_tir.Schedule) -> ConvMatch | None:
 CHANNEL_VECTORS = 2
 
 
-def _channel_block(match: ConvMatch, target: tvm.target.Target) -> int:
+def _channel_block(match: ConvMatch, target: tvm.target.Target, padded: bool = False) -> int:
+    """Output channels per register tile: whole vectors dividing the channel count, or (with
+    ``padded``, for a weight packed at compile time) one whole vector over channels padded
+    with zero filters where :func:`_pads_channels` finds that better."""
     lanes = cpu_info(target).lanes(32)
     extent = match.con.extent(match.f)
-    return match.packed or vector_factor(extent, lanes, max_vectors=CHANNEL_VECTORS)
+    if match.packed:
+        return match.packed
+    if padded and _pads_channels(extent, lanes):
+        return lanes
+    return vector_factor(extent, lanes, max_vectors=CHANNEL_VECTORS)
+
+
+#: Largest share of padded (wasted) channels accepted where half vectors would also do.
+PAD_WASTE = 0.1
+
+
+def _pads_channels(extent: int, lanes: int) -> bool:
+    """Whether ``extent`` output channels are better computed padded to whole vectors.
+
+    The alternative is the widest vector dividing the channel count. That is fine when it is a
+    power of two of at least half a vector (24 channels: 8 lanes; on Zen 4 two 8-lane FMAs
+    issue per cycle, as many lanes as one 16-lane FMA), so those are padded only when padding
+    wastes under :data:`PAD_WASTE` of the work (232 -> 240). Odd widths (ShuffleNet's 116 = 4 x
+    29 lanes, which LLVM splits into shuffles and spills: 15x slower than padded to 128) and
+    quarter vectors are always padded.
+    """
+    if extent % lanes == 0 or extent < lanes:
+        return False
+    width = vector_factor(extent, lanes, max_vectors=CHANNEL_VECTORS)
+    good = width & (width - 1) == 0 and extent % width == 0 and 2 * width >= lanes
+    used = extent / (-(-extent // lanes) * lanes)
+    return not good or used >= 1.0 - PAD_WASTE
 
 
 def _width_tile(c: int, x_ext: int, target: tvm.target.Target) -> int:
@@ -220,8 +249,10 @@ class Conv2d(CPUScheduleRule):
         if idx is None:
             return None
         pixels = _pixel_tile(sch, match, target)
-        c = pixels.channels if pixels is not None else _channel_block(match, target)
-        if match.con.extent(match.f) % c != 0 or c == 1:
+        c = pixels.channels if pixels is not None else _channel_block(match, target, padded=True)
+        out_channels = match.con.extent(match.f)
+        pad = -out_channels % c
+        if c == 1 or (pad and pixels is not None):
             return None
         block = sch.get(match.con.block)
         reads = [
@@ -234,10 +265,12 @@ class Conv2d(CPUScheduleRule):
             return (o // c, i, h, w, o % c)
 
         def pack(wt: np.ndarray) -> np.ndarray:
+            wt = np.pad(wt, [(0, pad), (0, 0), (0, 0), (0, 0)])  # zero filters: padded channels
             o, i, h, w = wt.shape
             return wt.reshape(o // c, c, i, h, w).transpose(0, 2, 3, 4, 1)
 
-        return WeightPack(block.name_hint, reads[0], idx, index_map, pack)
+        return WeightPack(block.name_hint, reads[0], idx, index_map, pack,
+                          pad_value=0.0 if pad else None)
 
     def apply(
         self, func: tirx.PrimFunc, target: tvm.target.Target, tunable: bool
@@ -282,7 +315,14 @@ class Conv2d(CPUScheduleRule):
         lb, lf, ly, lx = (con.loop_of(v) for v in (match.b, match.f, match.y, match.x))
         reduce_loops = [con.loop_of(v) for v in con.reduce]
         reduce_loops = [lp for lp in reduce_loops if lp is not None]
-        fo, fi = sch.split(lf, [None, c])
+        # a weight packed with zero filters up to whole vectors (:func:`_pads_channels`): the
+        # register tile computes the padded channels too (no predicate, so it stays vectors);
+        # the epilogue, computed per tile, writes only the real ones. A conv writing the output
+        # itself gets its write-back block now, so that it has the real channels' domain.
+        padded = con.extent(match.f) % c != 0
+        if padded and param_index(sch.mod["main"], region_buffer(sch.get(main).writes[0])) is not None:
+            sch.cache_write(main, 0, "local")
+        fo, fi = sch.split(lf, [None, c], disable_predication=padded)
         xo = xi = None
         if lx is not None:
             xo, xi = sch.split(lx, [None, xt])
@@ -307,6 +347,8 @@ class Conv2d(CPUScheduleRule):
         tail = attach_epilogue(sch, main, tile_loop, lanes)
         if tail is not None:
             sch.transform_layout(main, ("write", 0), lambda b, f, y, x: (b, y, x, f))
+        elif padded:
+            return None  # nothing would guard the padded channels' writes
         if pad is not None:
             _place_padding(sch, pad, par, lanes)
         work = int(np.prod(list(con.extents.values())))
