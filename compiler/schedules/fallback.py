@@ -61,6 +61,22 @@ def decompose_padding_blocks(sch: s_tir.Schedule) -> None:
             logger.debug("padding not decomposed: %s", err)
 
 
+def simplify_indices(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """``func`` with its index expressions simplified under the blocks' iterator ranges.
+
+    Legalized reshapes leave indices such as ``(w // 14 + h) // 14 + c`` for ``c`` when
+    ``w < 14`` and ``h < 14``; simplified first, a chain of reshape/transpose/concat (a channel
+    shuffle) inlines into one block that reads whole rows, which :func:`schedule_spatial` then
+    vectorizes, instead of one division chain per element. Unchanged if simplification fails.
+    """
+    try:
+        mod = s_tir.transform.StmtSimplify()(tvm.IRModule({"main": func}))
+    except Exception as err:  # noqa: BLE001 - an unsimplified function is still correct
+        logger.debug("index simplification skipped: %s", err)
+        return func
+    return mod["main"]
+
+
 class Fallback(CPUScheduleRule):
     """Schedule for everything the specific rules leave: elementwise, reductions, pooling.
 
@@ -75,6 +91,7 @@ class Fallback(CPUScheduleRule):
     ) -> s_tir.Schedule | None:
         if not is_cpu_target(target):
             return None
+        func = simplify_indices(func)
         sch = s_tir.Schedule(func)
         info = cpu_info(target)
         try:

@@ -180,6 +180,31 @@ def test_conv2d_matches_reference(c, o, h, k, stride, pad, group, residual):
     _check(model, feeds)
 
 
+@pytest.mark.parametrize(
+    "c,o,h,k,pad,epilogue",
+    [
+        (116, 116, 14, 1, 0, True),  # ShuffleNetV2: 116 = 4 x 29, odd-width vectors unpadded
+        (24, 72, 7, 3, 1, True),  # 72 = 4.5 vectors: padded 3x3 conv on a 7x7 map
+        (116, 116, 14, 1, 0, False),  # no epilogue: the accumulator write-back is guarded
+    ],
+)
+def test_conv2d_pads_output_channels_to_whole_vectors(c, o, h, k, pad, epilogue):
+    """A channel count that whole 16-lane vectors do not divide is computed padded with zero
+    filters (the packed weight has whole vectors of output channels); only the real channels
+    are written, and the result matches the reference."""
+    if epilogue:
+        model, feeds = _conv(c, o, h, k, pad=pad, residual=True)
+    else:
+        model = _model([helper.make_node("Conv", ["x", "w"], ["y"], pads=[pad] * 4)],
+                       [_vi("x", [1, c, h, h])], [_vi("y", [1, o, h, h])],
+                       [_const("w", (o, c, k, k))])
+        feeds = {"x": RNG.standard_normal((1, c, h, h)).astype("float32")}
+    mod = _check(model, feeds)
+    (func,) = [f for n, f in _prim_funcs(mod).items() if "conv2d" in n]
+    shapes = [tuple(int(d) for d in p.shape) for p in func.params]
+    assert (-(-o // 16), c, k, k, 16) in shapes, shapes
+
+
 def _depthwise_clip(c: int, h: int, w: int, stride: int):
     """Depthwise 3x3 conv + bias + Clip(0, 6), as in MobileNetV2 (BN folded into the bias)."""
     oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
@@ -496,6 +521,28 @@ def test_squeeze_excitation_gate_is_computed_once_per_channel():
     for func in gates:
         multiply = func.script().split('T.sblock("T_multiply")')[1]
         assert "T.reinterpret" not in multiply and "T.exp" not in multiply
+
+
+def test_channel_shuffle_copies_whole_rows_in_vectors():
+    """ShuffleNet's concat -> reshape -> transpose -> reshape inlines into one copy whose
+    indices are simplified under the loop ranges (no division chain per element), each output
+    channel's 14x14 map copied in vectors, and matches the reference."""
+    c, h = 58, 14
+    shape5 = numpy_helper.from_array(np.array([1, 2, c, h, h], dtype=np.int64), "s5")
+    shape4 = numpy_helper.from_array(np.array([1, 2 * c, h, h], dtype=np.int64), "s4")
+    nodes = [
+        helper.make_node("Concat", ["a", "b"], ["cat"], axis=1),
+        helper.make_node("Reshape", ["cat", "s5"], ["r5"]),
+        helper.make_node("Transpose", ["r5"], ["t"], perm=[0, 2, 1, 3, 4]),
+        helper.make_node("Reshape", ["t", "s4"], ["y"]),
+    ]
+    model = _model(nodes, [_vi("a", [1, c, h, h]), _vi("b", [1, c, h, h])],
+                   [_vi("y", [1, 2 * c, h, h])], [shape5, shape4])
+    mod = _check(model, {n: RNG.standard_normal((1, c, h, h)).astype("float32") for n in "ab"})
+    (func,) = _prim_funcs(mod).values()
+    text = func.script()
+    assert "T.vectorized(T.int64(16))" in text
+    assert f"// T.int64({h})" not in text.split("T.reads(")[1].split("T.writes(")[0]
 
 
 def test_conv_on_a_1x1_map_is_a_vectorized_mat_vec():
