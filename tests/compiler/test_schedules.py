@@ -142,6 +142,40 @@ def test_matmul_batched_activations():
     _check(model, feeds)
 
 
+@pytest.mark.parametrize("epilogue", [False, True])
+def test_matmul_of_activations_pads_prime_width(epilogue):
+    """Attention scores over a prime number of tokens (ViT: 197): B is copied into whole
+    vectors of columns padded with zeros, so the tile has no per-lane predicate (which would
+    make it scalar); only the real columns are written."""
+    t, d = 37, 16
+    nodes = [helper.make_node("MatMul", ["q", "k"], ["s"])]
+    if epilogue:
+        nodes.append(helper.make_node("Relu", ["s"], ["y"]))
+    model = _model(nodes, [_vi("q", [1, 3, t, d]), _vi("k", [1, 3, d, t])],
+                   [_vi("y" if epilogue else "s", [1, 3, t, t])], [])
+    feeds = {"q": RNG.standard_normal((1, 3, t, d)).astype("float32"),
+             "k": RNG.standard_normal((1, 3, d, t)).astype("float32")}
+    mod = _check(model, feeds)
+    (func,) = [f for n, f in _prim_funcs(mod).items() if "matmul" in n]
+    text = func.script()
+    assert "T.vectorized(T.int64(32))" in text
+    # the padded copy of B: [1, 3, ceil(37 / 32), 16, 32]
+    assert "(T.int64(1), T.int64(3), T.int64(2), T.int64(16), T.int64(32))" in text
+
+
+def test_matmul_sequence_first_rows_share_weight_tiles():
+    """[S, 1, K] x constant [K, N] (PyTorch's sequence-first attention projections): the S
+    batch entries are rows of one register-tiled matmul (several rows per tile reuse each
+    weight vector), not S matrix-vector products."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"]),
+             helper.make_node("Add", ["y", "b"], ["z"])]
+    model = _model(nodes, [_vi("x", [40, 1, 48])], [_vi("z", [40, 1, 64])],
+                   [_const("w", (48, 64)), _const("b", (64,))])
+    mod = _check(model, {"x": RNG.standard_normal((40, 1, 48)).astype("float32")})
+    (func,) = [f for n, f in _prim_funcs(mod).items() if "matmul" in n]
+    assert "T.unroll(" in func.script()  # a tile of several rows
+
+
 def test_matmul_3d_by_constant_weight():
     """[B, S, K] x constant [K, N]: batch broadcast over a packed weight, with bias add."""
     nodes = [
