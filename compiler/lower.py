@@ -119,6 +119,7 @@ def _fuse_passes(tvm_target: Any) -> list[Any]:
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
+    from .conv_transpose import conv_transpose_as_conv
     from .expand_depthwise import fuse_expand_depthwise
     from .winograd import winograd_conv2d
 
@@ -126,6 +127,9 @@ def _fuse_passes(tvm_target: Any) -> list[Any]:
         # before DecomposeOpsForInference, which would turn BN into 4 elementwise ops per
         # output element (one a divide) and keep a following Clip out of the conv's kernel
         _fold_batch_norm(),
+        # before legalization, which would dilate the input with zeros: kernel == stride
+        # transposed convs become a 1x1 conv and a pixel shuffle
+        conv_transpose_as_conv(),
         # after BN folding (folded constant weights and biases), before legalization:
         # 1x1 expansion -> activation -> depthwise conv chains become one kernel
         fuse_expand_depthwise(target=tvm_target),
