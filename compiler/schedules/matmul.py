@@ -95,11 +95,18 @@ def match_matmul(sch: s_tir.Schedule) -> MatmulMatch | None:
 
 
 def _folds_batch(match: MatmulMatch) -> bool:
-    """Whether the batch dimensions are rows of one matmul: ``B`` is shared by every batch
-    (a weight), so ``[S, 1, K] x [K, N]`` (PyTorch's sequence-first attention projections) is
-    an ``S x K x N`` matmul, not ``S`` matrix-vector products each reading all of ``B``."""
+    """Whether the batch dimensions are the rows of one matmul: ``B`` is shared by every batch
+    (a weight) and each batch has a single row, so ``[S, 1, K] x [K, N]`` (PyTorch's
+    sequence-first attention projections) is an ``S x K x N`` matmul, not ``S``
+    matrix-vector products each reading all of ``B``.
+
+    Batches of several rows are not folded: a register tile of fused rows could straddle two
+    batches, and the epilogue computed per tile (``reverse_compute_at``) would then cover the
+    bounding box of both, rows the tile never computed.
+    """
     return (
         bool(match.batch)
+        and (match.m is None or match.con.extent(match.m) == 1)
         and not any(match.rhs.uses(v) for v in match.batch)
         and all(match.con.extent(v) is not None for v in match.batch)
     )

@@ -176,6 +176,17 @@ def test_matmul_sequence_first_rows_share_weight_tiles():
     assert "T.unroll(" in func.script()  # a tile of several rows
 
 
+def test_matmul_4d_rows_keep_their_epilogue_exact():
+    """[1, H, W, C] x [C, N] + bias, * scale (ConvNeXt's MLP after a permute): batches of
+    several rows are tiled per batch, so each tile's epilogue writes only the rows it computed."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"]),
+             helper.make_node("Add", ["y", "b"], ["z"]),
+             helper.make_node("Mul", ["z", "g"], ["o"])]
+    model = _model(nodes, [_vi("x", [1, 6, 10, 48])], [_vi("o", [1, 6, 10, 32])],
+                   [_const("w", (48, 32)), _const("b", (32,)), _const("g", (32,))])
+    _check(model, {"x": RNG.standard_normal((1, 6, 10, 48)).astype("float32")})
+
+
 def test_matmul_3d_by_constant_weight():
     """[B, S, K] x constant [K, N]: batch broadcast over a packed weight, with bias add."""
     nodes = [
