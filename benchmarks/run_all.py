@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["models", "kernels", "prune", "low_rank", "sparse", "quantize", "search", "conformance"]
+SCRIPTS = ["models", "architectures", "kernels", "prune", "low_rank", "sparse", "quantize", "search", "conformance"]
 
 
 def main() -> int:

@@ -15,7 +15,7 @@ import sys
 from common import RESULTS, ROOT, machine_line, table
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-ORDER = ["models", "kernels", "tuning", "quantize", "prune", "low_rank", "sparse", "conformance"]
+ORDER = ["models", "architectures", "kernels", "tuning", "quantize", "prune", "low_rank", "sparse", "conformance"]
 
 
 def render() -> str:
