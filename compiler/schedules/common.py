@@ -6,6 +6,7 @@ import logging
 import math
 from collections.abc import Iterable
 
+import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.s_tir.schedule import LoopRV, SBlockRV
 from tvm.sym.pattern import detect_linear_equation
@@ -292,9 +293,23 @@ def _fuse_rows(
     run = math.prod(extents[-n:])
     if n > 1:
         spatial = spatial[:-n] + [sch.fuse(*spatial[-n:])]
-    if run > lanes and run % lanes != 0:
+    if run > lanes and run % lanes != 0 and not _binds_lets(stmt):
         return spatial, run - run % lanes
     return spatial, None
+
+
+def _binds_lets(stmt: tirx.SBlock) -> bool:
+    """Whether the block's body binds ``Let`` variables (a sign-bit test, the fast ``exp``).
+    ``loop_partition`` copies the body into each part with the same variables, which the
+    simplifier then rejects as one variable bound to two values."""
+    found = []
+
+    def note(node):
+        found.append(node)
+        return node
+
+    tvm_ffi.structural_map(stmt.body, [(tirx.Let, note)])
+    return bool(found)
 
 
 def _rows_contiguous(stmt: tirx.SBlock, inner: list[tirx.Var], extents: list[int]) -> bool:
