@@ -88,9 +88,14 @@ def _schedule(
         try:
             sch = rule.apply(func, target, False)
         except Exception as err:  # noqa: BLE001 - a failing rule must not break compilation
-            logger.warning(
-                "rule %s failed on %s, trying the next one: %s", type(rule).__name__, name, err
-            )
+            # one line for the user (TVM's schedule errors carry the whole IR); all of it
+            # at debug level
+            lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+            summary = next((ln for ln in lines if ln.startswith("Error message:")),
+                           lines[-1] if lines else type(err).__name__)
+            logger.warning("rule %s failed on %s, trying the next one: %s",
+                           type(rule).__name__, name, summary[:300])
+            logger.debug("rule %s failed on %s: %s", type(rule).__name__, name, err)
             continue
         if sch is None:
             continue

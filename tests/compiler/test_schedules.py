@@ -858,3 +858,28 @@ def test_rules_work_under_dlight_apply_default_schedule():
     )
     want = ReferenceEvaluator(model).run(None, feeds)[0]
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_failing_rule_is_reported_in_one_line(caplog):
+    """A rule that raises (TVM's schedule errors carry the whole IR) is skipped with a one-line
+    warning naming the rule, the kernel and the error message; the next rule schedules it."""
+    import logging
+
+    from compiler.schedules import Fallback, _schedule
+
+    class Exploding:
+        def apply(self, func, target, tunable):
+            raise RuntimeError("ScheduleError: primitive failed\n# from tvm.script import ...\n"
+                               + "    lots of IR\n" * 50 + "Error message: producers not under loop")
+
+    model = _model([helper.make_node("Relu", ["x"], ["y"])], [_vi("x", [4, 64])],
+                   [_vi("y", [4, 64])], [])
+    with X86:
+        (func,) = _prim_funcs(_fused(model)).values()
+    with caplog.at_level(logging.WARNING, logger="compiler.schedules"):
+        scheduled = _schedule("relu", func, X86, [Exploding(), Fallback()])
+    assert scheduled is not None
+    (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    message = record.getMessage()
+    assert "\n" not in message and "Exploding" in message and "relu" in message
+    assert "producers not under loop" in message
