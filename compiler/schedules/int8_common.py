@@ -144,7 +144,7 @@ def pad_accumulator(sch: s_tir.Schedule, block, ndim: int, lanes: int) -> None:
 
 
 def inline_other_producers(sch: s_tir.Schedule, tail, main) -> None:
-    """Inline the data-parallel producers of ``tail`` other than ``main``.
+    """Inline the data-parallel producers of ``tail`` other than ``main``, and theirs in turn.
 
     ``reverse_compute_at`` needs every producer of the epilogue under the tile loop; an
     epilogue that also reads a computed tensor (a dequantized residual in QDQ models) gets that
@@ -152,12 +152,20 @@ def inline_other_producers(sch: s_tir.Schedule, tail, main) -> None:
     be inlined are left; the caller's ``reverse_compute_at`` then fails and the rule declines.
     """
     main_name = sch.get(main).name_hint
-    for producer in list(sch.get_producers(tail)):
-        if sch.get(producer).name_hint == main_name:
-            continue
-        if not all(iv.iter_type == tirx.IterVar.DataPar for iv in sch.get(producer).iter_vars):
-            continue
-        try:
-            sch.compute_inline(producer)
-        except Exception as err:  # noqa: BLE001 - see docstring
-            logger.debug("epilogue producer not inlined: %s", err)
+    failed: set[str] = set()
+    progress = True
+    while progress:  # an inlined producer's own producers become the epilogue's producers
+        progress = False
+        for producer in list(sch.get_producers(tail)):
+            name = sch.get(producer).name_hint
+            if name == main_name or name in failed:
+                continue
+            if not all(iv.iter_type == tirx.IterVar.DataPar
+                       for iv in sch.get(producer).iter_vars):
+                continue
+            try:
+                sch.compute_inline(producer)
+                progress = True
+            except Exception as err:  # noqa: BLE001 - see docstring
+                failed.add(name)
+                logger.debug("epilogue producer not inlined: %s", err)

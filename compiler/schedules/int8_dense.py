@@ -195,8 +195,15 @@ def schedule_int8_matmul(
     if tail is not None:
         sch.set_scope(main, 0, "local")
         scope = "local"
-    # 3. tiles
-    mr, nv = _tiles(m_ext, round_up(n_ext, lanes) // lanes, num_cores)
+    # 3. tiles; batches of one row each ([S, 1, K], PyTorch's sequence-first projections)
+    # are the rows of one matmul, as in the float32 rule
+    fold = bool(match.batch) and (m_ext or 1) == 1 and all(
+        con.extent(v) is not None for v in match.batch)
+    rows = int(np.prod([con.extent(v) for v in match.batch])) if fold else m_ext
+    mr, nv = _tiles(rows, round_up(n_ext, lanes) // lanes, num_cores)
+    if rows is not None and rows % mr:
+        # a row predicate on the tensorized block would not match the dot intrinsic
+        mr = choose_factor(rows, mr, minimum=1)
     loops = sch.get_loops(main)
 
     def loop_of(var):
@@ -207,6 +214,9 @@ def schedule_int8_matmul(
 
     batch_loops = [lp for lp in (loop_of(v) for v in match.batch) if lp is not None]
     lm, ln, lk = loop_of(match.m), loop_of(match.n), loop_of(match.k)
+    if fold and batch_loops:
+        lm = sch.fuse(*batch_loops, *([lm] if lm is not None else []))
+        batch_loops = []
     jo, ji = sch.split(ln, [None, lanes], disable_predication=bool(n_ext % lanes))
     ko, ki = sch.split(lk, [None, K_BLOCK], disable_predication=bool(k_ext % K_BLOCK))
     joo, joi = sch.split(jo, [None, nv])

@@ -184,6 +184,40 @@ def test_int8_dense_bit_exact(m, k, n, transposed, epilogue):
         assert "vpdpbusd" in _tir_text(scheduled)
 
 
+@pytest.mark.parametrize("rows", [37, 40])
+def test_int8_sequence_first_dense_with_zero_point_correction_bit_exact(rows):
+    """[S, 1, K] u8 x s8 (PyTorch's sequence-first layout) with the dynamic-quantization
+    epilogue ``(x w - zp * colsum(w)) * scale``, zp a run-time scalar: the S batches are rows of
+    one tensorized matmul (tiles of rows dividing S, none for a prime S), the zero-point product
+    is inlined into the epilogue, and the result equals numpy's integer math."""
+    k, n = 32, 48
+    rng = np.random.default_rng(rows)
+    w = rng.integers(-128, 128, size=(k, n)).astype("int8")
+    colsum = w.astype(np.int32).sum(axis=0)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((rows, 1, k), "uint8"))
+    zp = relax.Var("zp", relax.TensorType((), "float32"))  # as the quantize pass computes it
+    with bb.function("main", [x, zp]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.matmul(x, relax.const(w), out_dtype="int32"))
+            zp_int = bb.emit(relax.op.astype(zp, "int32"))
+            corr = bb.emit(relax.op.multiply(zp_int, relax.const(colsum)))
+            y = bb.emit(relax.op.subtract(y, corr))
+            y = bb.emit(relax.op.multiply(relax.op.astype(y, "float32"), relax.const(SCALE)))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    feeds = {"x": rng.integers(0, 256, size=(rows, 1, k)).astype("uint8"),
+             "zp": np.array(7, dtype="float32")}
+    want = ((feeds["x"].astype(np.int32) @ w.astype(np.int32)) - 7 * colsum).astype(
+        np.float32) * SCALE
+    got, scheduled = _run(bb.get(), feeds)
+    np.testing.assert_array_equal(got, want)
+    if RUN_TARGET is VNNI:
+        text = _tir_text(scheduled)
+        assert "vpdpbusd" in text
+        assert ("T.unroll(T.int64(8))" in text) == (rows == 40)  # 8-row tiles; S = 37: 1
+
+
 @pytest.mark.parametrize(
     "c,f,h,w,k,stride,pad,pad_value,residual",
     [
