@@ -20,9 +20,13 @@ upsampling, two heads).
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import logging
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +43,8 @@ except ImportError:  # pragma: no cover - an optional extra
 
 #: Alternating timing rounds per model.
 ROUNDS = 5
+#: Pause before each engine's round, seconds.
+SETTLE_S = 0.5
 
 if torch is not None:
 
@@ -238,11 +244,14 @@ if torch is not None:
         "yolo_tiny": (YoloTiny, [1, 3, 320, 320]),
     }
 
-def export(name: str, path: Path) -> None:
-    """Export model ``name`` of :data:`MODELS` (weights seeded with 0) to ONNX at ``path``."""
+def export(name: str, path: Path) -> int:
+    """Export model ``name`` of :data:`MODELS` (weights seeded with 0) to ONNX at ``path``;
+    returns its number of parameters."""
     cls, shape = MODELS[name]
     torch.manual_seed(0)
-    export_module(cls(), shape, path)
+    model = cls()
+    export_module(model, shape, path)
+    return sum(p.numel() for p in model.parameters())
 
 
 def export_module(model, shape: list[int], path: Path) -> None:
@@ -260,6 +269,13 @@ def export_module(model, shape: list[int], path: Path) -> None:
                       input_names=["input"])
 
 
+def export_all(names: list[str], out_dir: Path) -> None:
+    """Export ``names`` into ``out_dir`` (``<name>.onnx``) and their parameter counts into
+    ``out_dir/params.json``."""
+    counts = {name: export(name, out_dir / f"{name}.onnx") for name in names}
+    (out_dir / "params.json").write_text(json.dumps(counts))
+
+
 def main() -> int:
     if torch is None:
         print("benchmarks/architectures.py needs PyTorch: pip install -e '.[torch]'",
@@ -267,15 +283,24 @@ def main() -> int:
         return 2
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--repeat", type=int, default=50)
+    ap.add_argument("--export-to", type=Path, help=argparse.SUPPRESS)  # the child process
     args = ap.parse_args()
+    names = args.models.split(",")
+    if args.export_to:
+        export_all(names, args.export_to)
+        return 0
     logging.basicConfig(level=logging.WARNING)
     per_round = max(4, args.repeat // ROUNDS)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models.split(","):
+        # exported in a child process: PyTorch's worker threads keep spinning for a while
+        # after each export and would take cores from the timed runs
+        subprocess.run([sys.executable, __file__, "--models", args.models, "--export-to", tmp],
+                       check=True)
+        params = json.loads((Path(tmp) / "params.json").read_text())
+        for name in names:
             path = Path(tmp) / f"{name}.onnx"
-            export(name, path)
             art = compiler.compile(path, "host", output_dir=Path(tmp) / name, verify=False,
                                    tuning_log=False)
             rng = np.random.default_rng(0)
@@ -286,15 +311,22 @@ def main() -> int:
             err = max(float(np.abs(np.asarray(a) - b).max()) for a, b in zip(ours, theirs))
             runs: dict[str, list[float]] = {"hwcc_ms": [], "onnxruntime_ms": []}
             for _ in range(ROUNDS):
+                # each engine starts on idle cores: onnxruntime's workers spin for a while
+                # after its runs (its default), which would slow the next hwcc round
+                time.sleep(SETTLE_S)
                 runs["hwcc_ms"].append(art.benchmark(feeds, repeat=per_round)["median_ms"])
+                time.sleep(SETTLE_S)
                 runs["onnxruntime_ms"].append(time_fn(
                     lambda s=sess, f=feeds: s.run(None, f), repeat=per_round)["median_ms"])
-            params = sum(int(np.prod(t.dims)) for t in _initializers(path))
-            row = {"model": name, "params": params,
+            row = {"model": name, "params": params[name],
                    **{k: float(np.median(v)) for k, v in runs.items()}, "max_abs_diff": err}
             row["hwcc_vs_ort"] = row["hwcc_ms"] / row["onnxruntime_ms"]
             rows.append(row)
             print(f"{name}: {row}", flush=True)
+            # an earlier model's onnxruntime session left alive slows both engines on the
+            # next one (~1.8x on this 2-core machine): release it and its threads
+            del sess, art
+            gc.collect()
     cols = [("model", "model"), ("params", "params"), ("hwcc_ms", "hwcc untuned (ms)"),
             ("onnxruntime_ms", "onnxruntime (ms)"), ("hwcc_vs_ort", "hwcc / ORT"),
             ("max_abs_diff", "max abs diff vs ORT")]
@@ -302,14 +334,11 @@ def main() -> int:
     print(table(rows, cols))
     save_results("architectures", rows, {
         "columns": cols,
-        "title": "PyTorch-exported architectures, batch 1, random weights (hwcc untuned)"})
+        "title": "PyTorch-exported architectures, batch 1, random weights (hwcc untuned)",
+        "notes": ["Defined in `benchmarks/architectures.py` and exported with "
+                  "`torch.onnx.export` (needs `pip install -e '.[torch]'`); hwcc compiles them "
+                  "as a user's unseen model, with no tuning log. Median of 5 alternating rounds."]})
     return 0
-
-
-def _initializers(path: Path):
-    import onnx
-
-    return onnx.load(str(path)).graph.initializer
 
 
 if __name__ == "__main__":
