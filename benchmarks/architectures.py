@@ -215,11 +215,12 @@ if torch is not None:
         def __init__(self):
             super().__init__()
             act = nn.SiLU
-            self.stage1 = nn.Sequential(conv_bn(3, 16, 3, 2, act=act), conv_bn(16, 32, 3, 2, act=act),
-                                        conv_bn(32, 32, act=act))
+            self.stage1 = nn.Sequential(conv_bn(3, 16, 3, 2, act=act),
+                                        conv_bn(16, 32, 3, 2, act=act), conv_bn(32, 32, act=act))
             self.stage2 = nn.Sequential(conv_bn(32, 64, 3, 2, act=act), conv_bn(64, 64, act=act))
             self.stage3 = nn.Sequential(conv_bn(64, 128, 3, 2, act=act), conv_bn(128, 128, act=act))
-            self.sppf_in, self.sppf_out = conv_bn(128, 64, 1, act=act), conv_bn(256, 128, 1, act=act)
+            self.sppf_in = conv_bn(128, 64, 1, act=act)
+            self.sppf_out = conv_bn(256, 128, 1, act=act)
             self.lateral = conv_bn(128 + 64, 64, 1, act=act)
             self.head_large, self.head_small = nn.Conv2d(128, 255, 1), nn.Conv2d(64, 255, 1)
 
@@ -335,9 +336,10 @@ def main() -> int:
     save_results("architectures", rows, {
         "columns": cols,
         "title": "PyTorch-exported architectures, batch 1, random weights (hwcc untuned)",
-        "notes": ["Defined in `benchmarks/architectures.py` and exported with "
-                  "`torch.onnx.export` (needs `pip install -e '.[torch]'`); hwcc compiles them "
-                  "as a user's unseen model, with no tuning log. Median of 5 alternating rounds."]})
+        "notes": [("Defined in `benchmarks/architectures.py` and exported with "
+                   "`torch.onnx.export` (needs `pip install -e '.[torch]'`); hwcc compiles them "
+                   "as a user's unseen model, with no tuning log. Median of 5 alternating "
+                   "rounds.")]})
     return 0
 
 

@@ -113,9 +113,10 @@ def inline_epilogue_chain(sch: s_tir.Schedule, main: SBlockRV) -> SBlockRV | Non
     inlined into its own consumers (also when it has several, as in GELU's
     ``x * (1 + erf(x / sqrt 2))``; each is then computed once per output element), but not into
     a consumer that broadcasts it (:func:`is_broadcast`: a squeeze-and-excitation gate stays
-    one value per channel). Returns the single remaining consumer of ``main`` if there is exactly one and it
-    reads ``main``'s output at the same indices it writes (an elementwise epilogue such as bias
-    add, ReLU, GELU, residual add), else None (the epilogue then stays a separate loop nest).
+    one value per channel). Returns the single remaining consumer of ``main`` if there is
+    exactly one and it reads ``main``'s output at the same indices it writes (an elementwise
+    epilogue such as bias add, ReLU, GELU, residual add), else None (the epilogue then stays a
+    separate loop nest).
     """
     for _ in range(32):
         # a consumer that feeds further blocks is inlined into all of them; consumers may

@@ -320,7 +320,8 @@ class Conv2d(CPUScheduleRule):
         # the epilogue, computed per tile, writes only the real ones. A conv writing the output
         # itself gets its write-back block now, so that it has the real channels' domain.
         padded = con.extent(match.f) % c != 0
-        if padded and param_index(sch.mod["main"], region_buffer(sch.get(main).writes[0])) is not None:
+        output = region_buffer(sch.get(main).writes[0])
+        if padded and param_index(sch.mod["main"], output) is not None:
             sch.cache_write(main, 0, "local")
         fo, fi = sch.split(lf, [None, c], disable_predication=padded)
         xo = xi = None

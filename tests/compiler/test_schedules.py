@@ -624,7 +624,8 @@ def test_conv_on_a_1x1_map_is_a_vectorized_mat_vec():
     text = func.script()
     gate, scale = text.split('T.sblock("T_multiply', 1)
     assert "T.reinterpret" in gate and "T.reinterpret" not in scale  # sigmoid once per channel
-    assert "T.vectorized(T.int64(16))" in scale and "T.vectorized(T.int64(192), T.int64(196))" in scale
+    assert "T.vectorized(T.int64(16))" in scale
+    assert "T.vectorized(T.int64(192), T.int64(196))" in scale
 
 
 def test_vectorizable_erf_exp_match_numpy():
@@ -869,8 +870,9 @@ def test_failing_rule_is_reported_in_one_line(caplog):
 
     class Exploding:
         def apply(self, func, target, tunable):
+            ir_dump = "    lots of IR\n" * 50
             raise RuntimeError("ScheduleError: primitive failed\n# from tvm.script import ...\n"
-                               + "    lots of IR\n" * 50 + "Error message: producers not under loop")
+                               + ir_dump + "Error message: producers not under loop")
 
     model = _model([helper.make_node("Relu", ["x"], ["y"])], [_vi("x", [4, 64])],
                    [_vi("y", [4, 64])], [])

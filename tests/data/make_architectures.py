@@ -18,9 +18,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent / "benchmarks"))
 
-import torch  # noqa: E402
-
-import architectures as arch  # noqa: E402
+import architectures as arch
+import torch
 
 #: file stem -> (module factory, input shape)
 SMALL = {
