@@ -197,8 +197,8 @@ def schedule_int8_matmul(
         scope = "local"
     # 3. tiles; batches of one row each ([S, 1, K], PyTorch's sequence-first projections)
     # are the rows of one matmul, as in the float32 rule
-    fold = bool(match.batch) and (m_ext or 1) == 1 and all(
-        con.extent(v) is not None for v in match.batch)
+    fold = bool(match.batch) and m_ext == 1 and all(
+        con.extent(v) is not None for v in match.batch)  # m_ext None: symbolic rows
     rows = int(np.prod([con.extent(v) for v in match.batch])) if fold else m_ext
     mr, nv = _tiles(rows, round_up(n_ext, lanes) // lanes, num_cores)
     if rows is not None and rows % mr:
