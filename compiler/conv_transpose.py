@@ -84,43 +84,29 @@ def conv_transpose_as_conv():
     """
     import tvm
     from tvm import relax
-    from tvm.relax.expr_functor import PyExprMutator, mutator
 
-    @mutator
-    class _Rewriter(PyExprMutator):
-        def __init__(self, mod):
-            super().__init__(mod)
-            self.count = 0
+    from passes._ir import rewrite_op_calls
 
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if not (isinstance(call.op, tvm.ir.Op)
-                    and call.op.name == "relax.nn.conv2d_transpose"):
-                return call
-            s = pixel_shuffle_stride(call)
-            if s is None:
-                return call
-            data, weight = call.args
-            n, _, h, w = (int(d) for d in data.ty.shape.values)
-            out_channels = int(weight.ty.shape.values[1])
-            z = self.builder_.emit(relax.op.nn.conv2d(
-                data, relax.const(shuffle_weight(weight.value.numpy()))))
-            z = self.builder_.emit(relax.op.reshape(z, [n, out_channels, s, s, h, w]))
-            z = self.builder_.emit(relax.op.permute_dims(z, [0, 1, 4, 2, 5, 3]))
-            self.count += 1
-            return relax.op.reshape(z, [n, out_channels, h * s, w * s])
+    def as_conv_and_shuffle(builder, call):
+        s = pixel_shuffle_stride(call)
+        if s is None:
+            return None
+        data, weight = call.args
+        n, _, h, w = (int(d) for d in data.ty.shape.values)
+        out_channels = int(weight.ty.shape.values[1])
+        z = builder.emit(relax.op.nn.conv2d(
+            data, relax.const(shuffle_weight(weight.value.numpy()))))
+        z = builder.emit(relax.op.reshape(z, [n, out_channels, s, s, h, w]))
+        z = builder.emit(relax.op.permute_dims(z, [0, 1, 4, 2, 5, 3]))
+        return relax.op.reshape(z, [n, out_channels, h * s, w * s])
 
     @tvm.transform.module_pass(opt_level=0, name="hwcc.ConvTransposeAsConv")
     def rewrite(mod, _ctx):
         if not _env_enabled():
             return mod
-        rewriter = _Rewriter(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-        if rewriter.count:
-            logger.info("%d conv2d_transpose as 1x1 conv + pixel shuffle", rewriter.count)
-            return rewriter.builder_.get()
+        mod, count = rewrite_op_calls(mod, "relax.nn.conv2d_transpose", as_conv_and_shuffle)
+        if count:
+            logger.info("%d conv2d_transpose as 1x1 conv + pixel shuffle", count)
         return mod
 
     return rewrite

@@ -298,7 +298,8 @@ def winograd_conv2d(config: WinogradConfig | None = None, target=None):
     """
     import tvm
     from tvm import relax
-    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    from passes._ir import rewrite_op_calls
 
     from .schedules.common import vector_factor
     from .schedules.target_info import cpu_info, is_cpu_target
@@ -306,33 +307,23 @@ def winograd_conv2d(config: WinogradConfig | None = None, target=None):
     config = config or default_config()
     lanes = cpu_info(target).lanes(32) if target is not None else 8
 
-    @mutator
-    class _Rewriter(PyExprMutator):
-        def __init__(self, mod):
-            super().__init__(mod)
-            self.count = 0
-
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"):
-                return call
-            tile = choose_tile(call, config)
-            if tile is None:
-                return call
-            weight = call.args[1].value.numpy()
-            block = vector_factor(weight.shape[0], lanes, max_vectors=2)
-            u = relax.const(transform_weight(weight, tile, block))
-            padding = tuple(int(p) for p in call.attrs.padding)
-            self.count += 1
-            return self.builder_.call_te(
-                winograd_te,
-                call.args[0],
-                u,
-                padding,
-                weight.shape[0],
-                primfunc_name_hint="winograd_conv2d",
-                primfunc_attrs={"op_pattern": 4},  # kOutEWiseFusable: epilogues fuse after it
-            )
+    def as_winograd(builder, call):
+        tile = choose_tile(call, config)
+        if tile is None:
+            return None
+        weight = call.args[1].value.numpy()
+        block = vector_factor(weight.shape[0], lanes, max_vectors=2)
+        u = relax.const(transform_weight(weight, tile, block))
+        padding = tuple(int(p) for p in call.attrs.padding)
+        return builder.call_te(
+            winograd_te,
+            call.args[0],
+            u,
+            padding,
+            weight.shape[0],
+            primfunc_name_hint="winograd_conv2d",
+            primfunc_attrs={"op_pattern": 4},  # kOutEWiseFusable: epilogues fuse after it
+        )
 
     @tvm.transform.module_pass(opt_level=0, name="hwcc.WinogradConv2d")
     def rewrite(mod, _ctx):
@@ -340,13 +331,9 @@ def winograd_conv2d(config: WinogradConfig | None = None, target=None):
             return mod
         if not any(isinstance(f, relax.Function) for _, f in mod.functions_items()):
             raise ValueError("hwcc.WinogradConv2d: the module has no Relax function")
-        rewriter = _Rewriter(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-        if rewriter.count:
-            logger.info("%d conv2d as Winograd", rewriter.count)
-            return rewriter.builder_.get()
+        mod, count = rewrite_op_calls(mod, "relax.nn.conv2d", as_winograd)
+        if count:
+            logger.info("%d conv2d as Winograd", count)
         return mod
 
     return rewrite

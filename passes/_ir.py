@@ -174,3 +174,41 @@ def _emit_block(
         else:
             new_var = bb.emit(value, name_hint=name)
         vmap[binding.var] = new_var
+
+
+CallRewrite = Callable[[relax.BlockBuilder, relax.Call], "relax.Expr | None"]
+
+
+def rewrite_op_calls(mod: tvm.IRModule, op: str, rewrite: CallRewrite) -> tuple[tvm.IRModule, int]:
+    """Every call of the Relax operator ``op`` (e.g. ``"relax.nn.conv2d"``) in the module's
+    Relax functions passed through ``rewrite(builder, call)``, after its arguments are rewritten.
+
+    ``rewrite`` returns the replacement (it may emit bindings with ``builder`` first) or None to
+    keep the call. Returns the new module and how many calls were replaced; ``mod`` itself when
+    none were.
+    """
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    @mutator
+    class _Rewriter(PyExprMutator):
+        def __init__(self, mod: tvm.IRModule) -> None:
+            super().__init__(mod)
+            self.count = 0
+
+        def visit_call_(self, call: relax.Call) -> relax.Expr:
+            call = super().visit_call_(call)
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == op):
+                return call
+            new = rewrite(self.builder_, call)
+            if new is None:
+                return call
+            self.count += 1
+            return new
+
+    rewriter = _Rewriter(mod)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+    if not rewriter.count:
+        return mod, 0
+    return rewriter.builder_.get(), rewriter.count

@@ -133,8 +133,8 @@ def _pads_channels(extent: int, lanes: int) -> bool:
     power of two of at least half a vector (24 channels: 8 lanes; on Zen 4 two 8-lane FMAs
     issue per cycle, as many lanes as one 16-lane FMA), so those are padded only when padding
     wastes under :data:`PAD_WASTE` of the work (232 -> 240). Odd widths (ShuffleNet's 116 = 4 x
-    29 lanes, which LLVM splits into shuffles and spills: 15x slower than padded to 128) and
-    quarter vectors are always padded.
+    29 lanes, which LLVM splits into shuffles and spills) and quarter vectors are always
+    padded.
     """
     if extent % lanes == 0 or extent < lanes:
         return False

@@ -137,7 +137,7 @@ _SIGMOID_EXP_RANGE = 87.0
 def fast_sigmoid(arg: tirx.PrimExpr) -> tirx.PrimExpr:
     """A float32 ``sigmoid(arg) = 1 / (1 + exp(-arg))`` with the :func:`fast_exp` polynomial
     (relative error ~2e-7). Far out it gives 1 and ~1.6e-38 (a normal float, not 0: no
-    denormals downstream); NaN stays NaN. About a fifth cheaper than ``1 / (1 + fast_exp(-x))``:
+    denormals downstream); NaN stays NaN. Fewer operations than ``1 / (1 + fast_exp(-x))``:
     the clamp to [-87, 87] makes the range tests and the split ``2^n`` unnecessary."""
     one = _f(1.0)
     e = _exp_in_range(_f(0.0) - arg, -_SIGMOID_EXP_RANGE, _SIGMOID_EXP_RANGE, halves=False)

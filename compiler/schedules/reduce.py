@@ -67,7 +67,7 @@ def _partial_sums(n_reduce: int, lanes: int) -> int | None:
     Whole vectors when they divide it: up to :data:`ACCUMULATORS` of them, so that each
     accumulator chain sees at least two steps. Otherwise (a 7x7 or 14x14 map: 49 or 196
     elements) the largest divisor up to two vectors, at least :data:`MIN_WIDTH`: 28 lanes for
-    196, 7 for 49, still several times faster than one scalar chain per output.
+    196, 7 for 49, instead of one scalar chain per output.
     """
     if n_reduce % lanes == 0:
         if n_reduce < 2 * lanes:
