@@ -205,9 +205,12 @@ def _pixel_tile(
     if rows is None or rows * width // lanes > PIXEL_VECTORS:
         return None
     vectors = rows * width // lanes
-    budget = 28 if info.vector_registers >= 32 else 12
+    # live registers per reduction step: the accumulators, the pixel vectors loaded for all
+    # channels of the tile, and one broadcast weight; more spill accumulators to the stack
+    # every step (4 x 7 accumulators at 56 columns ran at half speed, and no faster on 2 cores)
     channels = max((c for c in range(1, out_channels + 1)
-                    if out_channels % c == 0 and c * vectors <= budget), default=1)
+                    if out_channels % c == 0
+                    and c * vectors + vectors + 1 <= info.vector_registers), default=1)
     if channels < 2:
         return None
     return PixelTile(channels, rows)

@@ -32,6 +32,7 @@ from .common import (
     compute_padding_at,
     loop_extent,
     schedule_other_blocks,
+    task_balance,
 )
 from .target_info import cpu_info, is_cpu_target
 
@@ -61,20 +62,30 @@ MIN_BAND_ROWS = 4
 TILE_BYTES = 256 * 1024
 
 
+#: Least share of the cores' time that a kernel's tasks keep busy (static scheduling: with 9
+#: equal tasks on 2 cores, one core idles for a ninth of the kernel).
+MIN_BALANCE = 0.95
+
+
 def _row_band(rows: int, blocks: int, cores: int, tile_row_bytes: int, stride: int) -> int | None:
     """Output rows per band, or None for whole maps.
 
     Bands are used when a whole map's tile would not fit :data:`TILE_BYTES` (MobileNetV2's
-    112x112 stage), or when the channel blocks alone give fewer than two tasks per core (many
-    cores, few channels); they are as tall as those allow, and at least
-    :data:`MIN_BAND_ROWS` (shorter bands recompute too much).
+    112x112 stage), when the channel blocks alone give fewer than two tasks per core (many
+    cores, few channels), or when they do not share evenly among the cores (9 blocks on 2
+    cores: :func:`task_balance` under :data:`MIN_BALANCE`); bands are as tall as those allow,
+    and at least :data:`MIN_BAND_ROWS` (shorter bands recompute too much).
     """
     bands = max(1, -(-rows * stride * tile_row_bytes // TILE_BYTES))
     if cores > 1:
         bands = max(bands, -(-2 * cores // blocks))
-    if bands <= 1:
-        return None
     band = choose_factor(rows, max(MIN_BAND_ROWS, rows // bands))
+    if cores > 1:
+        # the tallest band at most this tall that shares the tasks evenly enough, if any
+        for height in range(band, MIN_BAND_ROWS - 1, -1):
+            if rows % height == 0 and task_balance(blocks * rows // height, cores) >= MIN_BALANCE:
+                band = height
+                break
     return band if band < rows else None
 
 

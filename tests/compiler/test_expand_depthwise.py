@@ -298,6 +298,19 @@ def test_many_cores_split_rows_too():
     assert "T.parallel(T.int64(12))" in text  # 4 bands of 4 rows x 3 channel blocks
 
 
+def test_odd_channel_blocks_split_rows_to_share_the_cores_evenly():
+    """5 channel blocks on 2 cores would leave one core idle a sixth of the time: the map is
+    cut into 2 bands of 8 rows (10 tasks), and the kernel still matches the reference."""
+    two = parse_target("x86_64-linux-gnu -mattr=+avx2,+fma -cores=2")
+    model, feeds = _chain(8, 40, 16)  # 8 lanes (AVX2): 5 channel blocks
+    names = _check(model, feeds, target=two)
+    assert sum("expand_depthwise" in n for n in names) == 1, names
+    fused = lower.legalize_and_fuse(from_onnx(model, keep_params_in_input=False), two)
+    (name,) = [n for n in _kernel_names(fused) if "expand_depthwise" in n]
+    text = ExpandDepthwise().apply(fused[name], two.tvm_target(), False).mod.script()
+    assert "T.parallel(T.int64(10))" in text
+
+
 def test_the_rule_schedules_the_kernel():
     """The fused kernel is scheduled by ExpandDepthwise itself (not left to the fallback)."""
     model, _ = _chain(8, 4 * LANES, 12)

@@ -338,7 +338,9 @@ def _pixel_tile_of(model, target=X86):
     "c,o,h,residual,target,tile",
     [
         (48, 24, 8, False, X86, (24, 2)),  # 2 rows of 8 = one 16-lane vector
-        (32, 40, 28, True, X86, (4, 4)),  # 4 rows of 28 = 7 vectors; 4 channels x 7 in registers
+        # 4 rows of 28 = 7 vectors; 2 channels x 7 accumulators (4 x 7, the 7 loaded pixel
+        # vectors and a broadcast weight would need 36 of the 32 registers)
+        (32, 40, 28, True, X86, (2, 4)),
         (16, 20, 16, False, X86_AVX2, (5, 1)),  # 8 lanes, 16 registers: 5 channels x 2 vectors
     ],
 )
