@@ -38,12 +38,6 @@ def choose_factor(extent: int, preferred: int, minimum: int = 1) -> int:
     return preferred
 
 
-def task_balance(tasks: int, cores: int) -> float:
-    """Share of ``cores`` cores' time kept busy by ``tasks`` equal tasks under static scheduling
-    (TVM's parallel loops give each core one contiguous run of ``ceil(tasks / cores)``)."""
-    return tasks / (cores * -(-tasks // cores))
-
-
 def vector_factor(extent: int, lanes: int, max_vectors: int = 2) -> int:
     """Width of the vectorized inner loop over an axis of ``extent`` elements.
 

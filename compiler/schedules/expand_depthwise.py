@@ -32,7 +32,6 @@ from .common import (
     compute_padding_at,
     loop_extent,
     schedule_other_blocks,
-    task_balance,
 )
 from .target_info import cpu_info, is_cpu_target
 
@@ -62,30 +61,30 @@ MIN_BAND_ROWS = 4
 TILE_BYTES = 256 * 1024
 
 
-#: Least share of the cores' time that a kernel's tasks keep busy (static scheduling: with 9
-#: equal tasks on 2 cores, one core idles for a ninth of the kernel).
-MIN_BALANCE = 0.95
-
-
-def _row_band(rows: int, blocks: int, cores: int, tile_row_bytes: int, stride: int) -> int | None:
+def _row_band(rows: int, blocks: int, cores: int, tile_row_bytes: int, stride: int,
+              kernel: int = 3) -> int | None:
     """Output rows per band, or None for whole maps.
 
     Bands are used when a whole map's tile would not fit :data:`TILE_BYTES` (MobileNetV2's
     112x112 stage), when the channel blocks alone give fewer than two tasks per core (many
-    cores, few channels), or when they do not share evenly among the cores (9 blocks on 2
-    cores: :func:`task_balance` under :data:`MIN_BALANCE`); bands are as tall as those allow,
-    and at least :data:`MIN_BAND_ROWS` (shorter bands recompute too much).
+    cores, few channels), or when shorter bands shorten the busiest core's work: tasks are
+    statically shared (9 channel blocks on 2 cores leave one core idle a ninth of the kernel),
+    and each band recomputes the ``kernel - stride`` expansion rows it shares with its
+    neighbour, so a band height is worth it when ``ceil(tasks / cores)`` times the expansion
+    rows of one band drops. Bands are as tall as those allow, and at least
+    :data:`MIN_BAND_ROWS` (shorter bands recompute too much).
     """
     bands = max(1, -(-rows * stride * tile_row_bytes // TILE_BYTES))
     if cores > 1:
         bands = max(bands, -(-2 * cores // blocks))
     band = choose_factor(rows, max(MIN_BAND_ROWS, rows // bands))
     if cores > 1:
-        # the tallest band at most this tall that shares the tasks evenly enough, if any
-        for height in range(band, MIN_BAND_ROWS - 1, -1):
-            if rows % height == 0 and task_balance(blocks * rows // height, cores) >= MIN_BALANCE:
-                band = height
-                break
+        def busiest(height: int) -> int:  # expansion rows computed by the busiest core
+            return -(-blocks * (rows // height) // cores) * ((height - 1) * stride + kernel)
+
+        heights = [h for h in range(band, MIN_BAND_ROWS - 1, -1) if rows % h == 0]
+        if heights:
+            band = min(heights, key=busiest)  # the tallest of the best
     return band if band < rows else None
 
 
@@ -113,7 +112,8 @@ class ExpandDepthwise(CPUScheduleRule):
         xo, xi = sch.split(ox, [None, choose_factor(cols, TILE_PIXELS)])
         padded_width = int(sch.get(pad).iter_vars[3].dom.extent)
         stride = max(1, int(sch.get(expand).iter_vars[2].dom.extent) // rows)
-        band = _row_band(rows, blocks, info.num_cores, padded_width * lanes * 4, stride)
+        band = _row_band(rows, blocks, info.num_cores, padded_width * lanes * 4, stride,
+                         loop_extent(sch, ry) or 1)
         if band is not None:
             # tasks: (band, channel block) pairs; a core's consecutive tasks share input rows
             oyo, oyi = sch.split(oy, [None, band])
