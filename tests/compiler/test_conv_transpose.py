@@ -18,7 +18,6 @@ from tvm.relax.frontend.onnx import from_onnx
 
 from compiler import lower
 from compiler.conv_transpose import shuffle_weight
-from compiler.schedules import apply_default_schedules
 from targets import parse_target
 
 RNG = np.random.default_rng(0)
@@ -44,19 +43,13 @@ def _model(n, c, o, h, w, k, stride, pad=0, bias=True):
 
 
 def _compile_and_run(model, feeds):
+    """Build through hwcc's own CPU path (:func:`compiler.lower.build`); also returns the fused
+    module, whose kernel names show whether the rewrite happened."""
     target = parse_target("host")
-    tvm_target = target.tvm_target()
     mod = from_onnx(model, keep_params_in_input=False)
-    fused = lower.legalize_and_fuse(mod, target)
-    with tvm_target:
-        scheduled = apply_default_schedules(fused, tvm_target)
-        lowered = tvm.transform.Sequential(
-            relax.backend.cpu_generic.pipeline.dataflow_lower_passes(tvm_target)
-            + relax.backend.cpu_generic.pipeline.finalize_passes(tvm_target))(scheduled)
-    ex = tvm.compile(lowered, target=tvm_target, relax_pipeline=None)
-    vm = relax.VirtualMachine(ex, tvm.cpu())
+    vm = relax.VirtualMachine(lower.build(mod, target).executable, tvm.cpu())
     out = vm["main"](*[tvm.runtime.tensor(v) for v in feeds.values()]).numpy()
-    return out, fused
+    return out, lower.legalize_and_fuse(mod, target)
 
 
 def test_shuffle_weight_is_the_transposed_conv_per_patch_position():
