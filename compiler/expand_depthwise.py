@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 #: Name prefix of the kernel's blocks (the schedule rule finds them by it).
 BLOCK_PREFIX = "hwcc_expand_dw_"
+#: Name of the block of :func:`blocked_pointwise_te`.
+POINTWISE_BLOCK = "hwcc_blocked_pointwise"
 
 #: The activation between the two convolutions, an expression tree over the expansion's
 #: biased value: ``("x",)`` is that value, ``("const", c)`` a constant, ``("sigmoid", a)``, and
@@ -64,8 +66,68 @@ MAX_ACTIVATION_NODES = 64
 IDENTITY: Activation = ("x",)
 
 
-def _env_enabled() -> bool:
-    return os.environ.get("HWCC_EXPAND_DW", "1").strip().lower() not in ("0", "off", "false", "no")
+def _env_enabled(name: str = "HWCC_EXPAND_DW") -> bool:
+    return os.environ.get(name, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def _padded_expansion(data, w1, b1, acts: Activation, padding, expand_stride, expand_padding):
+    """TE of the activated expansion, zero-padded for the depthwise conv:
+    ``[N, C / L, EH + top + bottom, EW + left + right, L]`` (see :func:`expand_depthwise_te`)."""
+    from tvm import te, tirx
+
+    n, k, h, w = (int(s) for s in data.shape)
+    blocks, _, ekh, ekw, lanes = (int(s) for s in w1.shape)
+    esy, esx = expand_stride
+    etop, eleft, ebottom, eright = expand_padding
+    eh = (h + etop + ebottom - ekh) // esy + 1
+    ew = (w + eleft + eright - ekw) // esx + 1
+    top, left, bottom, right = padding
+    f32 = "float32"
+
+    if any(expand_padding):
+        source = te.compute(
+            (n, k, h + etop + ebottom, w + eleft + eright),
+            lambda b, c, yy, xx: te.if_then_else(
+                tirx.all(yy >= etop, yy < etop + h, xx >= eleft, xx < eleft + w),
+                data[b, c, yy - etop, xx - eleft],
+                tirx.const(0.0, f32),
+            ),
+            name=BLOCK_PREFIX + "input_pad",
+        )
+    else:
+        source = data
+    rk = te.reduce_axis((0, k), name="rk")
+    rky = te.reduce_axis((0, ekh), name="rky")
+    rkx = te.reduce_axis((0, ekw), name="rkx")
+    expand = te.compute(
+        (n, blocks, eh, ew, lanes),
+        lambda b, co, y, x, ci: te.sum(
+            source[b, rk, y * esy + rky, x * esx + rkx] * w1[co, rk, rky, rkx, ci],
+            axis=[rk, rky, rkx],
+        ),
+        name=BLOCK_PREFIX + "expand",
+    )
+    return te.compute(
+        (n, blocks, eh + top + bottom, ew + left + right, lanes),
+        lambda b, co, yy, xx, ci: te.if_then_else(
+            tirx.all(yy >= top, yy < top + eh, xx >= left, xx < left + ew),
+            evaluate_activation(acts, expand[b, co, yy - top, xx - left, ci] + b1[co * lanes + ci]),
+            tirx.const(0.0, f32),
+        ),
+        name=BLOCK_PREFIX + "pad",
+    )
+
+
+def _output_size(data, w1, w2, stride, padding, expand_stride, expand_padding) -> tuple[int, int]:
+    h, w = (int(s) for s in data.shape[2:])
+    ekh, ekw = (int(s) for s in w1.shape[2:4])
+    kh, kw = (int(s) for s in w2.shape[1:3])
+    (esy, esx), (sy, sx) = expand_stride, stride
+    etop, eleft, ebottom, eright = expand_padding
+    top, left, bottom, right = padding
+    eh = (h + etop + ebottom - ekh) // esy + 1
+    ew = (w + eleft + eright - ekw) // esx + 1
+    return (eh + top + bottom - kh) // sy + 1, (ew + left + right - kw) // sx + 1
 
 
 def expand_depthwise_te(data, w1, b1, w2, acts: Activation, stride: tuple[int, int],
@@ -98,57 +160,14 @@ def expand_depthwise_te(data, w1, b1, w2, acts: Activation, stride: tuple[int, i
     te.Tensor
         The depthwise conv's output ``[N, C, OH, OW]`` (before its own bias/activation).
     """
-    from tvm import te, tirx
+    from tvm import te
 
-    n, k, h, w = (int(s) for s in data.shape)
-    blocks, _, ekh, ekw, lanes = (int(s) for s in w1.shape)
+    padded = _padded_expansion(data, w1, b1, acts, padding, expand_stride, expand_padding)
+    n, _, _, _, lanes = (int(s) for s in padded.shape)
+    channels = int(w2.shape[0]) * lanes
     _, kh, kw, _ = (int(s) for s in w2.shape)
-    channels = blocks * lanes
-    esy, esx = expand_stride
-    etop, eleft, ebottom, eright = expand_padding
-    eh = (h + etop + ebottom - ekh) // esy + 1
-    ew = (w + eleft + eright - ekw) // esx + 1
+    oh, ow = _output_size(data, w1, w2, stride, padding, expand_stride, expand_padding)
     sy, sx = stride
-    top, left, bottom, right = padding
-    oh, ow = (eh + top + bottom - kh) // sy + 1, (ew + left + right - kw) // sx + 1
-    f32 = "float32"
-
-    if any(expand_padding):
-        source = te.compute(
-            (n, k, h + etop + ebottom, w + eleft + eright),
-            lambda b, c, yy, xx: te.if_then_else(
-                tirx.all(yy >= etop, yy < etop + h, xx >= eleft, xx < eleft + w),
-                data[b, c, yy - etop, xx - eleft],
-                tirx.const(0.0, f32),
-            ),
-            name=BLOCK_PREFIX + "input_pad",
-        )
-    else:
-        source = data
-    rk = te.reduce_axis((0, k), name="rk")
-    rky = te.reduce_axis((0, ekh), name="rky")
-    rkx = te.reduce_axis((0, ekw), name="rkx")
-    expand = te.compute(
-        (n, blocks, eh, ew, lanes),
-        lambda b, co, y, x, ci: te.sum(
-            source[b, rk, y * esy + rky, x * esx + rkx] * w1[co, rk, rky, rkx, ci],
-            axis=[rk, rky, rkx],
-        ),
-        name=BLOCK_PREFIX + "expand",
-    )
-
-    def activate(value):
-        return evaluate_activation(acts, value)
-
-    padded = te.compute(
-        (n, blocks, eh + top + bottom, ew + left + right, lanes),
-        lambda b, co, yy, xx, ci: te.if_then_else(
-            tirx.all(yy >= top, yy < top + eh, xx >= left, xx < left + ew),
-            activate(expand[b, co, yy - top, xx - left, ci] + b1[co * lanes + ci]),
-            tirx.const(0.0, f32),
-        ),
-        name=BLOCK_PREFIX + "pad",
-    )
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
     return te.compute(
@@ -159,6 +178,60 @@ def expand_depthwise_te(data, w1, b1, w2, acts: Activation, stride: tuple[int, i
             axis=[ry, rx],
         ),
         name=BLOCK_PREFIX + "depthwise",
+    )
+
+
+def expand_depthwise_blocked_te(data, w1, b1, w2, b2, acts: Activation, stride: tuple[int, int],
+                                padding: tuple[int, int, int, int],
+                                expand_stride: tuple[int, int], expand_padding: tuple[int, int, int, int],
+                                depthwise_acts: Activation):
+    """TE compute of ``depthwise_act(depthwise(act(conv(data, w1) + b1), w2) + b2)`` in the
+    blocked layout ``[N, C / L, OH, OW, L]`` (channel blocks of ``L`` lanes, innermost).
+
+    The parameters are those of :func:`expand_depthwise_te`, plus the depthwise conv's bias
+    ``b2`` (``[C]``) and activation ``depthwise_acts``. The kernel writes each output pixel's
+    ``L`` channels as one vector (NCHW output would need a transpose of every register tile);
+    :func:`blocked_pointwise_te` reads this layout.
+    """
+    from tvm import te
+
+    padded = _padded_expansion(data, w1, b1, acts, padding, expand_stride, expand_padding)
+    n, blocks, _, _, lanes = (int(s) for s in padded.shape)
+    _, kh, kw, _ = (int(s) for s in w2.shape)
+    oh, ow = _output_size(data, w1, w2, stride, padding, expand_stride, expand_padding)
+    sy, sx = stride
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+    depthwise = te.compute(
+        (n, blocks, oh, ow, lanes),
+        lambda b, co, oy, ox, ci: te.sum(
+            padded[b, co, oy * sy + ry, ox * sx + rx, ci] * w2[co, ry, rx, ci], axis=[ry, rx]
+        ),
+        name=BLOCK_PREFIX + "depthwise",
+    )
+    return te.compute(
+        depthwise.shape,
+        lambda b, co, y, x, ci: evaluate_activation(
+            depthwise_acts, depthwise[b, co, y, x, ci] + b2[co * lanes + ci]),
+        name=BLOCK_PREFIX + "epilogue",
+    )
+
+
+def blocked_pointwise_te(data, weight):
+    """TE compute of a 1x1 conv (stride 1, no padding, no bias) whose input is in the blocked
+    layout of :func:`expand_depthwise_blocked_te`: ``data`` ``[N, K / L, H, W, L]``, ``weight``
+    ``[F, K, 1, 1]``; returns NCHW ``[N, F, H, W]``. The CPU conv2d rule
+    (:class:`compiler.schedules.conv2d.Conv2d`) schedules it like any 1x1 conv."""
+    from tvm import te
+
+    n, _, h, w, lanes = (int(s) for s in data.shape)
+    f, k = int(weight.shape[0]), int(weight.shape[1])
+    rk = te.reduce_axis((0, k), name="rk")
+    return te.compute(
+        (n, f, h, w),
+        lambda b, o, y, x: te.sum(data[b, rk // lanes, y, x, rk % lanes] * weight[o, rk, 0, 0],
+                                  axis=rk),
+        name=POINTWISE_BLOCK,
     )
 
 
@@ -215,6 +288,17 @@ class _Match:
     padding: tuple[int, int, int, int]
     expand_stride: tuple[int, int]
     expand_padding: tuple[int, int, int, int]
+
+
+@dataclass
+class _Projection:
+    """A matched chain followed by the depthwise conv's bias and activation and a 1x1 conv."""
+
+    chain: _Match
+    depthwise: Any  # the depthwise conv call of ``chain`` (its binding is rewritten with this)
+    b2: np.ndarray
+    acts: Activation
+    w3: np.ndarray  # [F, C, 1, 1]
 
 
 def _float32(expr) -> bool:
@@ -399,13 +483,55 @@ class _Matcher:
         )
 
 
-def fuse_expand_depthwise(target=None, enabled: bool | None = None):
+    def match_projection(self, call) -> _Projection | None:
+        """The chain ``conv2d_1x1(act2(depthwise(..) + b2), w3)`` ending at ``call``, where
+        ``depthwise(..)`` is a chain :meth:`match` accepts: a 1x1 conv (stride 1, unpadded,
+        groups 1, constant weight) whose input is the depthwise conv's output, with or without
+        a constant bias and an activation (each value used only by the next step)."""
+        if op_name(call) != "relax.nn.conv2d" or not _plain_nchw(call.attrs):
+            return None
+        a, w3 = call.args
+        if not is_const(w3) or not _float32(a) or not _float32(w3) or int(call.attrs.groups) != 1:
+            return None
+        if ([int(s) for s in call.attrs.strides] != [1, 1]
+                or any(int(p) for p in call.attrs.padding)):
+            return None
+        ashape, wshape = static_shape(a), static_shape(w3)
+        if ashape is None or wshape is None or len(ashape) != 4 or len(wshape) != 4:
+            return None
+        if wshape[1:] != (ashape[1], 1, 1):
+            return None
+        state: dict[str, Any] = {"source": None, "reached": {}, "trees": {}}
+        acts = self._activation(a, ashape, state)
+        if acts is None or state["source"] is None:
+            return None
+        if _tree_size(acts, MAX_ACTIVATION_NODES) > MAX_ACTIVATION_NODES:
+            return None
+        if any(self.uses.get(v, 0) != n for v, n in state["reached"].items()):
+            return None
+        _, depthwise, bias = state["source"]
+        chain = self.match(depthwise)
+        if chain is None:
+            return None
+        return _Projection(chain, depthwise, bias, acts, const_array(w3))
+
+
+def fuse_expand_depthwise(target=None, enabled: bool | None = None,
+                          blocked: bool | None = None):
     """Module pass: expansion-conv -> activation -> depthwise-conv chains become one kernel.
 
     Must run before ``LegalizeOps``. Leaves the module unchanged when disabled (``enabled``
     False, or ``HWCC_EXPAND_DW=0`` when ``enabled`` is None), when ``target`` is not an LLVM
     CPU target (the only one with a schedule for the kernel), or when nothing matches. Channel
     blocks are the target's float32 vector lanes (8 when ``target`` is None).
+
+    A chain whose depthwise output (after its bias and activation) feeds only a 1x1 conv -- the
+    projection of an inverted residual -- becomes two kernels that pass the depthwise output in
+    the blocked layout ``[N, C / L, H, W, L]`` (:func:`expand_depthwise_blocked_te`,
+    :func:`blocked_pointwise_te`) unless ``blocked`` is False (or ``HWCC_BLOCKED_DW=0`` when
+    it is None): the depthwise kernel then writes whole channel vectors instead of transposing
+    each register tile into NCHW rows, and the 1x1 conv, which broadcasts its input values,
+    reads either layout at the same cost.
     """
     import tvm
     from tvm import relax
@@ -414,6 +540,7 @@ def fuse_expand_depthwise(target=None, enabled: bool | None = None):
     from .schedules.target_info import cpu_info, is_cpu_target
 
     on = _env_enabled() if enabled is None else enabled
+    use_blocked = _env_enabled("HWCC_BLOCKED_DW") if blocked is None else blocked
     lanes = cpu_info(target).lanes(32) if target is not None else 8
 
     @mutator
@@ -422,12 +549,46 @@ def fuse_expand_depthwise(target=None, enabled: bool | None = None):
             super().__init__(mod)
             self.plan = plan
 
+        def _emit(self, binding, call) -> None:
+            if self.builder_.current_block_is_dataflow() and not isinstance(
+                    binding.var, relax.DataflowVar):
+                new_var = self.builder_.emit_output(call)  # the dataflow block's output
+            else:
+                new_var = self.builder_.emit(call)
+            self.set_var_remap(binding.var, new_var)
+
         def visit_var_binding_(self, binding):
             found = self.plan.get(binding.var)
             if found is None:
                 super().visit_var_binding_(binding)
                 return
-            call = self.builder_.call_te(
+            if isinstance(found, _Projection):
+                chain = found.chain
+                tile = self.builder_.emit(self.builder_.call_te(
+                    expand_depthwise_blocked_te,
+                    self.visit_expr(chain.data),
+                    relax.const(chain.w1),
+                    relax.const(chain.b1),
+                    relax.const(chain.w2),
+                    relax.const(found.b2),
+                    chain.acts,
+                    chain.stride,
+                    chain.padding,
+                    chain.expand_stride,
+                    chain.expand_padding,
+                    found.acts,
+                    primfunc_name_hint="expand_depthwise_blocked",
+                    primfunc_attrs={"op_pattern": 4},
+                ))
+                self._emit(binding, self.builder_.call_te(
+                    blocked_pointwise_te,
+                    tile,
+                    relax.const(found.w3),
+                    primfunc_name_hint="blocked_pointwise",
+                    primfunc_attrs={"op_pattern": 4},  # kOutEWiseFusable: bias, residual add
+                ))
+                return
+            self._emit(binding, self.builder_.call_te(
                 expand_depthwise_te,
                 self.visit_expr(found.data),
                 relax.const(found.w1),
@@ -440,13 +601,29 @@ def fuse_expand_depthwise(target=None, enabled: bool | None = None):
                 found.expand_padding,
                 primfunc_name_hint="expand_depthwise",
                 primfunc_attrs={"op_pattern": 4},  # kOutEWiseFusable: epilogues fuse after it
-            )
-            if self.builder_.current_block_is_dataflow() and not isinstance(
-                    binding.var, relax.DataflowVar):
-                new_var = self.builder_.emit_output(call)  # the dataflow block's output
-            else:
-                new_var = self.builder_.emit(call)
-            self.set_var_remap(binding.var, new_var)
+            ))
+
+    def plan_function(mod, func) -> dict:
+        matcher = _Matcher(mod, func, lanes)
+        plan: dict = {}
+        consumed = []  # depthwise convs rewritten together with their projection
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                if not isinstance(binding, relax.VarBinding):
+                    continue
+                try:
+                    found = matcher.match(binding.value)
+                    if found is None and use_blocked:
+                        found = matcher.match_projection(binding.value)
+                        if found is not None:
+                            consumed.append(found.depthwise)
+                except Exception as err:  # noqa: BLE001 - an optimization never fails a build
+                    logger.debug("expand+depthwise: binding not matched: %s", err)
+                    continue
+                if found is not None:
+                    plan[binding.var] = found
+        return {v: m for v, m in plan.items()
+                if not any(matcher.bound[v].same_as(d) for d in consumed)}
 
     @tvm.transform.module_pass(opt_level=0, name="hwcc.FuseExpandDepthwise")
     def rewrite(mod, _ctx):
@@ -456,19 +633,7 @@ def fuse_expand_depthwise(target=None, enabled: bool | None = None):
         for gv, func in mod.functions_items():
             if not isinstance(func, relax.Function) or not isinstance(func.body, relax.SeqExpr):
                 continue
-            matcher = _Matcher(mod, func, lanes)
-            plan = {}
-            for block in func.body.blocks:
-                for binding in block.bindings:
-                    if not isinstance(binding, relax.VarBinding):
-                        continue
-                    try:
-                        found = matcher.match(binding.value)
-                    except Exception as err:  # noqa: BLE001 - an optimization never fails a build
-                        logger.debug("expand+depthwise: binding not matched: %s", err)
-                        continue
-                    if found is not None:
-                        plan[binding.var] = found
+            plan = plan_function(mod, func)
             if plan:
                 plans[gv] = plan
         if not plans:
@@ -482,8 +647,9 @@ def fuse_expand_depthwise(target=None, enabled: bool | None = None):
             logger.warning("expansion+depthwise fusion skipped: %s", str(err).strip()[-300:])
             return mod
         mod = fused
-        logger.info("%d expansion+depthwise conv pairs as one kernel",
-                    sum(len(p) for p in plans.values()))
+        found = [m for plan in plans.values() for m in plan.values()]
+        logger.info("%d expansion+depthwise conv pairs as one kernel (%d with a blocked "
+                    "projection)", len(found), sum(isinstance(m, _Projection) for m in found))
         return relax.transform.DeadCodeElimination()(mod)
 
     return rewrite

@@ -13,7 +13,9 @@ blocks to keep every core busy (:func:`_row_band`) -- and:
    first;
 2. computes the depthwise conv from that tile (still in cache), ``XT`` output pixels x ``L``
    channels in registers, and applies the fused epilogue (the depthwise conv's bias and
-   activation) while writing NCHW output.
+   activation) while writing NCHW output -- a transpose of the register tile, one element
+   at a time -- or, for :func:`compiler.expand_depthwise.expand_depthwise_blocked_te`, the
+   blocked ``[N, C / L, OH, OW, L]`` output, one vector store per pixel.
 """
 
 from __future__ import annotations
@@ -105,10 +107,15 @@ class ExpandDepthwise(CPUScheduleRule):
         dw, pad, expand = st["depthwise"], st["pad"], st["expand"]
         input_pad = _find_optional(sch, "input_pad")
         lanes = loop_extent(sch, sch.get_loops(expand)[4])
-        b, c, oy, ox, ry, rx = sch.get_loops(dw)
+        loops = sch.get_loops(dw)
+        blocked = len(loops) == 7  # [N, C / L, OH, OW, L] output: no transpose on the way out
+        if blocked:
+            b, co, oy, ox, ci, ry, rx = loops
+        else:
+            b, c, oy, ox, ry, rx = loops
+            co, ci = sch.split(c, [None, lanes])
         rows, cols = loop_extent(sch, oy), loop_extent(sch, ox)
-        blocks = loop_extent(sch, c) // lanes
-        co, ci = sch.split(c, [None, lanes])
+        blocks = loop_extent(sch, co)
         xo, xi = sch.split(ox, [None, choose_factor(cols, TILE_PIXELS)])
         padded_width = int(sch.get(pad).iter_vars[3].dom.extent)
         stride = max(1, int(sch.get(expand).iter_vars[2].dom.extent) // rows)
@@ -123,8 +130,9 @@ class ExpandDepthwise(CPUScheduleRule):
             sch.reorder(b, co, oy, xo, ry, rx, xi, ci)
             par = task = sch.fuse(b, co)
         tail = attach_epilogue(sch, dw, xo, lanes)
-        # accumulators pixel-major, channels innermost: one vector register per output pixel
-        sch.transform_layout(dw, ("write", 0), lambda n, f, y, x: (n, y, x, f))
+        if not blocked:
+            # accumulators pixel-major, channels innermost: one vector register per output pixel
+            sch.transform_layout(dw, ("write", 0), lambda n, f, y, x: (n, y, x, f))
 
         # the padded expansion tile, per task and channel block
         sch.compute_at(pad, task, preserve_unit_loops=True)

@@ -83,7 +83,8 @@ def test_batch_norm_folded_and_clip_fused_into_convs() -> None:
     """Conv -> BN -> Clip(0, 6) becomes one kernel per conv: BN scale in the weights, no
     divide left, no separate maximum/minimum kernel (numerics: test_zoo_model_matches_reference
     on depthwise_block). The expansion 1x1 conv and the depthwise conv after it share one
-    kernel (compiler.expand_depthwise), the expansion's Clip inside it."""
+    kernel (compiler.expand_depthwise), the expansion's Clip inside it; the depthwise conv's
+    Clip is inside it too, since the projection reads its output in the blocked layout."""
     from tvm import tirx
 
     from compiler import frontend, lower
@@ -92,12 +93,13 @@ def test_batch_norm_folded_and_clip_fused_into_convs() -> None:
     mod = frontend.load_model(models.get_model("depthwise_block")).mod
     fused = lower.legalize_and_fuse(mod, parse_target("host"))
     names = [gv.name_hint for gv, f in fused.functions_items() if isinstance(f, tirx.PrimFunc)]
-    convs = [n for n in names if "conv2d" in n or "expand_depthwise" in n]
+    convs = [n for n in names if "conv2d" in n or "expand_depthwise" in n or "pointwise" in n]
     assert len(convs) == 3, names  # stem, expansion + depthwise, projection
     assert not any("divide" in n for n in names), names
-    assert not any(n.startswith("fused_maximum") for n in names), names
-    (fused_pair,) = [n for n in convs if "expand_depthwise" in n]
-    assert "maximum" in fused_pair and "minimum" in fused_pair, convs
+    assert not any(n.startswith(("maximum", "minimum", "clip", "fused_maximum", "fused_minimum"))
+                   for n in names), names
+    assert sum("expand_depthwise_blocked" in n for n in convs) == 1, convs
+    assert sum("blocked_pointwise" in n for n in convs) == 1, convs
 
 
 def test_batch_norm_of_an_nhwc_conv_is_left_to_decompose() -> None:

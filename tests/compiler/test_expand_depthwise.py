@@ -22,7 +22,11 @@ from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 
 from compiler import lower
-from compiler.expand_depthwise import pack_depthwise_weight, pack_expand_weight
+from compiler.expand_depthwise import (
+    BLOCK_PREFIX,
+    pack_depthwise_weight,
+    pack_expand_weight,
+)
 from compiler.schedules import ExpandDepthwise
 from compiler.schedules.target_info import cpu_info
 from targets import parse_target
@@ -355,6 +359,110 @@ def test_a_failing_rewrite_leaves_the_convolutions_apart(monkeypatch: pytest.Mon
     model, feeds = _chain(8, 2 * LANES, 8)
     names = _check(model, feeds)
     assert not any("expand_depthwise" in n for n in names)
+
+
+def _with_projection(model, feeds, out_channels, *, residual=False, bias=True, act=None,
+                     stride=1, pads=(0, 0, 0, 0), expose_depthwise=False):
+    """Append the inverted residual's projection to a :func:`_chain` graph: ``z = Conv(y, w3
+    [, b3], stride, pads)`` [``+ x``] [then ``act``]; with ``expose_depthwise`` the depthwise
+    output ``y`` stays a graph output too."""
+    graph = model.graph
+    (y,) = [o for o in graph.output if o.name == "y"]
+    mid = y.type.tensor_type.shape.dim[1].dim_value
+    size = [d.dim_value for d in y.type.tensor_type.shape.dim[2:]]
+    batch = y.type.tensor_type.shape.dim[0].dim_value
+    graph.initializer.append(numpy_helper.from_array(
+        (RNG.standard_normal((out_channels, mid, 1, 1)) / np.sqrt(mid)).astype("float32"), "w3"))
+    inputs = ["y", "w3"]
+    if bias:
+        graph.initializer.append(numpy_helper.from_array(
+            RNG.standard_normal(out_channels).astype("float32"), "b3"))
+        inputs.append("b3")
+    out = [(s + pads[0] + pads[2] - 1) // stride + 1 for s in size]
+    graph.node.append(helper.make_node("Conv", inputs, ["p"], strides=[stride] * 2,
+                                       pads=list(pads)))
+    value = "p"
+    if residual:
+        graph.node.append(helper.make_node("Add", ["p", "x"], ["r"]))
+        value = "r"
+    if act == "relu":
+        graph.node.append(helper.make_node("Relu", [value], ["q"]))
+        value = "q"
+    graph.node.append(helper.make_node("Identity", [value], ["z"]))
+    kept = [o for o in graph.output if o.name != "y" or expose_depthwise]
+    del graph.output[:]
+    graph.output.extend([*kept, _vi("z", [batch, out_channels, *out])])
+    return model, feeds
+
+
+@pytest.mark.parametrize(
+    "cin,mid,out,size,stride,residual,act",
+    [
+        (2 * LANES, 4 * LANES, 2 * LANES, 12, 1, True, "clip"),  # residual block
+        (8, 2 * LANES, 24, 16, 1, False, "clip"),  # 24 outputs: no whole channel vectors
+        (8, 3 * LANES, 5 * LANES, 14, 2, False, "relu"),  # stride 2, 7x7 output
+        (6, 2 * LANES, 6, 9, 1, True, "swish"),  # odd map, residual, gated activation
+    ],
+)
+def test_projection_reads_the_blocked_depthwise_output(cin, mid, out, size, stride, residual,
+                                                       act):
+    """A depthwise output that feeds only a 1x1 projection is passed to it in the blocked
+    layout: two kernels (expansion+depthwise, projection), no NCHW depthwise output and no
+    separate conv; the projection's bias and residual add are fused into it."""
+    model, feeds = _chain(cin, mid, size, stride=stride, act=act)
+    model, feeds = _with_projection(model, feeds, out, residual=residual)
+    names = _check(model, feeds)
+    assert sum("expand_depthwise_blocked" in n for n in names) == 1, names
+    assert sum("blocked_pointwise" in n for n in names) == 1, names
+    assert len(names) == 2, names
+
+
+def test_blocked_kernels_are_scheduled_by_their_rules():
+    """The blocked expansion+depthwise kernel writes whole channel vectors (no transpose) and the
+    projection is the conv2d rule's, packed and vectorized."""
+    from compiler.schedules import Conv2d
+
+    model, _ = _chain(8, 4 * LANES, 12)
+    model, _ = _with_projection(model, None, 2 * LANES, residual=False)
+    fused = lower.legalize_and_fuse(from_onnx(model, keep_params_in_input=False), HOST)
+    names = _kernel_names(fused)
+    (dw,) = [n for n in names if "expand_depthwise_blocked" in n]
+    (pw,) = [n for n in names if "blocked_pointwise" in n]
+    func = fused[dw]
+    assert [int(d) for d in func.params[-1].shape] == [1, 4, 12, 12, LANES]  # the output
+    sch = ExpandDepthwise().apply(func, HOST.tvm_target(), False)
+    assert sch is not None
+    assert "T.parallel" in sch.mod.script()
+    # the output is written a pixel's channel vector at a time
+    inner = sch.get(sch.get_loops(sch.get_sblock(BLOCK_PREFIX + "epilogue"))[-1])
+    assert inner.kind == tvm.tirx.ForKind.VECTORIZED and int(inner.extent) == LANES
+    sch = Conv2d().apply(fused[pw], HOST.tvm_target(), False)
+    assert sch is not None and "T.vectorized" in sch.mod.script()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"stride": 2},  # a strided 1x1 conv is not a projection
+        {"pads": (1, 1, 1, 1)},  # nor a padded one
+        {"expose_depthwise": True},  # the depthwise output is needed in NCHW too
+    ],
+)
+def test_other_consumers_keep_the_nchw_depthwise_output(kwargs):
+    model, feeds = _chain(8, 2 * LANES, 8)
+    model, feeds = _with_projection(model, feeds, 2 * LANES, **kwargs)
+    names = _check(model, feeds)
+    assert sum("expand_depthwise" in n for n in names) == 1, names
+    assert not any("blocked" in n for n in names), names
+
+
+def test_blocked_projection_switch_off(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("HWCC_BLOCKED_DW", "0")
+    model, feeds = _chain(8, 2 * LANES, 8)
+    model, feeds = _with_projection(model, feeds, 2 * LANES)
+    names = _check(model, feeds)
+    assert sum("expand_depthwise" in n for n in names) == 1, names
+    assert not any("blocked" in n for n in names), names
 
 
 def test_weight_packing_layouts():
