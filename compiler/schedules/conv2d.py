@@ -119,7 +119,22 @@ def _channel_block(match: ConvMatch, target: tvm.target.Target, padded: bool = F
         return match.packed
     if padded and _pads_channels(extent, lanes):
         return lanes
-    return vector_factor(extent, lanes, max_vectors=CHANNEL_VECTORS)
+    width = vector_factor(extent, lanes, max_vectors=CHANNEL_VECTORS)
+    if 2 * width == lanes and extent % (3 * width) == 0:
+        return 3 * width  # 24 channels of 16 lanes: three half vectors (see :func:`_half_vectors`)
+    return width
+
+
+def _half_vectors(c: int, lanes: int) -> int | None:
+    """Half-vector width when a register tile of ``c`` channels is several half vectors (24
+    channels with 16 lanes: 3 x 8), else None. The channel loop is then split into unrolled
+    half vectors: one 24-lane vector would be legalized by LLVM into shuffles and spills, and
+    a tile of one half vector loads as many broadcast inputs as it issues FMAs (the loads, not
+    the FMAs, then bound it)."""
+    half = lanes // 2
+    if c % lanes != 0 and c > half and c % half == 0:
+        return half
+    return None
 
 
 #: Largest share of padded (wasted) channels accepted where half vectors would also do.
@@ -360,6 +375,10 @@ class Conv2d(CPUScheduleRule):
             sch.parallel(par)
         if xi is not None and xt > 1:
             sch.unroll(xi)
+        half = _half_vectors(c, lanes)
+        if half is not None:
+            fh, fi = sch.split(fi, [None, half])
+            sch.unroll(fh)
         sch.vectorize(fi)
         if reduce_loops:
             last = reduce_loops[-1]

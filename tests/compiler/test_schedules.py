@@ -312,7 +312,9 @@ def test_depthwise_tasks_group_channels_when_there_are_enough():
 
 
 def test_odd_channel_count_uses_power_of_two_vectors():
-    """24 output channels (MobileNetV2) pack into 8-lane blocks, never a 24-lane vector."""
+    """24 output channels (MobileNetV2) pack into one 24-channel block computed as three
+    unrolled 8-lane vectors, never a 24-lane vector (nor 8-channel tiles, which load a broadcast
+    input per FMA)."""
     from compiler.schedules.common import vector_factor
 
     assert vector_factor(24, 16, 2) == 8
@@ -321,8 +323,9 @@ def test_odd_channel_count_uses_power_of_two_vectors():
     model, feeds = _conv(48, 24, 14, 1, pad=0)
     mod = _check(model, feeds)
     (conv,) = [f for n, f in _prim_funcs(mod).items() if "conv2d" in n]
+    assert (1, 48, 1, 1, 24) in [tuple(int(d) for d in p.shape) for p in conv.params]
     text = conv.script()
-    assert "T.vectorized(T.int64(8))" in text
+    assert "T.unroll(T.int64(3))" in text and "T.vectorized(T.int64(8))" in text
     assert "T.vectorized(T.int64(24))" not in text
 
 
