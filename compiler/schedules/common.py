@@ -155,7 +155,8 @@ def inline_epilogue_chain(sch: s_tir.Schedule, main: SBlockRV) -> SBlockRV | Non
 
 
 def attach_epilogue(
-    sch: s_tir.Schedule, main: SBlockRV, tile_loop: LoopRV, lanes: int, fuse_inner: int = 1
+    sch: s_tir.Schedule, main: SBlockRV, tile_loop: LoopRV, lanes: int, fuse_inner: int = 1,
+    unroll: int = 0,
 ) -> SBlockRV | None:
     """Compute ``main``'s epilogue (or a write-back of its accumulator) per tile of ``tile_loop``.
 
@@ -164,9 +165,12 @@ def attach_epilogue(
     inlined into one block, moved under ``tile_loop`` and the intermediate becomes ``local``.
     The epilogue's innermost loop is vectorized; with ``fuse_inner`` > 1 that many innermost
     loops are fused first and the result is split into ``lanes``-wide vectors (rows of pixels
-    that together fill whole vectors). Returns the block computed at the tile (write-back or
-    epilogue), or None if the epilogue is not elementwise (it is then left as a separate loop
-    nest, still correct).
+    that together fill whole vectors). With ``unroll``, the epilogue's other loops in the tile
+    are unrolled when they run at most ``unroll`` iterations together: every read of the
+    accumulator then has a constant index, so that LLVM keeps it in registers (a loop over it
+    makes it a stack array, stored on every tile). Returns the block computed at the tile
+    (write-back or epilogue), or None if the epilogue is not elementwise (it is then left as a
+    separate loop nest, still correct).
     """
     consumers = list(sch.get_consumers(main))
     out = region_buffer(sch.get(main).writes[0])
@@ -193,6 +197,12 @@ def attach_epilogue(
         ext = loop_extent(sch, tile_loops[-1])
         if ext is not None and ext > 1:
             sch.vectorize(tile_loops[-1])
+        outer = [(lp, loop_extent(sch, lp)) for lp in tile_loops[:-1]]
+        outer = [(lp, e) for lp, e in outer if e != 1]
+        if (unroll and outer and all(e is not None for _, e in outer)
+                and math.prod(e for _, e in outer) <= unroll):
+            for lp, _ in outer:
+                sch.unroll(lp)
     return tail
 
 

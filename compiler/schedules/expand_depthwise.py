@@ -129,7 +129,7 @@ class ExpandDepthwise(CPUScheduleRule):
         else:
             sch.reorder(b, co, oy, xo, ry, rx, xi, ci)
             par = task = sch.fuse(b, co)
-        tail = attach_epilogue(sch, dw, xo, lanes)
+        tail = attach_epilogue(sch, dw, xo, lanes, unroll=TILE_PIXELS)
         if not blocked:
             # accumulators pixel-major, channels innermost: one vector register per output pixel
             sch.transform_layout(dw, ("write", 0), lambda n, f, y, x: (n, y, x, f))
@@ -154,6 +154,10 @@ class ExpandDepthwise(CPUScheduleRule):
 
         sch.parallel(par)
         sch.unroll(exi)
+        # the activated tile is stored from the expansion's registers: unrolled, every access
+        # to the accumulator has a constant index and LLVM keeps it in registers (with a loop,
+        # it is also stored to the stack: 16 dead vector stores per tile)
+        sch.unroll(pxi)
         sch.vectorize(eci)
         sch.vectorize(pc)
         if fill is not None:

@@ -434,8 +434,13 @@ def test_blocked_kernels_are_scheduled_by_their_rules():
     assert sch is not None
     assert "T.parallel" in sch.mod.script()
     # the output is written a pixel's channel vector at a time
-    inner = sch.get(sch.get_loops(sch.get_sblock(BLOCK_PREFIX + "epilogue"))[-1])
+    *_, pixel, inner = (sch.get(lp) for lp in sch.get_loops(sch.get_sblock(BLOCK_PREFIX
+                                                                          + "epilogue")))
     assert inner.kind == tvm.tirx.ForKind.VECTORIZED and int(inner.extent) == LANES
+    # register tiles are read with constant indices only (a loop would put them on the stack)
+    assert pixel.kind == tvm.tirx.ForKind.UNROLLED, pixel
+    *_, pixel, inner = (sch.get(lp) for lp in sch.get_loops(sch.get_sblock(BLOCK_PREFIX + "pad")))
+    assert pixel.kind == tvm.tirx.ForKind.UNROLLED and inner.kind == tvm.tirx.ForKind.VECTORIZED
     sch = Conv2d().apply(fused[pw], HOST.tvm_target(), False)
     assert sch is not None and "T.vectorized" in sch.mod.script()
 
