@@ -26,7 +26,20 @@ annotated ``op_pattern = kOutEWiseFusable``, so ``FuseOps`` fuses them after it 
 Clip arrives from the ONNX importer as ``call_tir`` of TOPI's ``maximum`` / ``minimum``; those
 are recognised by :func:`passes.canonicalize.relax_op_of_te_call` (which checks the PrimFunc).
 
-``HWCC_EXPAND_DW=0`` turns the rewrite off.
+Except when the chain continues into the block's projection ::
+
+    p = conv2d(act2(d + b2), w3)    1x1, stride 1, unpadded, groups 1, constant weight; bias
+                                    and activation optional (each used only by the next step)
+
+Then the depthwise conv's bias and activation are part of the kernel
+(:func:`expand_depthwise_blocked_te`), which writes ``act2(d + b2)`` in the blocked layout
+``[N, C / L, H, W, L]``, and the projection becomes :func:`blocked_pointwise_te`, which reads
+that layout (its bias, residual add and activation fuse after it as usual). The depthwise
+register tiles are ``[pixels][L channels]``: NCHW output transposes each of them element by
+element, the blocked layout stores one vector per pixel. The projection broadcasts its input
+values, so it reads either layout at the same cost.
+
+``HWCC_EXPAND_DW=0`` turns the rewrite off; ``HWCC_BLOCKED_DW=0`` only the blocked projection.
 """
 
 from __future__ import annotations
