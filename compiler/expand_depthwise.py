@@ -499,8 +499,9 @@ class _Matcher:
     def match_projection(self, call) -> _Projection | None:
         """The chain ``conv2d_1x1(act2(depthwise(..) + b2), w3)`` ending at ``call``, where
         ``depthwise(..)`` is a chain :meth:`match` accepts: a 1x1 conv (stride 1, unpadded,
-        groups 1, constant weight) whose input is the depthwise conv's output, with or without
-        a constant bias and an activation (each value used only by the next step)."""
+        groups 1, constant weight, at least a vector of output channels) whose input is the
+        depthwise conv's output, with or without a constant bias and an activation (each value
+        used only by the next step)."""
         if op_name(call) != "relax.nn.conv2d" or not _plain_nchw(call.attrs):
             return None
         a, w3 = call.args
@@ -513,6 +514,10 @@ class _Matcher:
         if ashape is None or wshape is None or len(ashape) != 4 or len(wshape) != 4:
             return None
         if wshape[1:] != (ashape[1], 1, 1):
+            return None
+        if wshape[0] < self.lanes:
+            # fewer outputs than one vector: in NCHW the projection is vectorized along pixels,
+            # which the blocked layout's rows (one pixel's channels) cannot give it
             return None
         state: dict[str, Any] = {"source": None, "reached": {}, "trees": {}}
         acts = self._activation(a, ashape, state)

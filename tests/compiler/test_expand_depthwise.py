@@ -401,7 +401,7 @@ def _with_projection(model, feeds, out_channels, *, residual=False, bias=True, a
         (2 * LANES, 4 * LANES, 2 * LANES, 12, 1, True, "clip"),  # residual block
         (8, 2 * LANES, 24, 16, 1, False, "clip"),  # 24 outputs: no whole channel vectors
         (8, 3 * LANES, 5 * LANES, 14, 2, False, "relu"),  # stride 2, 7x7 output
-        (6, 2 * LANES, 6, 9, 1, True, "swish"),  # odd map, residual, gated activation
+        (LANES, 2 * LANES, LANES, 9, 1, True, "swish"),  # odd map, residual, gated activation
     ],
 )
 def test_projection_reads_the_blocked_depthwise_output(cin, mid, out, size, stride, residual,
@@ -415,6 +415,17 @@ def test_projection_reads_the_blocked_depthwise_output(cin, mid, out, size, stri
     assert sum("expand_depthwise_blocked" in n for n in names) == 1, names
     assert sum("blocked_pointwise" in n for n in names) == 1, names
     assert len(names) == 2, names
+
+
+def test_projection_on_avx2_reads_blocks_of_eight_channels():
+    """AVX2 (8 lanes; runs on AVX-512 hosts too): 24 depthwise channels are three blocks of the
+    blocked layout, and the projection still matches the reference."""
+    avx2 = parse_target("x86_64-linux-gnu -mattr=+avx2,+fma")
+    model, feeds = _chain(8, 24, 10)
+    model, feeds = _with_projection(model, feeds, 16, residual=False)
+    names = _check(model, feeds, target=avx2)
+    assert sum("expand_depthwise_blocked" in n for n in names) == 1, names
+    assert sum("blocked_pointwise" in n for n in names) == 1, names
 
 
 def test_blocked_kernels_are_scheduled_by_their_rules():
@@ -451,11 +462,14 @@ def test_blocked_kernels_are_scheduled_by_their_rules():
         {"stride": 2},  # a strided 1x1 conv is not a projection
         {"pads": (1, 1, 1, 1)},  # nor a padded one
         {"expose_depthwise": True},  # the depthwise output is needed in NCHW too
+        {"out_channels": LANES // 2},  # under a vector of outputs: vectorized along pixels
     ],
 )
 def test_other_consumers_keep_the_nchw_depthwise_output(kwargs):
+    kwargs = dict(kwargs)
     model, feeds = _chain(8, 2 * LANES, 8)
-    model, feeds = _with_projection(model, feeds, 2 * LANES, **kwargs)
+    model, feeds = _with_projection(model, feeds, kwargs.pop("out_channels", 2 * LANES),
+                                    **kwargs)
     names = _check(model, feeds)
     assert sum("expand_depthwise" in n for n in names) == 1, names
     assert not any("blocked" in n for n in names), names
