@@ -113,15 +113,18 @@ def _channel_block(match: ConvMatch, target: tvm.target.Target, padded: bool = F
     """Output channels per register tile: whole vectors dividing the channel count, or (with
     ``padded``, for a weight packed at compile time) one whole vector over channels padded
     with zero filters where :func:`_pads_channels` finds that better."""
-    lanes = cpu_info(target).lanes(32)
+    info = cpu_info(target)
+    lanes = info.lanes(32)
     extent = match.con.extent(match.f)
     if match.packed:
         return match.packed
     if padded and _pads_channels(extent, lanes):
         return lanes
     width = vector_factor(extent, lanes, max_vectors=CHANNEL_VECTORS)
-    if 2 * width == lanes and extent % (3 * width) == 0:
-        return 3 * width  # 24 channels of 16 lanes: three half vectors (see :func:`_half_vectors`)
+    if 2 * width == lanes and extent % (3 * width) == 0 and info.vector_registers >= 32:
+        # 24 channels of 16 lanes: three half vectors (see :func:`_half_vectors`); their
+        # 3 x XT accumulators need the 32-register file (AVX2's 16 would spill)
+        return 3 * width
     return width
 
 
