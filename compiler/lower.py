@@ -121,6 +121,7 @@ def _fuse_passes(tvm_target: Any) -> list[Any]:
 
     from .conv_transpose import conv_transpose_as_conv
     from .expand_depthwise import fuse_expand_depthwise
+    from .resize_taps import resize_linear_as_taps
     from .winograd import winograd_conv2d
 
     return ([
@@ -130,6 +131,9 @@ def _fuse_passes(tvm_target: Any) -> list[Any]:
         # before legalization, which would dilate the input with zeros: kernel == stride
         # transposed convs become a 1x1 conv and a pixel shuffle
         conv_transpose_as_conv(),
+        # before legalization, which would recompute each output's source coordinates: linear
+        # resizes read index/weight tables built at compile time, in two separable passes
+        resize_linear_as_taps(),
         # after BN folding (folded constant weights and biases), before legalization:
         # 1x1 expansion -> activation -> depthwise conv chains become one kernel
         fuse_expand_depthwise(target=tvm_target),

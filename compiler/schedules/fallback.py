@@ -6,12 +6,56 @@ import logging
 
 import tvm
 from tvm import s_tir, tirx
+from tvm.ir.expr import Expr
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.s_tir.schedule import SBlockRV
 
-from .common import is_broadcast, is_spatial_block, root_blocks, schedule_other_blocks
+from .analysis import is_load, load_buffer, region_buffer
+from .common import block_domain, is_broadcast, is_spatial_block, root_blocks, schedule_other_blocks
 from .target_info import cpu_info, is_cpu_target
 
 logger = logging.getLogger(__name__)
+
+
+def _gathers(sch: s_tir.Schedule, block: SBlockRV, consumer: SBlockRV) -> bool:
+    """Whether ``consumer`` reads ``block``'s output at indices loaded from memory (an index
+    table: :mod:`compiler.resize_taps`) and runs at least as many iterations. Inlined, ``block``
+    would be recomputed at every such read, each of its own loads a gather too; kept, it runs
+    as a loop nest of its own. (A gather of a few rows from a large table, an embedding, still
+    inlines its producer: computing the whole table would cost more.)"""
+    small, large = block_domain(sch, block), block_domain(sch, consumer)
+    if small is None or large is None or large < small:
+        return False
+    written = region_buffer(sch.get(block).writes[0])
+    body = sch.get(consumer).body
+    if not hasattr(body, "value"):  # not a store
+        return False
+    return any(load_buffer(load).same_as(written) and any(_loads(i) for i in load.indices)
+               for load in _loads(body.value))
+
+
+#: Fields holding the operands of TIR expression nodes.
+_EXPR_FIELDS = ("a", "b", "value", "condition", "true_value", "false_value", "base", "args",
+                "indices")
+
+
+def _loads(expr) -> list:
+    """The buffer loads in ``expr``, those in their indices included."""
+    found, stack = [], [expr]
+    while stack:
+        node = stack.pop()
+        if is_load(node):
+            found.append(node)
+        for field in _EXPR_FIELDS:
+            child = getattr(node, field, None)
+            if isinstance(child, Expr):
+                stack.append(child)
+            elif child is not None and not isinstance(child, str | int | float):
+                try:
+                    stack.extend(c for c in child if isinstance(c, Expr))
+                except TypeError:
+                    pass
+    return found
 
 
 def inline_spatial_chains(sch: s_tir.Schedule) -> None:
@@ -20,7 +64,8 @@ def inline_spatial_chains(sch: s_tir.Schedule) -> None:
     Elementwise chains (add -> relu -> cast ...) then run as one loop nest. Blocks feeding a
     reduction are kept, so nothing expensive (``exp``, ``erf``) is recomputed per reduction step;
     so are blocks that their consumer broadcasts (a squeeze-and-excitation gate,
-    ``sigmoid(conv(pool(x)))`` per channel, is computed once per channel, not once per pixel).
+    ``sigmoid(conv(pool(x)))`` per channel, is computed once per channel, not once per pixel)
+    and blocks that it reads through an index table (:func:`_gathers`).
     """
     changed = True
     while changed:
@@ -31,7 +76,7 @@ def inline_spatial_chains(sch: s_tir.Schedule) -> None:
             consumers = list(sch.get_consumers(block))
             if len(consumers) != 1 or not is_spatial_block(sch, consumers[0]):
                 continue
-            if is_broadcast(sch, block, consumers[0]):
+            if is_broadcast(sch, block, consumers[0]) or _gathers(sch, block, consumers[0]):
                 continue
             try:
                 sch.compute_inline(block)
