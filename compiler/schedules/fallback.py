@@ -35,8 +35,8 @@ def _gathers(sch: s_tir.Schedule, block: SBlockRV, consumer: SBlockRV) -> bool:
 
 
 #: Fields holding the operands of TIR expression nodes.
-_EXPR_FIELDS = ("a", "b", "value", "condition", "true_value", "false_value", "base", "args",
-                "indices")
+_EXPR_FIELDS = ("a", "b", "value", "body", "condition", "true_value", "false_value", "base",
+                "args", "indices")
 
 
 def _loads(expr) -> list:
