@@ -2,9 +2,9 @@
 
 TVM legalizes ``relax.image.resize2d`` (method ``linear``) into one TOPI expression per output
 element that recomputes the source coordinate in float, converts it to integer indices, clamps
-them and gathers four input values (UNet decoders: ~870 us for a 32-channel 64x64 -> 128x128
-upsample on this project's 2-core host, a sixth of the model). The coordinates depend only on
-the output row or only on the output column, so :func:`resize_linear_as_taps` (a Relax module
+them and gathers four input values, in every channel again (in a UNet decoder that made the
+upsample the slowest kernel). The coordinates depend only on the output row or only on the
+output column, so :func:`resize_linear_as_taps` (a Relax module
 pass, before legalization) computes them once with numpy, exactly as TOPI's ``resize2d`` does
 (same float32 operations, same clamping), and replaces the call by :func:`resize_linear_te`::
 
@@ -35,8 +35,8 @@ MODES = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric")
 
 
 def _env_enabled() -> bool:
-    return os.environ.get("HWCC_RESIZE_TAPS", "1").strip().lower() not in ("0", "off", "false",
-                                                                          "no")
+    value = os.environ.get("HWCC_RESIZE_TAPS", "1").strip().lower()
+    return value not in ("0", "off", "false", "no")
 
 
 def linear_taps(in_size: int, out_size: int, mode: str) -> tuple[np.ndarray, np.ndarray,
