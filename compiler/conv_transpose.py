@@ -22,16 +22,10 @@ transposed convolution keeps TVM's lowering. ``HWCC_CONV_TRANSPOSE=0`` turns the
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
-
-
-def _env_enabled() -> bool:
-    value = os.environ.get("HWCC_CONV_TRANSPOSE", "1").strip().lower()
-    return value not in ("0", "off", "false", "no")
 
 
 def pixel_shuffle_stride(call) -> int | None:
@@ -82,10 +76,9 @@ def conv_transpose_as_conv():
     order may differ); the module is unchanged when nothing qualifies or
     ``HWCC_CONV_TRANSPOSE=0``.
     """
-    import tvm
     from tvm import relax
 
-    from passes._ir import rewrite_op_calls
+    from passes._ir import op_rewrite_pass
 
     def as_conv_and_shuffle(builder, call):
         s = pixel_shuffle_stride(call)
@@ -100,13 +93,6 @@ def conv_transpose_as_conv():
         z = builder.emit(relax.op.permute_dims(z, [0, 1, 4, 2, 5, 3]))
         return relax.op.reshape(z, [n, out_channels, h * s, w * s])
 
-    @tvm.transform.module_pass(opt_level=0, name="hwcc.ConvTransposeAsConv")
-    def rewrite(mod, _ctx):
-        if not _env_enabled():
-            return mod
-        mod, count = rewrite_op_calls(mod, "relax.nn.conv2d_transpose", as_conv_and_shuffle)
-        if count:
-            logger.info("%d conv2d_transpose as 1x1 conv + pixel shuffle", count)
-        return mod
-
-    return rewrite
+    return op_rewrite_pass("hwcc.ConvTransposeAsConv", "relax.nn.conv2d_transpose",
+                           as_conv_and_shuffle, "HWCC_CONV_TRANSPOSE",
+                           "conv2d_transpose as 1x1 conv + pixel shuffle")

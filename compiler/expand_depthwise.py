@@ -46,13 +46,12 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from passes._ir import const_array, is_const, op_name, static_shape
+from passes._ir import const_array, is_const, op_name, static_shape, switched_on
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +76,6 @@ BINARY_OPS = tuple(_BINARY_RELAX.values())
 MAX_ACTIVATION_NODES = 64
 
 IDENTITY: Activation = ("x",)
-
-
-def _env_enabled(name: str = "HWCC_EXPAND_DW") -> bool:
-    return os.environ.get(name, "1").strip().lower() not in ("0", "off", "false", "no")
 
 
 def _padded_expansion(data, w1, b1, acts: Activation, padding, expand_stride, expand_padding):
@@ -308,7 +303,7 @@ class _Projection:
     """A matched chain followed by the depthwise conv's bias and activation and a 1x1 conv."""
 
     chain: _Match
-    depthwise: Any  # the depthwise conv call of ``chain`` (its binding is rewritten with this)
+    depthwise: Any  # the variable bound to the depthwise conv (rewritten with the projection)
     b2: np.ndarray
     acts: Activation
     w3: np.ndarray  # [F, C, 1, 1]
@@ -451,6 +446,21 @@ class _Matcher:
             return (_BINARY_RELAX[name], a, b)
         return None
 
+    def _activated_conv(self, expr, shape) -> tuple[Activation, Any, np.ndarray] | None:
+        """``(activation, conv call, bias)`` when ``expr`` is an activation (at most
+        :data:`MAX_ACTIVATION_NODES` nodes) of a conv's output plus an optional constant bias,
+        every value in between used only inside the activation; else None."""
+        state: dict[str, Any] = {"source": None, "reached": {}, "trees": {}}
+        acts = self._activation(expr, shape, state)
+        if acts is None or state["source"] is None:
+            return None
+        if _tree_size(acts, MAX_ACTIVATION_NODES) > MAX_ACTIVATION_NODES:
+            return None
+        if any(self.uses.get(v, 0) != n for v, n in state["reached"].items()):
+            return None
+        _, conv, bias = state["source"]
+        return acts, conv, bias
+
     def match(self, call) -> _Match | None:
         if op_name(call) != "relax.nn.conv2d" or not _plain_nchw(call.attrs):
             return None
@@ -465,16 +475,10 @@ class _Matcher:
             return None
         if channels % self.lanes != 0:
             return None
-        state: dict[str, Any] = {"source": None, "reached": {}, "trees": {}}
-        acts = self._activation(e, eshape, state)
-        if acts is None or state["source"] is None:
+        found = self._activated_conv(e, eshape)
+        if found is None:
             return None
-        if _tree_size(acts, MAX_ACTIVATION_NODES) > MAX_ACTIVATION_NODES:
-            return None
-        # every value between the two convolutions is used only inside the activation
-        if any(self.uses.get(v, 0) != n for v, n in state["reached"].items()):
-            return None
-        _, value, bias = state["source"]
+        acts, value, bias = found
         x, w1 = value.args
         if not is_const(w1) or not _float32(x) or not _float32(w1):
             return None
@@ -496,12 +500,13 @@ class _Matcher:
         )
 
 
-    def match_projection(self, call) -> _Projection | None:
+    def match_projection(self, call, chains: dict) -> _Projection | None:
         """The chain ``conv2d_1x1(act2(depthwise(..) + b2), w3)`` ending at ``call``, where
-        ``depthwise(..)`` is a chain :meth:`match` accepts: a 1x1 conv (stride 1, unpadded,
-        groups 1, constant weight, at least a vector of output channels) whose input is the
-        depthwise conv's output, with or without a constant bias and an activation (each value
-        used only by the next step)."""
+        ``depthwise(..)`` is bound to a variable of ``chains`` (variable -> :meth:`match`
+        result, for the bindings before ``call``): a 1x1 conv (stride 1, unpadded, groups 1,
+        constant weight, at least a vector of output channels) whose input is the depthwise
+        conv's output, with or without a constant bias and an activation (each value used only
+        by the next step)."""
         if op_name(call) != "relax.nn.conv2d" or not _plain_nchw(call.attrs):
             return None
         a, w3 = call.args
@@ -519,19 +524,15 @@ class _Matcher:
             # fewer outputs than one vector: in NCHW the projection is vectorized along pixels,
             # which the blocked layout's rows (one pixel's channels) cannot give it
             return None
-        state: dict[str, Any] = {"source": None, "reached": {}, "trees": {}}
-        acts = self._activation(a, ashape, state)
-        if acts is None or state["source"] is None:
+        found = self._activated_conv(a, ashape)
+        if found is None:
             return None
-        if _tree_size(acts, MAX_ACTIVATION_NODES) > MAX_ACTIVATION_NODES:
+        acts, depthwise, bias = found
+        var = next((v for v, m in chains.items()
+                    if isinstance(m, _Match) and self.bound[v].same_as(depthwise)), None)
+        if var is None:
             return None
-        if any(self.uses.get(v, 0) != n for v, n in state["reached"].items()):
-            return None
-        _, depthwise, bias = state["source"]
-        chain = self.match(depthwise)
-        if chain is None:
-            return None
-        return _Projection(chain, depthwise, bias, acts, const_array(w3))
+        return _Projection(chains[var], var, bias, acts, const_array(w3))
 
 
 def fuse_expand_depthwise(target=None, enabled: bool | None = None,
@@ -557,8 +558,8 @@ def fuse_expand_depthwise(target=None, enabled: bool | None = None,
 
     from .schedules.target_info import cpu_info, is_cpu_target
 
-    on = _env_enabled() if enabled is None else enabled
-    use_blocked = _env_enabled("HWCC_BLOCKED_DW") if blocked is None else blocked
+    on = switched_on("HWCC_EXPAND_DW") if enabled is None else enabled
+    use_blocked = switched_on("HWCC_BLOCKED_DW") if blocked is None else blocked
     lanes = cpu_info(target).lanes(32) if target is not None else 8
 
     @mutator
@@ -624,7 +625,6 @@ def fuse_expand_depthwise(target=None, enabled: bool | None = None,
     def plan_function(mod, func) -> dict:
         matcher = _Matcher(mod, func, lanes)
         plan: dict = {}
-        consumed = []  # depthwise convs rewritten together with their projection
         for block in func.body.blocks:
             for binding in block.bindings:
                 if not isinstance(binding, relax.VarBinding):
@@ -632,16 +632,15 @@ def fuse_expand_depthwise(target=None, enabled: bool | None = None,
                 try:
                     found = matcher.match(binding.value)
                     if found is None and use_blocked:
-                        found = matcher.match_projection(binding.value)
-                        if found is not None:
-                            consumed.append(found.depthwise)
+                        found = matcher.match_projection(binding.value, plan)
                 except Exception as err:  # noqa: BLE001 - an optimization never fails a build
                     logger.debug("expand+depthwise: binding not matched: %s", err)
                     continue
                 if found is not None:
                     plan[binding.var] = found
-        return {v: m for v, m in plan.items()
-                if not any(matcher.bound[v].same_as(d) for d in consumed)}
+        # depthwise convs rewritten together with their projection
+        consumed = [m.depthwise for m in plan.values() if isinstance(m, _Projection)]
+        return {v: m for v, m in plan.items() if not any(v.same_as(d) for d in consumed)}
 
     @tvm.transform.module_pass(opt_level=0, name="hwcc.FuseExpandDepthwise")
     def rewrite(mod, _ctx):

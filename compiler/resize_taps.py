@@ -24,7 +24,6 @@ turns the rewrite off.
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 
@@ -32,11 +31,6 @@ logger = logging.getLogger(__name__)
 
 #: Coordinate transformations the tables reproduce (TOPI's ``get_inx``).
 MODES = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric")
-
-
-def _env_enabled() -> bool:
-    value = os.environ.get("HWCC_RESIZE_TAPS", "1").strip().lower()
-    return value not in ("0", "off", "false", "no")
 
 
 def linear_taps(in_size: int, out_size: int, mode: str) -> tuple[np.ndarray, np.ndarray,
@@ -116,10 +110,9 @@ def resize_linear_as_taps():
     """Module pass: linear ``relax.image.resize2d`` calls become :func:`resize_linear_te`
     (see the module doc). Must run before ``LegalizeOps``; leaves every other resize, and the
     whole module with ``HWCC_RESIZE_TAPS=0``, unchanged."""
-    import tvm
     from tvm import relax
 
-    from passes._ir import rewrite_op_calls
+    from passes._ir import op_rewrite_pass
 
     def as_taps(builder, call):
         plan = _plan(call)
@@ -134,13 +127,5 @@ def resize_linear_as_taps():
             primfunc_attrs={"op_pattern": 2},  # injective: a following concat fuses with it
         )
 
-    @tvm.transform.module_pass(opt_level=0, name="hwcc.ResizeLinearAsTaps")
-    def rewrite(mod, _ctx):
-        if not _env_enabled():
-            return mod
-        mod, count = rewrite_op_calls(mod, "relax.image.resize2d", as_taps)
-        if count:
-            logger.info("%d linear resizes as separable table passes", count)
-        return mod
-
-    return rewrite
+    return op_rewrite_pass("hwcc.ResizeLinearAsTaps", "relax.image.resize2d", as_taps,
+                           "HWCC_RESIZE_TAPS", "linear resizes as separable table passes")

@@ -36,7 +36,6 @@ hardware prefetcher. ``python benchmarks/models.py`` shows the effect on ResNet-
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from functools import reduce
 
@@ -51,10 +50,6 @@ TILES = (4, 2)
 
 #: Name prefix of the blocks of the Winograd kernel (the schedule rule finds them by it).
 BLOCK_PREFIX = "hwcc_winograd_"
-
-
-def _env_enabled() -> bool:
-    return os.environ.get("HWCC_WINOGRAD", "1").strip().lower() not in ("0", "off", "false", "no")
 
 
 @dataclass(frozen=True)
@@ -94,7 +89,9 @@ class WinogradConfig:
 
 def default_config() -> WinogradConfig:
     """The configuration :mod:`compiler.lower` uses (``HWCC_WINOGRAD`` read here, once)."""
-    return WinogradConfig(enabled=_env_enabled())
+    from passes._ir import switched_on
+
+    return WinogradConfig(enabled=switched_on("HWCC_WINOGRAD"))
 
 
 def transform_matrices(tile: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -9,6 +9,8 @@ recovery step find layers by binding name).
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -18,6 +20,8 @@ from tvm import relax
 from tvm.ir.expr import Constant
 
 from compiler.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 # Errors raised inside a module pass cross TVM's FFI; registered, they come back to the caller
 # as the same class (not a RuntimeError), so users see ``ConfigError`` from ``pass_obj(mod)``.
@@ -212,3 +216,28 @@ def rewrite_op_calls(mod: tvm.IRModule, op: str, rewrite: CallRewrite) -> tuple[
     if not rewriter.count:
         return mod, 0
     return rewriter.builder_.get(), rewriter.count
+
+
+def switched_on(variable: str) -> bool:
+    """Whether the environment variable ``variable`` leaves an optional rewrite on: unset, or
+    any value but ``0``, ``off``, ``false`` or ``no`` (``HWCC_WINOGRAD=0`` and the like)."""
+    return os.environ.get(variable, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def op_rewrite_pass(name: str, op: str, rewrite: CallRewrite, switch: str,
+                    what: str) -> tvm.transform.Pass:
+    """A Relax module pass ``name`` applying :func:`rewrite_op_calls` with ``rewrite`` to the
+    calls of ``op``; it leaves the module alone when :func:`switched_on` says the environment
+    variable ``switch`` turns it off (read when the pass runs), and logs how many calls became
+    ``what``."""
+
+    @tvm.transform.module_pass(opt_level=0, name=name)
+    def apply(mod, _ctx):
+        if not switched_on(switch):
+            return mod
+        mod, count = rewrite_op_calls(mod, op, rewrite)
+        if count:
+            logger.info("%d %s", count, what)
+        return mod
+
+    return apply
