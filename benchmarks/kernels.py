@@ -46,7 +46,7 @@ from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 from tvm.relax.frontend.onnx import from_onnx
 
-from compiler.schedules import apply_default_schedules
+from compiler.lower.schedules import apply_default_schedules
 
 RNG = np.random.default_rng(0)
 

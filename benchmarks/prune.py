@@ -19,7 +19,7 @@ import numpy as np
 from common import machine, machine_line, save_results, table
 
 import compiler
-from compiler.passes_cli import build_passes
+from compiler.pipeline import build_passes
 from examples import example_data, example_model
 from targets import parse_target
 

@@ -3,7 +3,7 @@
 Usage: ``python benchmarks/search.py [--strategy bayes|random|grid] [--budget 10]
 [--max-drop 1.0] [--samples 300] [--repeat 50] [--log FILE.jsonl]``
 
-Candidates are compiled for ``host`` by :func:`compiler.search.search` (prune ratios per
+Candidates are compiled for ``host`` by :func:`compiler.search.search.search` (prune ratios per
 channel group for the 4 largest groups, low-rank energy, quantization; recovery and int8
 calibration on ``examples/mnist_calib.npz``), timed on this machine with
 ``Artifact.benchmark`` and scored by top-1 accuracy on the first ``--samples`` held-out MNIST
@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import ROOT, machine, machine_line, save_results, table
-from compiler.search import SearchSpace, format_table, search
+from compiler.search.search import SearchSpace, format_table, search
 from examples import example_data, example_model
 
 COLUMNS = [
@@ -59,7 +59,7 @@ def main() -> None:
                     log_path=args.log, seed=args.seed, eval_samples=args.samples,
                     repeat=args.repeat)
     d = report.to_dict()
-    from compiler.search import Settings
+    from compiler.search.search import Settings
 
     rows = []
     for c in [d["baseline"], *d["candidates"]]:

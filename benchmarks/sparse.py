@@ -6,7 +6,7 @@ Usage: ``python benchmarks/sparse.py [--ratios 0.5,0.7,0.9,0.95]
 Workloads (seeded random weights; pruning by magnitude; no accuracy is measured here):
 
 - **kernel** rows: one layer, dense (hwcc's default dense schedule: ``compiler.lower`` with
-  ``compiler.schedules``) vs the same pruned layer forced to the BSR kernel of
+  ``compiler.lower.schedules``) vs the same pruned layer forced to the BSR kernel of
   :mod:`passes.sparse_kernels` (including the layout copies around it):
   ``mlp-fc1`` — a transformer MLP's first layer, 128 rows × 768 → 3072;
   ``conv1x1`` — a 1×1 conv 256 → 256 on 28×28 (batch 1, NCHW).

@@ -1,15 +1,15 @@
-"""Tune models with ``compiler.tune`` and report untuned vs tuned latency and the trials spent.
+"""Tune models with ``compiler.tuning.tune`` and report untuned vs tuned latency and the trials spent.
 
     python benchmarks/tuning.py                                   # small CNNs, temp logs
     python benchmarks/tuning.py --models digits_cnn,bert,resnet18,mobilenet_v2 \\
         --time-budget 5m --log-dir tuning_logs --compact          # the logs hwcc ships
 
-For each model, runs :func:`compiler.tune.tune` (``--trials`` for the whole model, or
+For each model, runs :func:`compiler.tuning.tune.tune` (``--trials`` for the whole model, or
 ``--time-budget`` per model; records already in the log count and a second run resumes) and
 prints, per kernel, the default-schedule and best tuned latency measured by the tuner's runner,
 and for the model its latency with hwcc's default schedules and with the records applied, both
 built like ``hwcc compile`` and timed alternately in the same run. Kernels whose best record is
-not 10% (and 1 µs) faster than the default schedule keep the default (``compiler.tune``'s rule).
+not 10% (and 1 µs) faster than the default schedule keep the default (``compiler.tuning.tune``'s rule).
 
 Models: ``digits_cnn`` (``examples/``), ``resnet_block_cnn`` (``tests/models.py``) and the
 benchmark models of ``benchmarks/model_zoo.py`` (``resnet18``, ``mobilenet_v2``, ``bert``).
@@ -54,7 +54,7 @@ def model_path(name: str, work: Path) -> Path:
 
 
 def main() -> int:
-    from compiler.tune_cli import parse_duration
+    from compiler.cli.tune import parse_duration
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default=DEFAULT_MODELS,
@@ -74,7 +74,8 @@ def main() -> int:
         args.trials = 64
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    from compiler.tune import compact_log, tune
+    from compiler.tuning.database import compact_log
+    from compiler.tuning.tune import tune
 
     work = Path(tempfile.mkdtemp(prefix="hwcc-bench-tune-"))
     log_root = Path(args.log_dir).resolve() if args.log_dir else work / "logs"

@@ -5,18 +5,23 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
+from compiler import evaluate, frontend, lower, stats
+from compiler.artifact import package
+from compiler.artifact.runtime import Artifact, random_inputs, read_manifest
+from compiler.tuning.database import open_database
+from passes.quantize import QuantizeConfig, has_qdq
 from targets import Target, parse_target
 
-from . import evaluate, frontend, lower, package, stats
-from .pipeline import PassSpec, run_passes
-from .runtime import Artifact, random_inputs
+from .errors import CompileError
+from .lower.options import LowerOptions
+from .pipeline import CompressionOptions, PassSpec, run_passes
 
 logger = logging.getLogger(__name__)
 
@@ -27,12 +32,18 @@ def compile(
     *,
     output_dir: str | Path | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    compression: CompressionOptions | None = None,
     passes: Sequence[PassSpec | Any] = (),
+    lower_options: LowerOptions | None = None,
     tuning_log: str | Path | None | bool = None,
     verify: bool = True,
     verify_inputs: Mapping[str, np.ndarray] | None = None,
 ) -> Artifact:
     """Compile an ONNX model for ``target`` and write an artifact directory.
+
+    The whole flow, top to bottom: read and import the model (once), parse the target (once),
+    run the compression passes, lower and build with the target's schedules (and tuning
+    records), write the artifact atomically, verified first when the target runs here.
 
     Parameters
     ----------
@@ -44,9 +55,16 @@ def compile(
         Where to write the artifact (a fresh temporary directory when None).
     input_shapes
         Pins dynamic input dimensions by input name.
+    compression
+        What to compress (the flags of ``hwcc compile``); its passes run first, in the
+        pipeline's order (:mod:`compiler.pipeline`). Its calibration data's first sample is
+        what the artifact is verified on, unless ``verify_inputs`` is given.
     passes
-        Compression passes, as :class:`compiler.pipeline.PassSpec` or TVM module passes,
-        run in order on the imported Relax module.
+        Further passes, as :class:`compiler.pipeline.PassSpec` or TVM module passes, run in
+        order after those of ``compression``.
+    lower_options
+        Switches of the lowering's optional rewrites (default: all on); recorded in the
+        manifest.
     tuning_log
         A MetaSchedule database directory (``tuning_logs/<device>/<target>``); None uses the
         default location for this target if it has records; False uses no records.
@@ -60,19 +78,35 @@ def compile(
         The written artifact; ``run``/``benchmark`` load it on first use.
     """
     tgt = parse_target(target)
+    options = lower_options or LowerOptions()
+    compression = compression or CompressionOptions()
     imported = frontend.load_model(model, input_shapes)
-    mod = imported.mod
-    pass_reports: list[dict[str, Any]] = []
-    passes = [*_import_passes(mod), *passes]
-    if passes:
-        mod, pass_reports = run_passes(mod, passes)
+
+    pipeline = [*_import_passes(imported.mod),
+                *compression.passes(imported.inputs, tgt.capabilities), *passes]
+    mod, pass_reports = run_passes(imported.mod, pipeline) if pipeline else (imported.mod, [])
 
     database, db_path = _open_database(tuning_log, tgt)
-    built = lower.build(mod, tgt, database=database)
+    built = lower.build(mod, tgt, database=database, options=options)
 
+    manifest = _manifest(imported, tgt, pass_reports, mod, built, db_path, options)
+    writers = _writers(imported, tgt, built)
+    if verify and tgt.runs_on_this_machine():
+        if verify_inputs is None:
+            verify_inputs = compression.first_sample(imported.inputs)
+        manifest["verification"] = _verify_staged(manifest, writers, imported.onnx_model,
+                                                  verify_inputs)
     out = Path(output_dir) if output_dir is not None else Path(
         tempfile.mkdtemp(prefix="hwcc-artifact-"))
-    manifest: dict[str, Any] = {
+    path = package.write_artifact(out, manifest, writers)
+    logger.info("wrote %s", path)
+    return Artifact(path, read_manifest(path))
+
+
+def _manifest(imported: Any, tgt: Target, pass_reports: list[dict[str, Any]], mod: Any,
+              built: Any, db_path: Path | None, options: LowerOptions) -> dict[str, Any]:
+    """The artifact's manifest, less the file hashes and the verification."""
+    return {
         "model": {
             "source": imported.source,
             "name": imported.onnx_model.graph.name or Path(imported.source).stem,
@@ -92,6 +126,7 @@ def compile(
             "capabilities": tgt.capabilities.to_dict(),
         },
         "passes": pass_reports,
+        "lowering": options.to_dict(),
         "compressed": stats.relax_weights(mod),
         "kernels": {**built.stats.to_dict(), "tuning_log": str(db_path) if db_path else None},
         "library": package.LIBRARY,
@@ -99,43 +134,41 @@ def compile(
         "versions": package.tool_versions(),
         "ir": "TVM Relax (tvm.relax.frontend.onnx)",
     }
-    writers = {
+
+
+def _writers(imported: Any, tgt: Target, built: Any) -> dict[str, Callable[[Path], Any]]:
+    """File name -> function writing it, for every file of the artifact."""
+    writers: dict[str, Callable[[Path], Any]] = {
         package.LIBRARY: lambda p: lower.export_library(built.executable, tgt, p),
         package.SOURCE_MODEL: lambda p: p.write_bytes(imported.onnx_model.SerializeToString()),
     }
     if tgt.kind in _SOURCE_FILES:
         source = _kernel_source(built.executable, tgt.kind)
         writers[_SOURCE_FILES[tgt.kind]] = lambda p: p.write_text(source)
+    return writers
 
-    if verify and tgt.runs_on_this_machine():
-        # Verify from a staging copy before the artifact is published.
-        staging = Path(tempfile.mkdtemp(prefix="hwcc-verify-"))
-        try:
-            staged = package.write_artifact(staging / "a", manifest, writers)
-            art = Artifact.load(staged)
-            manifest["verification"] = _verify(art, imported.onnx_model, verify_inputs)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    path = package.write_artifact(out, manifest, writers)
-    logger.info("wrote %s", path)
-    return Artifact(path, package_manifest(path))
+
+def _verify_staged(manifest: dict[str, Any], writers: dict[str, Callable[[Path], Any]],
+                   model: onnx.ModelProto, inputs: Mapping[str, np.ndarray] | None
+                   ) -> dict[str, Any]:
+    """Write a staging copy of the artifact, load it and compare it with the reference, before
+    the artifact is published."""
+    staging = Path(tempfile.mkdtemp(prefix="hwcc-verify-"))
+    try:
+        staged = package.write_artifact(staging / "a", manifest, writers)
+        return _verify(Artifact.load(staged), model, inputs)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _import_passes(mod: Any) -> list[PassSpec]:
     """Passes every model of a kind needs: a QDQ model (quantized by another tool) has its
     dequantize → conv/matmul → quantize chains rewritten to integer kernels."""
-    from passes.quantize import QuantizeConfig, has_qdq
 
     if has_qdq(mod):
         # optional: a model with Q/DQ nodes but no quantized conv/matmul stays as it is
         return [PassSpec("quantize", QuantizeConfig(mode="qdq"), optional=True)]
     return []
-
-
-def package_manifest(path: Path) -> dict[str, Any]:
-    from .runtime import read_manifest
-
-    return read_manifest(path)
 
 
 def _sha256_bytes(data: bytes) -> str:
@@ -164,7 +197,6 @@ def _verify(art: Artifact, model: onnx.ModelProto,
 
 def _open_database(tuning_log: str | Path | None | bool, tgt: Target
                    ) -> tuple[Any, Path | None]:
-    from .tuning_db import open_database
 
     if tuning_log is False or tgt.kind != "llvm":
         return None, None
@@ -188,7 +220,6 @@ def _kernel_source(executable: Any, kind: str) -> str:
 
     walk(executable.mod if hasattr(executable, "mod") else executable)
     if not sources:
-        from .errors import CompileError
 
         raise CompileError(f"the {kind} build produced no {kind} kernels")
     return "\n".join(sources)

@@ -133,7 +133,7 @@ def evaluate_artifact(art: Any, feeds: Sequence[Mapping[str, np.ndarray]],
     Parameters
     ----------
     art
-        A loaded :class:`compiler.runtime.Artifact`.
+        A loaded :class:`compiler.artifact.runtime.Artifact`.
     feeds
         One input dict per sample.
     labels

@@ -1,9 +1,17 @@
-"""Compose compression passes into the pipeline that runs before lowering.
+"""The compression pipeline that runs before lowering: which passes, in which order, with
+which configs, and running them.
 
 Passes are named in :data:`PASSES` (name → factory taking the pass's config object), so the
 CLI and the API can ask for them by name; an unknown name is an error listing the known ones.
-Each pass runs between two well-formedness checks, so broken IR is caught at the pass that
-broke it. A pass object may expose ``report`` (a dict) after it ran; it goes to the manifest.
+:func:`build_passes` is the one place that orders them, from user-level options:
+
+    canonicalize → prune_channels → recover → low_rank → sparsify → quantize
+
+canonicalize first (BatchNorm and constants folded, so the others see plain conv/dense),
+recovery right after the pruning it repairs (its teacher is the model before pruning), and
+quantize last (it needs the final weights). Each pass runs between two well-formedness checks,
+so broken IR is caught at the pass that broke it. A pass object may expose ``report`` (a dict)
+after it ran; it goes to the manifest.
 """
 
 from __future__ import annotations
@@ -11,20 +19,47 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
+import numpy as np
+
+from passes import (
+    Canonicalize,
+    CanonicalizeConfig,
+    LowRank,
+    LowRankConfig,
+    PruneChannels,
+    PruneConfig,
+    Quantize,
+    Recover,
+    RecoverConfig,
+    Sparsify,
+)
+from passes.low_rank import low_rank_config_from_arg
+from passes.quantize import quantize_config_from_args
+from passes.sparsify import sparsify_config_from_args
+
+from .data import split_samples, stack_samples
 from .errors import CompileError, ConfigError, HwccError
 
 logger = logging.getLogger(__name__)
 
-# name -> factory(config) -> tvm.transform.Pass. Filled by register_pass in passes/.
-PASSES: dict[str, Callable[[Any], Any]] = {}
+#: name -> factory(config) -> tvm.transform.Pass, in pipeline order
+PASSES: dict[str, Callable[[Any], Any]] = {
+    "canonicalize": Canonicalize,
+    "prune_channels": PruneChannels,
+    "recover": Recover,
+    "low_rank": lambda cfg: LowRank(cfg or LowRankConfig(energy=0.95)),
+    "sparsify": Sparsify,
+    "quantize": Quantize,
+}
 
-
-def register_pass(name: str, factory: Callable[[Any], Any]) -> None:
-    PASSES[name] = factory
+#: the CLI's --prune-method names -> PruneConfig.importance
+PRUNE_METHODS = {"l1": "l1", "l2": "l2", "activation": "mean_activation", "apoz": "apoz",
+                 "reconstruction": "reconstruction"}
 
 
 @dataclass(frozen=True)
@@ -43,7 +78,6 @@ class PassSpec:
     optional: bool = False  # a ConfigError (nothing to do) skips the pass instead of failing
 
     def build(self, snapshots: dict[str, Any] | None = None) -> Any:
-        _load_builtin_passes()
         if self.name not in PASSES:
             raise ConfigError(f"unknown pass '{self.name}'; known: {', '.join(sorted(PASSES))}")
         config = self.config
@@ -58,8 +92,126 @@ class PassSpec:
         return PASSES[self.name](config)
 
 
-def _load_builtin_passes() -> None:
-    import passes  # noqa: F401  (registers the built-in passes)
+@dataclass(frozen=True)
+class CompressionOptions:
+    """What a user asks of the compression passes (the flags of ``hwcc compile``).
+
+    Attributes
+    ----------
+    prune : float or None
+        Fraction of channels / neurons / heads to remove, in [0, 1); None: no pruning.
+    prune_method : str or None
+        A key of :data:`PRUNE_METHODS`; None: ``reconstruction`` with calibration data, else
+        ``l1``.
+    prune_scope : str
+        ``global`` (rank channels across the model) or ``per_layer``.
+    recover : bool
+        Teacher-guided re-fit after pruning / low rank / sparsity (needs calibration data).
+    low_rank : str or None
+        ``energy=0.95``, ``rank=64`` or ``ratio=0.25`` (see :mod:`passes.low_rank`).
+    sparsity : float or None
+        Weight sparsity in [0, 1]; None: dense.
+    sparse_block : str
+        ``RxC``, ``N:M``, ``none`` or ``auto`` (a block of half the target's vector lanes).
+    quantize : str or None
+        ``int8``, ``int8-dynamic`` or ``fp16``.
+    calib_method : str
+        Activation range observer for static int8.
+    calibration : mapping or None
+        Calibration arrays keyed by input name, one sample or a leading sample axis (as read
+        from an ``.npz``); split against the model's inputs when the passes are built.
+    """
+
+    prune: float | None = None
+    prune_method: str | None = None
+    prune_scope: str = "global"
+    recover: bool = True
+    low_rank: str | None = None
+    sparsity: float | None = None
+    sparse_block: str = "auto"
+    quantize: str | None = None
+    calib_method: str = "minmax"
+    calibration: Mapping[str, np.ndarray] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.prune_method is not None and self.prune_method not in PRUNE_METHODS:
+            raise ConfigError(f"unknown prune method '{self.prune_method}'; known: "
+                              f"{', '.join(sorted(PRUNE_METHODS))}")
+
+    @property
+    def wanted(self) -> bool:
+        """Whether any compression is asked for."""
+        return any(x is not None for x in (self.prune, self.low_rank, self.sparsity,
+                                           self.quantize))
+
+    def passes(self, input_specs: Sequence[Any], capabilities: Any) -> list[PassSpec]:
+        """The pass specs, in pipeline order, for a model's inputs and a target."""
+        if not self.wanted:
+            return []
+        calib = None
+        if self.calibration is not None:
+            calib = stack_samples(self.calibration, input_specs)
+        method = self.prune_method or ("reconstruction" if calib is not None else "l1")
+        return build_passes(prune=self.prune, prune_method=method,
+                            prune_scope=self.prune_scope, recover=self.recover,
+                            low_rank=self.low_rank, sparsity=self.sparsity,
+                            sparse_block=self.sparse_block, quantize=self.quantize,
+                            calib_method=self.calib_method, calibration=calib,
+                            lanes=capabilities.fp32_lanes, capabilities=capabilities)
+
+    def first_sample(self, input_specs: Sequence[Any]) -> dict[str, np.ndarray] | None:
+        """The first calibration sample (real data to verify the compiled module on)."""
+        if self.calibration is None:
+            return None
+        feeds, _ = split_samples(dict(self.calibration), input_specs, what="calibration data")
+        return feeds[0]
+
+
+def build_passes(*, prune: float | None = None, prune_method: str = "l1",
+                 prune_scope: str = "global", recover: bool = True,
+                 low_rank: str | None = None,
+                 sparsity: float | None = None, sparse_block: str = "auto",
+                 quantize: str | None = None, calib_method: str = "minmax",
+                 calibration: Mapping[str, np.ndarray] | None = None,
+                 lanes: int = 8, capabilities: Any = None) -> list[PassSpec]:
+    """The compression pipeline for the given options (shared by the CLI, API and search).
+
+    ``calibration`` holds arrays with a leading sample axis; ``lanes`` is the target's fp32
+    vector lanes (kept channel counts are multiples of it).
+    """
+    specs: list[PassSpec] = []
+    if not any(x is not None for x in (prune, low_rank, sparsity, quantize)):
+        return specs
+    # first: BatchNorm and constants folded, so every later pass sees plain conv/dense layers
+    specs.append(PassSpec("canonicalize", CanonicalizeConfig()))
+    if prune is not None:
+        importance = PRUNE_METHODS[prune_method]
+        if importance in ("mean_activation", "apoz", "reconstruction") and calibration is None:
+            raise ConfigError(f"--prune-method {prune_method} needs calibration data (--calib)")
+        specs.append(PassSpec("prune_channels", PruneConfig(
+            ratio=prune, importance=importance, scope=prune_scope, multiple_of=lanes,
+            calibration=calibration)))
+        # right after pruning: its teacher is the model as it was before pruning
+        if recover and calibration is not None and prune > 0:
+            specs.append(PassSpec("recover", partial(RecoverConfig, calibration=calibration),
+                                  teacher_from="prune_channels"))
+        elif recover and prune > 0:
+            logger.warning("no --calib given: pruning without teacher-guided recovery")
+    if low_rank is not None:
+        specs.append(PassSpec("low_rank", low_rank_config_from_arg(
+            low_rank, calibration=calibration if recover else None, multiple_of=lanes)))
+    if sparsity is not None:
+        block = f"{max(1, lanes // 2)}x1" if sparse_block == "auto" else sparse_block
+        specs.append(PassSpec("sparsify", sparsify_config_from_args(
+            sparsity, block, calibration=calibration if recover else None, lanes=lanes)))
+    # last: quantization needs the final weights
+    if quantize is not None:
+        if quantize == "int8" and calibration is None:
+            raise ConfigError("--quantize int8 calibrates activation ranges: give --calib "
+                              "FILE.npz (or use --quantize int8-dynamic)")
+        specs.append(PassSpec("quantize", quantize_config_from_args(
+            quantize, calibration, calib_method, capabilities)))
+    return specs
 
 
 def _config_dict(obj: Any) -> Any:

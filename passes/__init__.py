@@ -1,5 +1,6 @@
-"""hwcc's Relax graph passes, one pass per module; importing this package registers them
-with :mod:`compiler.pipeline` under the names the CLI and the API use."""
+"""hwcc's Relax graph passes, one pass per module. :mod:`compiler.pipeline` names them and
+runs them in order; a pass imports only :mod:`passes._ir` and :mod:`targets`, never
+:mod:`compiler` (it never builds or times a kernel: a timer or cost model is handed in)."""
 
 from .canonicalize import Canonicalize, CanonicalizeConfig
 from .low_rank import LowRank, LowRankConfig

@@ -10,16 +10,16 @@ recovery step find layers by binding name).
 from __future__ import annotations
 
 import logging
-import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import tvm
 import tvm_ffi
-from tvm import relax
+from tvm import relax, topi
 from tvm.ir.expr import Constant
 
-from compiler.errors import ConfigError
+from targets.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -218,26 +218,44 @@ def rewrite_op_calls(mod: tvm.IRModule, op: str, rewrite: CallRewrite) -> tuple[
     return rewriter.builder_.get(), rewriter.count
 
 
-def switched_on(variable: str) -> bool:
-    """Whether the environment variable ``variable`` leaves an optional rewrite on: unset, or
-    any value but ``0``, ``off``, ``false`` or ``no`` (``HWCC_WINOGRAD=0`` and the like)."""
-    return os.environ.get(variable, "1").strip().lower() not in ("0", "off", "false", "no")
-
-
-def op_rewrite_pass(name: str, op: str, rewrite: CallRewrite, switch: str,
-                    what: str) -> tvm.transform.Pass:
+def op_rewrite_pass(name: str, op: str, rewrite: CallRewrite, what: str) -> tvm.transform.Pass:
     """A Relax module pass ``name`` applying :func:`rewrite_op_calls` with ``rewrite`` to the
-    calls of ``op``; it leaves the module alone when :func:`switched_on` says the environment
-    variable ``switch`` turns it off (read when the pass runs), and logs how many calls became
-    ``what``."""
+    calls of ``op``; it logs how many calls became ``what``."""
 
     @tvm.transform.module_pass(opt_level=0, name=name)
     def apply(mod, _ctx):
-        if not switched_on(switch):
-            return mod
         mod, count = rewrite_op_calls(mod, op, rewrite)
         if count:
             logger.info("%d %s", count, what)
         return mod
 
     return apply
+
+
+#: TOPI elementwise kernels that the importer emits as call_tir, and their Relax op.
+_TE_OPS = {
+    "maximum": (topi.maximum, relax.op.maximum),
+    "minimum": (topi.minimum, relax.op.minimum),
+}
+
+
+def relax_op_of_te_call(mod: tvm.IRModule, call: relax.Call) -> relax.Expr | None:
+    """The Relax op call equivalent to ``call_tir(maximum|minimum, (x, c))``, or None (the
+    callee is checked to be structurally TOPI's kernel, not just named like it)."""
+    if op_name(call) != "relax.call_tir" or not isinstance(call.args[1], relax.Tuple):
+        return None
+    gv, args = call.args[0], list(call.args[1].fields)
+    # the importer names them maximum, maximum1, ...: the structural check below decides
+    base = re.sub(r"\d+$", "", gv.name_hint)
+    entry = _TE_OPS.get(base)
+    if entry is None or len(args) != 2 or not any(is_const(a) for a in args):
+        return None
+    te_fn, relax_op = entry
+    params = [relax.Var(f"a{i}", a.ty) if not is_const(a) else a for i, a in enumerate(args)]
+    bb = relax.BlockBuilder()
+    with bb.function("probe", [p for p in params if not is_const(p)]):
+        bb.emit_func_output(bb.emit_te(te_fn, *params))
+    ref = bb.get()[base]
+    if not tvm_ffi.structural_equal(ref, mod[gv], map_free_vars=True):
+        return None
+    return relax_op(*args)

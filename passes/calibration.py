@@ -31,7 +31,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from compiler.errors import ConfigError
+from targets.errors import ConfigError
 
 from ._ir import bindings, main_function, rebuild_main, static_shape
 

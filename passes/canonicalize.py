@@ -29,18 +29,24 @@ Options (:class:`CanonicalizeConfig`): ``fold_batch_norm`` (default True),
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import tvm
-import tvm_ffi
-from tvm import relax, topi
+from tvm import relax
 
-from compiler.errors import ConfigError
-from compiler.pipeline import register_pass
+from targets.errors import ConfigError
 
-from ._ir import bindings, const, const_array, is_const, main_function, op_name, rebuild_main
+from ._ir import (
+    bindings,
+    const,
+    const_array,
+    is_const,
+    main_function,
+    op_name,
+    rebuild_main,
+    relax_op_of_te_call,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -231,35 +237,6 @@ class _BatchNormPlan:
         return None
 
 
-#: TOPI elementwise kernels that the importer emits as call_tir, and their Relax op.
-_TE_OPS = {
-    "maximum": (topi.maximum, relax.op.maximum),
-    "minimum": (topi.minimum, relax.op.minimum),
-}
-
-
-def relax_op_of_te_call(mod: tvm.IRModule, call: relax.Call) -> relax.Expr | None:
-    """The Relax op call equivalent to ``call_tir(maximum|minimum, (x, c))``, or None (the
-    callee is checked to be structurally TOPI's kernel, not just named like it)."""
-    if op_name(call) != "relax.call_tir" or not isinstance(call.args[1], relax.Tuple):
-        return None
-    gv, args = call.args[0], list(call.args[1].fields)
-    # the importer names them maximum, maximum1, ...: the structural check below decides
-    base = re.sub(r"\d+$", "", gv.name_hint)
-    entry = _TE_OPS.get(base)
-    if entry is None or len(args) != 2 or not any(is_const(a) for a in args):
-        return None
-    te_fn, relax_op = entry
-    params = [relax.Var(f"a{i}", a.ty) if not is_const(a) else a for i, a in enumerate(args)]
-    bb = relax.BlockBuilder()
-    with bb.function("probe", [p for p in params if not is_const(p)]):
-        bb.emit_func_output(bb.emit_te(te_fn, *params))
-    ref = bb.get()[base]
-    if not tvm_ffi.structural_equal(ref, mod[gv], map_free_vars=True):
-        return None
-    return relax_op(*args)
-
-
 def _rewrite_te_ops(mod: tvm.IRModule) -> tvm.IRModule:
     func = main_function(mod)
     found = {b.var: relax_op_of_te_call(mod, b.value) for b in bindings(func)}
@@ -311,5 +288,3 @@ def batch_norm_count(mod: tvm.IRModule) -> int:
     """Number of ``R.nn.batch_norm`` calls left in ``main`` (used as a precondition check)."""
     return sum(op_name(b.value) == "relax.nn.batch_norm" for b in bindings(main_function(mod)))
 
-
-register_pass("canonicalize", lambda cfg: Canonicalize(cfg))

@@ -67,8 +67,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from compiler.errors import ConfigError
-from compiler.pipeline import register_pass
+from targets.errors import ConfigError
 
 from . import calibration
 from ._ir import (
@@ -81,6 +80,7 @@ from ._ir import (
     static_shape,
     substitute,
 )
+from .recover import refit
 
 logger = logging.getLogger(__name__)
 
@@ -679,7 +679,6 @@ class LowRank:
         self, teacher: tvm.IRModule, student: tvm.IRModule, names: list[str]
     ) -> tuple[tvm.IRModule, dict]:
         """Least-squares re-fit of the last factor of the factorized layers named ``names``."""
-        from .recover import refit  # recovery is optional; keep the import local
 
         teacher = relax.transform.FoldConstant()(teacher)  # refit wants constant weights
 
@@ -697,5 +696,3 @@ class LowRank:
             return student, {}
         return refit(teacher, student, self.config.calibration, unique)
 
-
-register_pass("low_rank", lambda cfg: LowRank(cfg or LowRankConfig(energy=0.95)))

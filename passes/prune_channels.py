@@ -61,8 +61,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from compiler.errors import ConfigError
-from compiler.pipeline import register_pass
+from targets.errors import ConfigError
 
 from . import calibration
 from ._ir import bindings, const, const_array, is_const, main_function, op_name, rebuild_main
@@ -469,5 +468,3 @@ class PruneChannels:
             scores[g.name] = s
         return scores
 
-
-register_pass("prune_channels", lambda cfg: PruneChannels(cfg))

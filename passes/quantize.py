@@ -62,11 +62,11 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from compiler.errors import ConfigError
-from compiler.pipeline import register_pass
+from targets.errors import ConfigError
 
 from . import calibration
-from ._ir import bindings, const_array, is_const, main_function, op_name, static_shape
+from ._ir import bindings, const_array, is_const, main_function, op_name, static_shape, substitute
+from .canonicalize import batch_norm_count
 
 logger = logging.getLogger(__name__)
 
@@ -576,7 +576,6 @@ def _to_float(acc: relax.Expr, scale: np.ndarray, kind: str, ndim: int) -> relax
 def _rebuild(mod: tvm.IRModule, emit_binding) -> tvm.IRModule:
     """Rebuild ``main`` calling ``emit_binding(bb, binding, vmap)``, which returns the new var
     (already emitted) or None to emit the substituted value unchanged."""
-    from ._ir import substitute
 
     func = main_function(mod)
     vmap: dict = {}
@@ -626,7 +625,6 @@ def _cleanup(mod: tvm.IRModule) -> tvm.IRModule:
 # The modes
 # --------------------------------------------------------------------------------------------
 def _check_folded(mod: tvm.IRModule) -> None:
-    from .canonicalize import batch_norm_count
 
     if batch_norm_count(mod):
         raise ConfigError(
@@ -1033,5 +1031,3 @@ def has_qdq(mod: tvm.IRModule) -> bool:
     """Whether ``main`` holds ``R.dequantize`` calls (a QDQ model to run ``mode="qdq"`` on)."""
     return any(op_name(b.value) == "relax.dequantize" for b in bindings(main_function(mod)))
 
-
-register_pass("quantize", lambda cfg: Quantize(cfg))

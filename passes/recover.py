@@ -37,8 +37,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from compiler.errors import ConfigError
-from compiler.pipeline import register_pass
+from targets.errors import ConfigError
 
 from . import calibration
 from ._ir import bindings, const, const_array, is_const, main_function, op_name, rebuild_main
@@ -399,5 +398,3 @@ class Recover:
         out[out.get_global_var("main")] = func
         return out
 
-
-register_pass("recover", lambda cfg: Recover(cfg))

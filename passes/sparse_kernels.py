@@ -31,7 +31,7 @@ remainder tile handles ``M mod MT``. Per-column offsets are precomputed per non-
 (``xoff[j, cc] = koff[indices[j]·C + cc]``), so the inner loop has one indirect load per row.
 
 :func:`estimate_ms` is the cost model that :mod:`passes.sparsify` uses to decide sparse vs dense
-for a layer; :func:`measure_layer` times both on this machine.
+for a layer; a caller may time both instead (:func:`compiler.lower.timing.time_module`).
 """
 
 from __future__ import annotations
@@ -338,19 +338,3 @@ def estimate_ms(
 def gflops(m_rows: int, n: int, k: int, ms: float) -> float:
     """Dense-equivalent GFLOP/s of an (M × K) · (K × N) product done in ``ms``."""
     return 2.0 * m_rows * n * k / (ms * 1e6) if ms > 0 else math.inf
-
-
-def time_module(mod: tvm.IRModule, repeat: int = 7, number: int = 5) -> float:
-    """Best-of-``repeat`` milliseconds of ``mod``'s ``main`` (one static-shape input) built by
-    hwcc's lowering for this machine (default schedules for the dense kernels)."""
-    from compiler import lower
-    from targets import parse_target
-
-    built = lower.build(mod, parse_target("host"))
-    vm = relax.VirtualMachine(built.executable, tvm.cpu())
-    param = mod["main"].params[0]
-    shape = [int(d) for d in param.ty.shape.values]
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    vm.set_input("main", tvm.runtime.tensor(x))
-    timer = vm.time_evaluator("invoke_stateful", tvm.cpu(), number=number, repeat=repeat)
-    return float(min(timer("main").results)) * 1e3

@@ -62,12 +62,12 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from compiler.errors import ConfigError
-from compiler.pipeline import register_pass
+from targets.errors import ConfigError
 
 from . import calibration
 from . import sparse_kernels as sk
 from ._ir import bindings, const_array, is_const, main_function, op_name, static_shape, substitute
+from .recover import _im2col
 
 logger = logging.getLogger(__name__)
 
@@ -144,8 +144,11 @@ class SparsifyConfig:
     min_speedup
         Estimated (or measured) speed-up a sparse kernel must reach to be chosen. Default 1.25.
     measure
-        Time the dense and the sparse kernel of each candidate layer on this machine instead of
-        trusting the cost model (only meaningful when compiling for the host). Default False.
+        A timer the caller hands in (a pass never builds or times a kernel itself): called
+        with a one-input Relax module, it returns the milliseconds of its ``main`` on the
+        target, e.g. :func:`compiler.lower.timing.time_module` for this machine. When given,
+        the dense and the sparse kernel of each candidate layer are timed with it instead of
+        trusting the cost model. Default None (the cost model decides).
     recover
         Re-fit the surviving weights on ``calibration`` data. Default False.
     calibration
@@ -164,7 +167,7 @@ class SparsifyConfig:
     lanes: int = 8
     choice: str = "auto"
     min_speedup: float = 1.25
-    measure: bool = False
+    measure: Callable[[tvm.IRModule], float] | None = field(default=None, compare=False)
     recover: bool = False
     calibration: Mapping[str, np.ndarray] | None = field(default=None, compare=False)
     ridge: float = 1e-3
@@ -189,9 +192,10 @@ class SparsifyConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
                 raise ConfigError(f"SparsifyConfig.{name} must be a number >= 0; got {v!r}")
-        for name in ("measure", "recover"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"SparsifyConfig.{name} must be a bool")
+        if not isinstance(self.recover, bool):
+            raise ConfigError("SparsifyConfig.recover must be a bool")
+        if self.measure is not None and not callable(self.measure):
+            raise ConfigError("SparsifyConfig.measure must be a timer (module -> ms) or None")
         if self.recover and self.calibration is None:
             raise ConfigError("SparsifyConfig.recover needs calibration data")
 
@@ -456,7 +460,6 @@ def _recover(
     so far (``X_s``) and is fitted to the original layer's output on the original inputs
     (``X_t · Wd``), so later layers also correct the errors of earlier ones.
     """
-    from .recover import _im2col
 
     todo = [lay for lay in layers if lay.name in pruned]
     names = list(dict.fromkeys(lay.x.name for lay in todo))
@@ -647,8 +650,9 @@ def _layer_module(
     return bb.get()
 
 
-def _measure(layer: _Layer, wm: np.ndarray, bsr: sk.BSR, lanes: int) -> tuple[float, float]:
-    """Milliseconds of the dense and the sparse form of ``layer`` on this machine."""
+def _measure(layer: _Layer, wm: np.ndarray, bsr: sk.BSR, lanes: int,
+             timer: Callable[[tvm.IRModule], float]) -> tuple[float, float]:
+    """Milliseconds of the dense and the sparse form of ``layer``, by the caller's ``timer``."""
     w = relax.const(layer.from_matrix(wm))
 
     def dense(bb: relax.BlockBuilder, x: relax.Var) -> relax.Expr:
@@ -658,8 +662,8 @@ def _measure(layer: _Layer, wm: np.ndarray, bsr: sk.BSR, lanes: int) -> tuple[fl
         return _emit_sparse(bb, layer, x, bsr, lanes)
 
     return (
-        sk.time_module(_layer_module(layer, dense)),
-        sk.time_module(_layer_module(layer, sparse)),
+        timer(_layer_module(layer, dense)),
+        timer(_layer_module(layer, sparse)),
     )
 
 
@@ -738,7 +742,7 @@ class Sparsify:
             "ratio": cfg.ratio,
             "scope": cfg.scope,
             "lanes": cfg.lanes,
-            "decided_by": "measure" if cfg.measure else "cost model",
+            "decided_by": "measure" if cfg.measure is not None else "cost model",
             "min_speedup": cfg.min_speedup,
             "layers": entries + skipped,
             "sparse_layers": sorted(sparse_w),
@@ -783,8 +787,8 @@ class Sparsify:
         entry["est_dense_ms"] = round(dense_ms, 4)
         entry["est_sparse_ms"] = round(sparse_ms, 4)
         basis, d_ms, s_ms = "estimated", dense_ms, sparse_ms
-        if cfg.measure and cfg.choice == "auto":
-            d_ms, s_ms = _measure(layer, wm, bsr, cfg.lanes)
+        if cfg.measure is not None and cfg.choice == "auto":
+            d_ms, s_ms = _measure(layer, wm, bsr, cfg.lanes, cfg.measure)
             entry["measured_dense_ms"] = round(d_ms, 4)
             entry["measured_sparse_ms"] = round(s_ms, 4)
             basis = "measured"
@@ -803,5 +807,3 @@ class Sparsify:
             )
         return entry, use, bsr
 
-
-register_pass("sparsify", lambda cfg: Sparsify(cfg))

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from .base import Capabilities, Target, host_arch
 from .registry import FAMILIES, known_triples, parse_target, target_table
+from .tvm_target import capabilities_of
 
 __all__ = [
     "FAMILIES",
     "Capabilities",
     "Target",
+    "capabilities_of",
     "host_arch",
     "known_triples",
     "parse_target",

@@ -31,6 +31,7 @@ def capabilities(triple: str, features: tuple[str, ...], cores: int) -> Capabili
         int8.append("smmla")
     return Capabilities(
         vector_bits=128 if has_neon else 0,
+        vector_registers=32 if is64 else 16,  # AArch64 V0-V31; ARMv7 NEON Q0-Q15
         int8_dot=tuple(int8),
         cores=cores,
         l1_kb=64 if is64 else 32,

@@ -21,9 +21,15 @@ class Capabilities:
     ----------
     vector_bits : int
         Width of the widest SIMD register the target uses for fp32 (0 for none).
+    vector_registers : int
+        Architectural SIMD registers (32 for AVX-512, AArch64 and RISC-V V; 16 for SSE/AVX2
+        and 32-bit ARM): how many accumulators a register tile may hold.
     int8_dot : tuple of str
-        Integer dot-product instructions available (e.g. ``"vpmaddubsw"``, ``"vpdpbusd"``,
-        ``"sdot"``, ``"smmla"``). Empty when int8 kernels fall back to widening arithmetic.
+        Integer dot-product instructions available: ``"vpdpbusd"`` (AVX-512 VNNI on 512-bit
+        vectors, with AVX-512 F and BW), ``"vpdpbusd256"`` (AVX-VNNI, 256-bit),
+        ``"vpmaddubsw"`` (AVX2 / AVX-512 BW pair, saturating int16 sums), ``"sdot"``,
+        ``"smmla"`` (ARM), ``"mac8x8"``-like MAC arrays. Empty when int8 kernels fall back
+        to widening arithmetic.
     cores : int
         Cores the compiled module may use (the TVM target's ``num-cores``).
     has_float : bool
@@ -37,6 +43,7 @@ class Capabilities:
     """
 
     vector_bits: int = 128
+    vector_registers: int = 16
     int8_dot: tuple[str, ...] = ()
     cores: int = 1
     has_float: bool = True
@@ -53,6 +60,7 @@ class Capabilities:
     def to_dict(self) -> dict[str, Any]:
         return {
             "vector_bits": self.vector_bits,
+            "vector_registers": self.vector_registers,
             "int8_dot": list(self.int8_dot),
             "cores": self.cores,
             "has_float": self.has_float,

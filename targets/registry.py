@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from compiler.errors import TargetError
+from targets.errors import TargetError
 
 from . import arm, cuda, embedded, host, riscv, x86
 from .base import Target, host_arch

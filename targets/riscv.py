@@ -16,7 +16,8 @@ ABI = {"mabi": "lp64d"}
 def capabilities(features: tuple[str, ...], cores: int) -> Capabilities:
     has_v = "+v" in features
     return Capabilities(
-        vector_bits=128 if has_v else 0,
+        vector_bits=128 if has_v else 0,  # VLEN >= 128 assumed
+        vector_registers=32,
         cores=cores,
         peak_gflops=round(cores * (8 if has_v else 2) * 1.5, 1),
     )

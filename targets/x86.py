@@ -25,12 +25,15 @@ def capabilities(features: tuple[str, ...], cores: int, clock_ghz: float = 2.5) 
     else:
         vector_bits, flops_per_cycle = 128, 8
     int8: list[str] = []
-    if "+avx512vnni" in f or "+avxvnni" in f:
-        int8.append("vpdpbusd")
+    if {"+avx512vnni", "+avx512f", "+avx512bw"} <= f:
+        int8.append("vpdpbusd")  # 512-bit VNNI: needs the AVX-512 foundation and byte/word ops
+    if "+avxvnni" in f:
+        int8.append("vpdpbusd256")
     if "+avx2" in f or "+avx512bw" in f:
         int8.append("vpmaddubsw")
     return Capabilities(
         vector_bits=vector_bits,
+        vector_registers=32 if vector_bits == 512 else 16,
         int8_dot=tuple(int8),
         cores=cores,
         l1_kb=32,

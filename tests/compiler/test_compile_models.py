@@ -10,6 +10,7 @@ import pytest
 from onnx.reference import ReferenceEvaluator
 
 import compiler
+from compiler.lower import lowering
 from tests import models
 
 ZOO_TOL = {"resnet_block_cnn": 1e-4, "mlp": 1e-4, "transformer_block": 2e-4,
@@ -83,11 +84,13 @@ def test_batch_norm_folded_and_clip_fused_into_convs() -> None:
     """Conv -> BN -> Clip(0, 6) becomes one kernel per conv: BN scale in the weights, no
     divide left, no separate maximum/minimum kernel (numerics: test_zoo_model_matches_reference
     on depthwise_block). The expansion 1x1 conv and the depthwise conv after it share one
-    kernel (compiler.expand_depthwise), the expansion's Clip inside it; the depthwise conv's
+    kernel (compiler.lower.rewrites.expand_depthwise), the expansion's Clip inside it; the depthwise conv's
     Clip is inside it too, since the projection reads its output in the blocked layout."""
     from tvm import tirx
 
-    from compiler import frontend, lower
+    from compiler import frontend
+
+    from compiler import lower
     from targets import parse_target
 
     mod = frontend.load_model(models.get_model("depthwise_block")).mod
@@ -127,7 +130,7 @@ def test_batch_norm_of_an_nhwc_conv_is_left_to_decompose() -> None:
             out = bb.emit_output(relax.TupleGetItem(y, 0))
         bb.emit_func_output(out)
     mod = bb.get()
-    assert not lower._bn_after_conv_is_nchw(mod)
+    assert not lowering._bn_after_conv_is_nchw(mod)
 
     data = rng.standard_normal((1, 6, 6, 4)).astype("float32")
     ex = lower.build(mod, parse_target("host")).executable

@@ -45,11 +45,16 @@ def test_capabilities_follow_features() -> None:
     """Vector width and int8 instructions come from the features asked for."""
     base = parse_target("x86_64-linux-gnu").capabilities
     avx2 = parse_target("x86_64-linux-gnu -mattr=+avx2,+fma").capabilities
-    vnni = parse_target("x86_64-linux-gnu -mattr=+avx512f,+avx512vnni").capabilities
+    vnni = parse_target("x86_64-linux-gnu -mattr=+avx512f,+avx512bw,+avx512vnni").capabilities
     assert (base.vector_bits, avx2.vector_bits, vnni.vector_bits) == (128, 256, 512)
+    assert (base.vector_registers, avx2.vector_registers, vnni.vector_registers) == (16, 16, 32)
     assert "vpmaddubsw" in avx2.int8_dot and "vpdpbusd" in vnni.int8_dot
+    # AVX-VNNI is the 256-bit form: not the 512-bit vpdpbusd the VNNI kernels use
+    avxvnni = parse_target("x86_64-linux-gnu -mattr=+avx2,+fma,+avxvnni").capabilities
+    assert "vpdpbusd256" in avxvnni.int8_dot and "vpdpbusd" not in avxvnni.int8_dot
     assert parse_target("aarch64-linux-gnu -mattr=+dotprod,+i8mm").capabilities.int8_dot == (
         "sdot", "smmla")
+    assert parse_target("aarch64-linux-gnu").capabilities.vector_registers == 32
     assert not parse_target("embedded").capabilities.has_float
     assert parse_target("cuda").tvm_target_dict()["arch"] == "sm_80"
 
@@ -80,3 +85,21 @@ def test_known_triples_lists_the_documented_ones() -> None:
     for t in ("x86_64-linux-gnu", "aarch64-linux-gnu", "armv7a-linux-gnueabihf",
               "riscv64-linux-gnu", "nvptx64-nvidia-cuda", "host", "embedded"):
         assert t in names
+
+
+@pytest.mark.parametrize("spec", [
+    "x86_64-linux-gnu -mattr=+avx2,+fma -cores=2",
+    "x86_64-linux-gnu -mattr=+avx512f,+avx512bw,+avx512vnni -cores=2",
+    "aarch64-linux-gnu -mattr=+neon,+dotprod -cores=4",
+    "armv7a-linux-gnueabihf -mattr=+neon -cores=4",
+    "riscv64-linux-gnu -mattr=+v -cores=4",
+])
+def test_tvm_target_has_the_same_capabilities(spec: str) -> None:
+    """One description per target: what the schedules read from the TVM target object
+    (``capabilities_of``) is what ``parse_target`` built, peak estimate aside."""
+    from targets import capabilities_of
+
+    t = parse_target(spec)
+    caps = capabilities_of(t.tvm_target())
+    for field in ("vector_bits", "vector_registers", "int8_dot", "cores"):
+        assert getattr(caps, field) == getattr(t.capabilities, field), field

@@ -1,0 +1,388 @@
+"""The ``hwcc`` command line: a thin layer over the Python API.
+
+Every command prints what a person wants to read; ``--json`` prints one JSON object instead,
+with stable field names. Errors are one line on stderr and a non-zero exit code; ``--debug``
+shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compiler import api, stats
+from compiler.artifact.compare import compare_onnxruntime
+from compiler.artifact.runtime import Artifact, read_manifest, use_all_cores, verify_files
+from compiler.data import load_npz, save_npz_atomic, split_samples
+from compiler.errors import HwccError, RuntimeInputError
+from compiler.evaluate import evaluate_artifact
+from compiler.frontend import model_opset, parse_input_shapes, read_model, unsupported_nodes
+from targets import parse_target, target_table
+
+from .deploy import add_bundle_parser
+from .passes import (
+    add_lowering_arguments,
+    add_pass_arguments,
+    lower_options_from_args,
+    options_from_args,
+)
+from .search import add_search_parser
+from .tune import add_tune_parser
+
+logger = logging.getLogger("hwcc")
+
+EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
+
+
+# -- helpers ------------------------------------------------------------------------------
+def _emit_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=_json_default))
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def _kib(n: int) -> str:
+    return f"{n / 1024:,.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):,.2f} MiB"
+
+
+# -- commands -----------------------------------------------------------------------------
+def cmd_targets(args: argparse.Namespace) -> int:
+    rows = target_table()
+    host = parse_target("host")
+    if args.json:
+        _emit_json({"targets": rows, "host": host.to_dict()})
+        return EXIT_OK
+    w = max(len(r["triple"]) for r in rows)
+    print(f"{'triple':<{w}}  {'family':<8} {'runs here':<9} {'compiler':<24} description")
+    for r in rows:
+        print(f"{r['triple']:<{w}}  {r['family']:<8} {r['runs_here']:<9} "
+              f"{r['compiler']:<24} {r['description']}")
+    print(f"\nhost = {host}")
+    print("syntax: TRIPLE [-mcpu=CPU] [-mattr=+f1,+f2] [-arch=sm_XX] [-cores=N]; "
+          "'host' detects this machine")
+    return EXIT_OK
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+
+    shapes = parse_input_shapes(args.input_shape or [])
+    compression = options_from_args(args)
+    out = args.output or str(Path("out") / Path(args.model).stem)
+    art = api.compile(args.model, args.target, output_dir=out, input_shapes=shapes,
+                      compression=compression, tuning_log=args.tune_log,
+                      verify=not args.no_verify, lower_options=lower_options_from_args(args))
+    verify_inputs = compression.calibration if compression.wanted else None
+    m = art.manifest
+    latency = None
+    runs_here = "verification" in m
+    if runs_here and args.bench_repeat > 0:
+        latency = art.benchmark(repeat=args.bench_repeat, warmup=3)
+    if args.json:
+        _emit_json({"artifact": str(art.path), "target": m["target"]["target"],
+                    "model": m["model"], "compressed": m["compressed"], "kernels": m["kernels"],
+                    "passes": m["passes"], "library_bytes": art.size_bytes,
+                    "verification": m.get("verification"), "latency": latency})
+        return EXIT_OK
+    k = m["kernels"]
+    print(f"compiled {m['model']['source']} -> {art.path}")
+    print(f"  target       {m['target']['target']}")
+    print(f"  model        {m['model']['nodes']} ONNX nodes, {m['model']['params']:,} params, "
+          f"{_kib(m['model']['weight_bytes'])} of weights")
+    for p in m["passes"]:
+        print(f"  pass         {p['name']}: {_pass_summary(p)}")
+    if m["passes"]:
+        print(f"  compressed   {m['compressed']['params']:,} params, "
+              f"{_kib(m['compressed']['weight_bytes'])} of weights")
+    tuned = f"{k['tuned']} tuned ({k['tuning_log']})" if k["tuning_log"] else "0 tuned"
+    print(f"  kernels      {k['kernels']} fused kernels: {tuned}, "
+          f"{k['default_scheduled']} with default schedules, {len(k['unscheduled'])} unscheduled")
+    print(f"  module       {m['library']}, {_kib(art.size_bytes)}")
+    v = m.get("verification")
+    if v and "skipped" in v:
+        print(f"  agreement    not checked ({v['skipped']})")
+    elif v:
+        top1 = f", top-1 agreement {v['top1_agreement']:.1%}" if "top1_agreement" in v else ""
+        on = "the first calibration sample" if verify_inputs is not None else \
+            f"{v['inputs']} inputs"
+        print(f"  agreement    max abs err {v['max_abs_err']:.2e}, max rel err "
+              f"{v['max_rel_err']:.2e} vs {v['reference']} (float model) on {on}{top1}")
+    else:
+        print("  agreement    not checked (the target does not run on this machine)")
+    if latency:
+        print(f"  latency      {latency['median_ms']:.3f} ms median over {latency['repeat']} "
+              f"runs ({latency['threads']} threads)")
+    return EXIT_OK
+
+
+def _pass_summary(p: dict[str, Any]) -> str:
+    if "skipped" in p:
+        return f"skipped ({p['skipped']})"
+    rep = p.get("report") or {}
+    keys = [k for k in rep if isinstance(rep[k], (int, float, str))][:4]
+    return ", ".join(f"{k}={rep[k]}" for k in keys) or f"done in {p['seconds']} s"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    art = Artifact.load(args.artifact)
+    if args.inputs:
+        feeds, form = split_samples(load_npz(args.inputs), art.inputs)
+    else:
+        feeds, form = [art.random_inputs(seed=args.seed)], f"seeded random inputs (seed {args.seed})"
+    results = [art.run(f) for f in feeds]
+    if len(results) == 1:
+        outputs = results[0]
+    else:
+        outputs = {k: np.stack([r[k] for r in results]) for k in results[0]}
+    if args.output:
+        save_npz_atomic(args.output, outputs)
+    if args.json:
+        _emit_json({"artifact": str(art.path), "inputs": form, "samples": len(feeds),
+                    "outputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype),
+                                    "values": v.tolist() if v.size <= 64 else None}
+                                for k, v in outputs.items()},
+                    "output_file": args.output})
+        return EXIT_OK
+    print(f"ran {art.path} on {form}")
+    for name, v in outputs.items():
+        flat = v.reshape(-1)
+        head = np.array2string(flat[:8], precision=4, separator=", ")
+        extra = ""
+        if v.ndim >= 2 and v.shape[-1] > 1 and v.dtype.kind == "f":
+            extra = f"  argmax {v.reshape(-1, v.shape[-1]).argmax(-1)[:16].tolist()}"
+        print(f"  {name}: shape {list(v.shape)} {v.dtype}  {head}{' ...' if flat.size > 8 else ''}"
+              f"{extra}")
+    if args.output:
+        print(f"  wrote {args.output}")
+    return EXIT_OK
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    art = Artifact.load(args.artifact)
+    feeds = art.random_inputs(seed=0)
+    result = art.benchmark(feeds, repeat=args.repeat, warmup=args.warmup)
+    result["artifact"] = str(art.path)
+    if args.compare:
+        ref = compare_onnxruntime(art, feeds, repeat=args.repeat, warmup=args.warmup,
+                                  hwcc_median_ms=result["median_ms"])
+        result["compare"] = ref
+    if args.json:
+        _emit_json(result)
+        return EXIT_OK
+    print(f"{art.path}  ({result['target']}, {result['threads']} threads)")
+    print(f"  hwcc         median {result['median_ms']:.4f} ms  min {result['min_ms']:.4f}  "
+          f"max {result['max_ms']:.4f}  ({result['repeat']} runs)")
+    if args.compare:
+        r = result["compare"]
+        print(f"  onnxruntime  median {r['median_ms']:.4f} ms  min {r['min_ms']:.4f}  "
+              f"max {r['max_ms']:.4f}  ({r['threads']} threads)")
+        print(f"  ratio        hwcc is {r['speedup']:.2f}x onnxruntime's speed "
+              f"(onnxruntime median / hwcc median)")
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+
+    art = Artifact.load(args.artifact)
+    data = load_npz(args.data)
+    labels = None
+    if args.labels:
+        if args.labels not in data:
+            raise RuntimeInputError(f"{args.data} has no array '{args.labels}'; arrays: "
+                                    f"{sorted(data)}")
+        labels = data.pop(args.labels)
+    feeds, form = split_samples(data, art.inputs, what=args.data)
+    if args.limit and args.limit < len(feeds):
+        feeds = feeds[: args.limit]
+        labels = labels[: args.limit] if labels is not None else None
+        form += f", first {args.limit} used"
+    report = evaluate_artifact(art, feeds, labels)
+    report["data"] = form
+    report["artifact"] = str(art.path)
+    if args.json:
+        _emit_json(report)
+        return EXIT_OK
+    print(f"evaluated {art.path} on {args.data}: {form}")
+    if "top1_accuracy" in report:
+        print(f"  top-1 accuracy   hwcc {report['top1_accuracy']:.2%}   "
+              f"{report['reference']} {report['reference_top1_accuracy']:.2%}   "
+              f"(same prediction on {report['top1_agreement']:.2%} of samples)")
+    print(f"  max abs err      {report['max_abs_err']:.2e} vs {report['reference']} "
+          f"(mean {report['mean_abs_err']:.2e}, max rel {report['max_rel_err']:.2e})")
+    return EXIT_OK
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if path.is_dir():
+        manifest = read_manifest(path)
+        verify_files(path, manifest)
+        if args.json:
+            _emit_json(manifest)
+            return EXIT_OK
+        print(f"artifact {path}")
+        print(f"  target   {manifest['target']['target']}")
+        print(f"  model    {manifest['model']['source']} ({manifest['model']['params']:,} params)")
+        for kind in ("inputs", "outputs"):
+            for s in manifest[kind]:
+                print(f"  {kind[:-1]:<8} {s['name']}: {s['shape']} {s['dtype']}")
+        print(f"  passes   {', '.join(p['name'] for p in manifest['passes']) or 'none'}")
+        print(f"  kernels  {manifest['kernels']['kernels']} "
+              f"({manifest['kernels']['tuned']} tuned)")
+        print(f"  created  {manifest['created']} with hwcc {manifest['versions'].get('hwcc')}, "
+              f"TVM {manifest['versions'].get('apache-tvm')}")
+        return EXIT_OK
+
+    model, source = read_model(path)
+    ops = Counter(n.op_type for n in model.graph.node)
+    inits = {t.name for t in model.graph.initializer}
+    info = {
+        "model": source,
+        "opset": model_opset(model),
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "nodes": len(model.graph.node),
+        "ops": dict(ops.most_common()),
+        **stats.onnx_weights(model),
+        "inputs": [_vi(v) for v in model.graph.input if v.name not in inits],
+        "outputs": [_vi(v) for v in model.graph.output],
+        "unsupported": [{"op": o, "node": n, "domain": d} for o, n, d in unsupported_nodes(model)],
+    }
+    if args.json:
+        _emit_json(info)
+        return EXIT_OK
+    print(f"model {source}: opset {info['opset']}, {info['nodes']} nodes, "
+          f"{info['params']:,} params ({_kib(info['weight_bytes'])})")
+    for kind in ("inputs", "outputs"):
+        for s in info[kind]:
+            print(f"  {kind[:-1]:<7} {s['name']}: {s['shape']} {s['dtype']}")
+    print("  ops     " + ", ".join(f"{k}×{v}" for k, v in ops.most_common()))
+    if info["unsupported"]:
+        print("  unsupported: " + ", ".join(f"{u['op']} ({u['node']})" for u in info["unsupported"]))
+    return EXIT_OK
+
+
+def _vi(v: Any) -> dict[str, Any]:
+    import onnx
+
+    tt = v.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
+    try:
+        dtype = str(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)))
+    except Exception:
+        dtype = str(tt.elem_type)
+    return {"name": v.name, "shape": dims, "dtype": dtype}
+
+
+# -- parser -------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hwcc", description="Compile ONNX models with TVM Relax "
+                                "for a target triple: compress, tune, deploy.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("compile", help="compile an ONNX model into an artifact directory")
+    c.add_argument("model", help="ONNX model file")
+    c.add_argument("--target", "-t", default="host", help="target triple (see 'hwcc targets'); "
+                   "default: host")
+    c.add_argument("-o", "--output", help="artifact directory (default: out/<model name>)")
+    c.add_argument("--input-shape", action="append", metavar="NAME=D1,D2,...",
+                   help="pin a dynamic input shape (repeatable)")
+    c.add_argument("--tune-log", metavar="DIR", help="MetaSchedule tuning records to use "
+                   "(default: tuning_logs/<device>/<target>/ when present)")
+    c.add_argument("--no-verify", action="store_true",
+                   help="skip the agreement check against onnxruntime / onnx.reference")
+    c.add_argument("--bench-repeat", type=int, default=20, metavar="N",
+                   help="runs to time after compiling when the target runs here (0: none)")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    add_lowering_arguments(c)
+    add_pass_arguments(c)
+    c.set_defaults(func=cmd_compile)
+
+    r = sub.add_parser("run", help="run an artifact on inputs from an .npz file")
+    r.add_argument("artifact", help="artifact directory")
+    r.add_argument("--inputs", metavar="FILE.npz", help="inputs keyed by input name; each "
+                   "array shaped like the input, or with a leading sample axis")
+    r.add_argument("--output", metavar="FILE.npz", help="write outputs keyed by output name")
+    r.add_argument("--seed", type=int, default=0, help="seed of random inputs (no --inputs)")
+    r.add_argument("--json", action="store_true", help="print one JSON object")
+    r.set_defaults(func=cmd_run)
+
+    b = sub.add_parser("bench", help="time an artifact")
+    b.add_argument("artifact", help="artifact directory")
+    b.add_argument("--repeat", type=int, default=50, help="timed runs (default 50)")
+    b.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
+    b.add_argument("--compare", choices=["onnxruntime"], help="also time the same ONNX model "
+                   "in onnxruntime, same inputs, same run")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.set_defaults(func=cmd_bench)
+
+    e = sub.add_parser("eval", help="accuracy and agreement of an artifact on a data file")
+    e.add_argument("artifact", help="artifact directory")
+    e.add_argument("--data", required=True, metavar="FILE.npz", help="inputs keyed by input "
+                   "name (with a leading sample axis, or one sample)")
+    e.add_argument("--labels", metavar="KEY", help="array in the data file holding class labels")
+    e.add_argument("--limit", type=int, default=0, help="use only the first N samples")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.set_defaults(func=cmd_eval)
+
+    i = sub.add_parser("inspect", help="describe an ONNX model or an artifact directory")
+    i.add_argument("path", help="ONNX file or artifact directory")
+    i.add_argument("--json", action="store_true", help="print one JSON object (artifacts: "
+                   "the manifest)")
+    i.set_defaults(func=cmd_inspect)
+
+    add_tune_parser(sub)
+    add_search_parser(sub)
+    add_bundle_parser(sub)
+
+    t = sub.add_parser("targets", help="list the known target triples")
+    t.add_argument("--json", action="store_true", help="print one JSON object")
+    t.set_defaults(func=cmd_targets)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    use_all_cores()  # before TVM's runtime starts its thread pool
+    try:
+        return int(args.func(args) or EXIT_OK)
+    except HwccError as err:
+        if args.debug:
+            raise
+        print(f"hwcc: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("hwcc: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # a bug in hwcc or TVM: still one line unless --debug
+        if args.debug:
+            raise
+        msg = str(err).strip().splitlines()
+        print(f"hwcc: internal error: {type(err).__name__}: {msg[-1] if msg else ''} "
+              "(run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

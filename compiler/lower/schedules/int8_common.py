@@ -1,0 +1,173 @@
+"""Shared pieces of the int8 rules: matching integer contractions, ISA choice, layout helpers.
+
+The quantize pass (``passes/quantize.py``) legalizes to blocks of the form::
+
+    C[s...] = C[s...] + T.Cast("int32", A[...]) * T.Cast("int32", B[...])   # init C = 0
+
+with ``A`` the ``uint8`` (x86) or ``int8`` activation and ``B`` the ``int8`` weight. This module
+matches that block (returning the same :class:`~.analysis.Contraction` the float rules use, so
+their helpers apply) and decides which dot-product instruction a target offers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import SBlockInfo
+
+from targets import capabilities_of
+
+from .analysis import (
+    _LOAD,
+    Contraction,
+    match_contraction,
+    region_buffer,
+)
+from .int8_intrin import avx2_intrin, vnni_intrin
+from .target_info import is_cpu_target
+
+logger = logging.getLogger(__name__)
+
+_CAST = type(tirx.Cast("int32", tirx.IntImm("int8", 0)))
+
+#: Reduction elements one dot-product instruction sums per output lane.
+K_BLOCK = 4
+
+
+@dataclass(frozen=True)
+class DotISA:
+    """The integer dot product a target gets: intrinsic family and output lanes per call."""
+
+    kind: str  # "vnni" or "avx2"
+    lanes: int  # int32 outputs per instruction (16 for vpdpbusd.512, 8 for AVX2)
+
+    def intrin(self, scope: str) -> str:
+        """Register (on first use) and return the tensor intrinsic for accumulator ``scope``."""
+
+        return vnni_intrin(scope) if self.kind == "vnni" else avx2_intrin(scope)
+
+
+def dot_isa(target: tvm.target.Target | None, allow_avx2: bool = False) -> DotISA | None:
+    """The u8×s8 dot product of an LLVM x86 target, or None, from its capabilities.
+
+    ``vpdpbusd`` (AVX-512 VNNI with F and BW) gives 16 lanes on 512-bit vectors.
+    ``vpmaddubsw`` (AVX2) gives the ``vpmaddubsw``/``vpmaddwd`` pair only when ``allow_avx2``
+    (the caller must know the weights fit in 7 bits: that pair saturates otherwise).
+    """
+    if not is_cpu_target(target):
+        return None
+    dots = capabilities_of(target).int8_dot
+    if "vpdpbusd" in dots:
+        return DotISA("vnni", 16)
+    if allow_avx2 and "vpmaddubsw" in dots:
+        return DotISA("avx2", 8)
+    return None
+
+
+def _cast_load(expr: tirx.PrimExpr) -> tirx.PrimExpr | None:
+    """``load`` for ``T.Cast("int32", load)`` (or a bare int32 load), else None."""
+    if isinstance(expr, _CAST) and str(expr.ty) == "int32" and isinstance(expr.value, _LOAD):
+        return expr.value
+    return None
+
+
+def _vars_in(expr: tirx.PrimExpr) -> set[tirx.Var]:
+    return set(tirx.analysis.undefined_vars(expr))
+
+
+def _is_zero(expr: tirx.PrimExpr) -> bool:
+    return isinstance(expr, tirx.IntImm) and int(expr.value) == 0
+
+
+def match_int_contraction(sch: s_tir.Schedule, info: SBlockInfo) -> Contraction | None:
+    """Match ``C[s] = C[s] + i32(A[..]) * i32(B[..])`` with int32 ``C`` and 8-bit ``A``, ``B``.
+
+    Same requirements as :func:`.analysis.match_contraction` (zero init, output indexed by
+    distinct spatial iterators, every non-unit iterator on its own loop) except the operand
+    types: both are loads of ``uint8``/``int8`` buffers under a cast to ``int32``.
+    """
+    return match_contraction(sch, info, "int32", ("uint8", "int8"), _cast_load)
+
+
+
+def single_int_contraction(sch: s_tir.Schedule, infos: list[SBlockInfo]) -> Contraction | None:
+    """The function's only reduction block if it is an integer contraction, else None."""
+    found = None
+    for info in infos:
+        if not info.is_reduction():
+            continue
+        if found is not None:
+            return None
+        found = info
+    if found is None:
+        return None
+    return match_int_contraction(sch, found)
+
+
+def read_index(sch: s_tir.Schedule, block, buffer: tirx.Buffer) -> int | None:
+    """Position of ``buffer`` among ``block``'s reads if it is read exactly once."""
+    reads = [i for i, r in enumerate(sch.get(block).reads) if region_buffer(r).same_as(buffer)]
+    return reads[0] if len(reads) == 1 else None
+
+
+def round_up(x: int, m: int) -> int:
+    """``x`` rounded up to a multiple of ``m``."""
+    return -(-x // m) * m
+
+
+def last_dim_blocked(ndim: int, c: int) -> tirx.IndexMap:
+    """Index map ``[..., k] -> [..., k // c, k % c]`` for an ``ndim``-dimensional buffer."""
+
+    def fmap(*idx):
+        return (*idx[:-1], idx[-1] // c, idx[-1] % c)
+
+    return tirx.IndexMap.from_func(fmap, ndim=ndim)
+
+
+def pad_accumulator(sch: s_tir.Schedule, block, ndim: int, lanes: int) -> None:
+    """Round the last dimension of ``block``'s (intermediate) output up to ``lanes``.
+
+    The buffer becomes ``[..., ceil(n / lanes), lanes]``; the tensorized loop then writes
+    whole vectors, the lanes past ``n`` (zero weights) are never read. No pad value is
+    declared: with one, ``transform_layout`` adds a block writing the padding, which breaks
+    ``decompose_reduction`` and ``reverse_compute_at``; the padding check is skipped instead
+    (``assume_injective_transform``; the map is injective).
+    """
+    sch.transform_layout(
+        block,
+        ("write", 0),
+        last_dim_blocked(ndim, lanes),
+        pad_value=None,
+        assume_injective_transform=True,
+    )
+
+
+def inline_other_producers(sch: s_tir.Schedule, tail, main) -> None:
+    """Inline the data-parallel producers of ``tail`` other than ``main``, and theirs in turn.
+
+    ``reverse_compute_at`` needs every producer of the epilogue under the tile loop; an
+    epilogue that also reads a computed tensor (a dequantized residual in QDQ models) gets that
+    computation inlined (recomputed per element, cheap elementwise work). Producers that cannot
+    be inlined are left; the caller's ``reverse_compute_at`` then fails and the rule declines.
+    """
+    main_name = sch.get(main).name_hint
+    failed: set[str] = set()
+    progress = True
+    while progress:  # an inlined producer's own producers become the epilogue's producers
+        progress = False
+        for producer in list(sch.get_producers(tail)):
+            name = sch.get(producer).name_hint
+            if name == main_name or name in failed:
+                continue
+            if not all(iv.iter_type == tirx.IterVar.DataPar
+                       for iv in sch.get(producer).iter_vars):
+                continue
+            try:
+                sch.compute_inline(producer)
+                progress = True
+            except Exception as err:  # noqa: BLE001 - see docstring
+                failed.add(name)
+                logger.debug("epilogue producer not inlined: %s", err)

@@ -1,0 +1,303 @@
+"""Default CPU schedule for int8 matmul / dense blocks: packed weights, ``vpdpbusd`` tensorized.
+
+Matches what the quantize pass emits for ``R.matmul(x_q, w_q, out_dtype="int32")``::
+
+    C[.., m, n] += i32(A[.., m, k]) * i32(B[k, n])        # A uint8, B int8 constant
+
+(``B[n, k]`` too). The constant weight is packed at compile time to the VNNI layout
+``[ceil(N/16), ceil(K/4), 16, 4]`` (zero padded), the iteration domain is rounded up to those
+blocks (reads of the padding hit zero weights; the ``A`` copy is zero padded when ``K % 4``,
+the int32 accumulator is padded when ``N % 16``), and the inner ``16 x 4`` is tensorized with
+the VNNI intrinsic (one ``vpdpbusd``: 16 int32 lanes += 4 u8·s8 products each). Each parallel
+task computes an ``MR x 16·NV`` register tile over the whole ``K`` and applies the fused
+epilogue (bias, requantization, clamp, cast) per tile.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.sym import Analyzer
+
+from .analysis import Contraction, Operand, block_infos, is_plain, param_index
+from .common import (
+    MIN_PARALLEL_WORK,
+    choose_factor,
+    inline_epilogue_chain,
+    schedule_other_blocks,
+)
+from .int8_common import (
+    K_BLOCK,
+    DotISA,
+    dot_isa,
+    inline_other_producers,
+    last_dim_blocked,
+    pad_accumulator,
+    read_index,
+    round_up,
+    single_int_contraction,
+)
+from .packing import WeightPack
+from .target_info import cpu_info
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Int8MatmulMatch:
+    """A matched ``C[b.., m, n] += i32(A[.., m, k]) * i32(B[..])`` block.
+
+    ``layout`` is ``"kn"`` / ``"nk"`` for a plain 2-D weight, ``"packed"`` for the VNNI layout
+    ``[n // L, k // 4, n % L, k % 4]``.
+    """
+
+    con: Contraction
+    batch: list[tirx.Var]
+    m: tirx.Var | None
+    n: tirx.Var
+    k: tirx.Var
+    lhs: Operand
+    rhs: Operand
+    layout: str
+
+
+def _is_packed(rhs: Operand, n: tirx.Var, k: tirx.Var, lanes: int, n_ext: int, k_ext: int) -> bool:
+    """Whether ``rhs`` is read as ``[n // lanes, k // 4, n % lanes, k % 4]`` (modulo simplify)."""
+    if len(rhs.indices) != 4:
+        return False
+    shape = [int(d) for d in rhs.buffer.shape]
+    if shape != [
+        round_up(n_ext, lanes) // lanes,
+        round_up(k_ext, K_BLOCK) // K_BLOCK,
+        lanes,
+        K_BLOCK,
+    ]:
+        return False
+    ana = Analyzer()
+    ana.bind(n, tvm.ir.Range(0, n_ext))
+    ana.bind(k, tvm.ir.Range(0, k_ext))
+    expected = [n // lanes, k // K_BLOCK, n % lanes, k % K_BLOCK]
+    return all(ana.can_prove_equal(a, b) for a, b in zip(rhs.indices, expected))
+
+
+def match_int8_matmul(sch: s_tir.Schedule, lanes: int) -> Int8MatmulMatch | None:
+    """Find the single u8×s8→s32 matmul contraction of the function, or None.
+
+    Requirements: one integer contraction (:func:`.int8_common.match_int_contraction`) with one
+    reduction ``k`` and static extents (no dynamic batch); ``A`` is ``uint8``, indexed ``[.., m, k]``
+    with ``k`` last and plain; ``B`` is ``int8``, uses only ``k`` and ``n`` (no batch), laid out
+    ``[k, n]``, ``[n, k]`` or packed for ``lanes``. All other blocks data-parallel.
+    """
+    infos = block_infos(sch)
+    if infos is None:
+        return None
+    con = single_int_contraction(sch, infos)
+    if con is None or len(con.reduce) != 1 or len(con.out_vars) < 2:
+        return None
+    k = con.reduce[0]
+    m, n = con.out_vars[-2], con.out_vars[-1]
+    batch = [v for v in con.out_vars[:-2] if v is not None]
+    if n is None or not con.is_static():
+        # symbolic rows (dynamic batch): the tensorized block does not match under the row
+        # predicate; such kernels are left to the float rules' fallback
+        return None
+    lhs = rhs = None
+    for op in con.operands:
+        if op.uses(n) and not op.uses(m) and op.uses(k):
+            rhs = op
+        elif (m is None or op.uses(m)) and not op.uses(n) and op.uses(k):
+            lhs = op
+    if lhs is None or rhs is None:
+        return None
+    if lhs.buffer.dtype != "uint8" or rhs.buffer.dtype != "int8":
+        return None
+    if not is_plain(lhs.indices[-1], k) or any(k in u for u in lhs.used[:-1]):
+        return None
+    if any(rhs.uses(v) for v in batch):
+        return None
+    if len(rhs.indices) == 2 and is_plain(rhs.indices[0], k) and is_plain(rhs.indices[1], n):
+        layout = "kn"
+    elif len(rhs.indices) == 2 and is_plain(rhs.indices[0], n) and is_plain(rhs.indices[1], k):
+        layout = "nk"
+    elif _is_packed(rhs, n, k, lanes, con.extent(n), con.extent(k)):
+        layout = "packed"
+    else:
+        return None
+    return Int8MatmulMatch(con, batch, m, n, k, lhs, rhs, layout)
+
+
+def vnni_pack(w: np.ndarray, layout: str, lanes: int) -> np.ndarray:
+    """Pack a 2-D int8 weight (``[K, N]`` or ``[N, K]``) to ``[N/lanes, K/4, lanes, 4]``.
+
+    Both dimensions are rounded up with zeros.
+    """
+    wk = w if layout == "kn" else w.T
+    kk, nn = wk.shape
+    kp, np_ = round_up(kk, K_BLOCK), round_up(nn, lanes)
+    padded = np.zeros((kp, np_), dtype=w.dtype)
+    padded[:kk, :nn] = wk
+    return np.ascontiguousarray(
+        padded.reshape(kp // K_BLOCK, K_BLOCK, np_ // lanes, lanes).transpose(2, 0, 3, 1)
+    )
+
+
+def _tiles(m_ext: int | None, n_blocks: int, num_cores: int) -> tuple[int, int]:
+    """Register tile ``(MR, NV)``: ``MR`` rows by ``NV`` 16-lane vectors, ~24 accumulators."""
+    if m_ext is None:
+        m_ext = 1 << 20
+    max_nv = 4 if m_ext >= 4 else 8
+    nv = 1
+    for cand in range(min(max_nv, n_blocks), 0, -1):
+        if n_blocks % cand == 0 and (m_ext > 8 or n_blocks // cand >= 2 * num_cores or cand == 1):
+            nv = cand
+            break
+    mr = max(1, 24 // nv)
+    mr = choose_factor(m_ext, mr, minimum=max(1, mr // 2))
+    return mr, nv
+
+
+def schedule_int8_matmul(
+    sch: s_tir.Schedule, match: Int8MatmulMatch, isa: DotISA, num_cores: int
+) -> s_tir.Schedule | None:
+    """Tile, pad and tensorize a matched int8 matmul whose weight is packed (in place)."""
+    con = match.con
+    main = con.block
+    lanes = isa.lanes
+    func = sch.mod["main"]
+    n_ext, k_ext = con.extent(match.n), con.extent(match.k)
+    m_ext = con.extent(match.m)
+    out_is_param = param_index(func, con.out) is not None
+    # loops are looked up again after the layout changes below (which re-create them)
+    iter_pos = {}
+    for i, it in enumerate(con.info.iters):
+        iter_pos[it.var] = i
+    # 1. A zero-padded, k-blocked copy of the activation when K is not a multiple of 4
+    if k_ext % K_BLOCK:
+        a_idx = read_index(sch, main, match.lhs.buffer)
+        if a_idx is None:
+            return None
+        sch.cache_read(main, a_idx, "global")
+        sch.transform_layout(
+            main, ("read", a_idx), last_dim_blocked(len(match.lhs.indices), K_BLOCK), pad_value=0
+        )
+    # 2. accumulator: a local tile, written back by the fused epilogue (or a plain copy)
+    if out_is_param or not list(sch.get_consumers(main)):
+        tail = sch.cache_write(main, 0, "global")
+    else:
+        tail = inline_epilogue_chain(sch, main)
+    if n_ext % lanes:
+        pad_accumulator(sch, main, len(con.out_vars), lanes)
+    scope = "global"
+    if tail is not None:
+        sch.set_scope(main, 0, "local")
+        scope = "local"
+    # 3. tiles; batches of one row each ([S, 1, K], PyTorch's sequence-first projections)
+    # are the rows of one matmul, as in the float32 rule
+    fold = bool(match.batch) and m_ext == 1 and all(
+        con.extent(v) is not None for v in match.batch)  # m_ext None: symbolic rows
+    rows = int(np.prod([con.extent(v) for v in match.batch])) if fold else m_ext
+    mr, nv = _tiles(rows, round_up(n_ext, lanes) // lanes, num_cores)
+    if rows is not None and rows % mr:
+        # a row predicate on the tensorized block would not match the dot intrinsic
+        mr = choose_factor(rows, mr, minimum=1)
+    loops = sch.get_loops(main)
+
+    def loop_of(var):
+        for v, i in iter_pos.items():
+            if var is not None and v.same_as(var):
+                return loops[i]
+        return None
+
+    batch_loops = [lp for lp in (loop_of(v) for v in match.batch) if lp is not None]
+    lm, ln, lk = loop_of(match.m), loop_of(match.n), loop_of(match.k)
+    if fold and batch_loops:
+        lm = sch.fuse(*batch_loops, *([lm] if lm is not None else []))
+        batch_loops = []
+    jo, ji = sch.split(ln, [None, lanes], disable_predication=bool(n_ext % lanes))
+    ko, ki = sch.split(lk, [None, K_BLOCK], disable_predication=bool(k_ext % K_BLOCK))
+    joo, joi = sch.split(jo, [None, nv])
+    io = ii = None
+    if lm is not None:
+        io, ii = sch.split(lm, [None, mr])
+    outer = [*batch_loops, *([io] if io is not None else []), joo]
+    sch.reorder(*outer, ko, *([ii] if ii is not None else []), joi, ji, ki)
+    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    if tail is not None:
+        inline_other_producers(sch, tail, main)
+        sch.reverse_compute_at(tail, fused, preserve_unit_loops=True)
+        tail_loops = list(sch.get_loops(tail))
+        inner = tail_loops[-1]
+        ext = sch.get(inner).extent
+        if isinstance(ext, tirx.IntImm) and int(ext.value) > 1:
+            sch.vectorize(inner)
+    work = int(np.prod([e or 1024 for e in con.extents.values()]))
+    if work >= MIN_PARALLEL_WORK:
+        sch.parallel(fused)
+    init = sch.decompose_reduction(main, ko)
+    sch.vectorize(sch.get_loops(init)[-1])
+    skip = [main, init] + ([tail] if tail is not None else [])
+    schedule_other_blocks(sch, skip, lanes, num_cores)
+    sch.tensorize(ji, isa.intrin(scope))
+    if ii is not None and mr > 1:
+        sch.unroll(ii)
+    if nv > 1:
+        sch.unroll(joi)
+    logger.debug("int8 matmul: MR=%d NV=%d lanes=%d", mr, nv, lanes)
+    return sch
+
+
+class Int8Dense(CPUScheduleRule):
+    """u8×s8→s32 matmul / dense with a constant weight: VNNI-packed and tensorized.
+
+    Applies to targets with ``+avx512vnni``; returns None elsewhere (and for non-constant
+    weights, int8×int8 activations, symbolic extents), leaving the block to later rules.
+    """
+
+    def pack_plan(self, func: tirx.PrimFunc, target: tvm.target.Target) -> WeightPack | None:
+        """Plan to pack a 2-D int8 parameter weight into ``[N/16, K/4, 16, 4]`` (zero padded)."""
+        isa = dot_isa(target)
+        if isa is None:
+            return None
+        sch = s_tir.Schedule(func)
+        match = match_int8_matmul(sch, isa.lanes)
+        if match is None or match.layout == "packed":
+            return None
+        idx = param_index(func, match.rhs.buffer)
+        r_idx = read_index(sch, match.con.block, match.rhs.buffer)
+        if idx is None or r_idx is None:
+            return None
+        lanes, layout = isa.lanes, match.layout
+
+        if layout == "kn":
+
+            def index_map(k, n):
+                return (n // lanes, k // K_BLOCK, n % lanes, k % K_BLOCK)
+
+        else:
+
+            def index_map(n, k):
+                return (n // lanes, k // K_BLOCK, n % lanes, k % K_BLOCK)
+
+        def pack(w: np.ndarray) -> np.ndarray:
+            return vnni_pack(w, layout, lanes)
+
+        block = sch.get(match.con.block)
+        return WeightPack(block.name_hint, r_idx, idx, index_map, pack, pad_value=0)
+
+    def apply(
+        self, func: tirx.PrimFunc, target: tvm.target.Target, tunable: bool
+    ) -> s_tir.Schedule | None:
+        isa = dot_isa(target)
+        if isa is None:
+            return None
+        sch = s_tir.Schedule(func)
+        match = match_int8_matmul(sch, isa.lanes)
+        if match is None or match.layout != "packed":
+            return None
+
+        return schedule_int8_matmul(sch, match, isa, cpu_info(target).num_cores)

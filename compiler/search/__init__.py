@@ -1,0 +1,1 @@
+"""Per-layer compression search against measured latency and an accuracy budget."""

@@ -1,0 +1,312 @@
+"""int8 kernels (compiler.lower.schedules Int8Dense / Int8Conv2d): bit-exact vs numpy, tensorized.
+
+The integer results (int32 accumulators and the float epilogue the quantize pass fuses after
+them) must equal numpy's integer math exactly, for sizes that are not multiples of the VNNI
+blocks (16 output channels, 4 reduction elements). Runs on a VNNI target when this machine has
+AVX-512 VNNI, else on the host target (the int8 rules then do not apply; results must still
+be exact). The tensorization property test only compiles, so it runs anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TVM_NUM_THREADS", "2")
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
+
+from compiler.lower.schedules import apply_default_schedules, is_scheduled
+
+VNNI = tvm.target.Target(
+    {
+        "kind": "llvm",
+        "mtriple": "x86_64-linux-gnu",
+        "mattr": ["+avx2", "+fma", "+avx512f", "+avx512bw", "+avx512vl", "+avx512vnni"],
+        "num-cores": 2,
+    }
+)
+AVX2 = tvm.target.Target(
+    {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mattr": ["+avx2", "+fma"], "num-cores": 2}
+)
+
+
+def _host_has_vnni() -> bool:
+    try:
+        return "avx512_vnni" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+RUN_TARGET = VNNI if _host_has_vnni() else AVX2
+SCALE = np.float32(0.01)
+
+
+def _dense_mod(m: int, k: int, n: int, transposed: bool, epilogue: bool, seed: int):
+    rng = np.random.default_rng(seed)
+    w = rng.integers(-128, 128, size=(n, k) if transposed else (k, n)).astype("int8")
+    bias = rng.integers(-5000, 5000, size=(n,)).astype("int32")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((m, k), "uint8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            wt = relax.const(w)
+            if transposed:
+                wt = bb.emit(relax.op.permute_dims(wt))
+            y = bb.emit(relax.op.matmul(x, wt, out_dtype="int32"))
+            if epilogue:
+                y = bb.emit(relax.op.add(y, relax.const(bias)))
+                y = bb.emit(relax.op.multiply(relax.op.astype(y, "float32"), relax.const(SCALE)))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    wk = (w.T if transposed else w).astype(np.int32)
+    xin = rng.integers(0, 256, size=(m, k)).astype("uint8")
+    want = xin.astype(np.int32) @ wk
+    if epilogue:
+        want = (want + bias).astype(np.float32) * SCALE
+    return bb.get(), {"x": xin}, want
+
+
+def _conv_mod(c, f, h, w_, k, stride, pad, pad_value, residual, seed):
+    """conv2d (explicit pad with a zero point, like the quantize pass) + bias/scale/residual.
+
+    With a residual add the scale is a power of two: LLVM contracts ``acc * s + r`` into an
+    FMA, which rounds once instead of twice unless the product is exact.
+    """
+    scale = np.float32(0.0625) if residual else SCALE
+    rng = np.random.default_rng(seed)
+    w = rng.integers(-128, 128, size=(f, c, k, k)).astype("int8")
+    bias = rng.integers(-5000, 5000, size=(1, f, 1, 1)).astype("int32")
+    oh, ow = (h + 2 * pad - k) // stride + 1, (w_ + 2 * pad - k) // stride + 1
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, c, h, w_), "uint8"))
+    params = [x]
+    r = None
+    if residual:
+        r = relax.Var("r", relax.TensorType((1, f, oh, ow), "float32"))
+        params.append(r)
+    with bb.function("main", params):
+        with bb.dataflow():
+            inp = x
+            if pad and pad_value:
+                inp = bb.emit(
+                    relax.op.nn.pad(x, [0, 0, 0, 0, pad, pad, pad, pad], pad_value=float(pad_value))
+                )
+            y = bb.emit(
+                relax.op.nn.conv2d(
+                    inp,
+                    relax.const(w),
+                    strides=stride,
+                    padding=0 if pad_value else pad,
+                    out_dtype="int32",
+                )
+            )
+            y = bb.emit(relax.op.add(y, relax.const(bias)))
+            y = bb.emit(relax.op.multiply(relax.op.astype(y, "float32"), relax.const(scale)))
+            if residual:
+                y = bb.emit(relax.op.nn.relu(relax.op.add(y, r)))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    feeds = {"x": rng.integers(0, 256, size=(1, c, h, w_)).astype("uint8")}
+    if residual:
+        feeds["r"] = rng.standard_normal((1, f, oh, ow)).astype("float32")
+    xp = np.pad(
+        feeds["x"].astype(np.int64),
+        ((0, 0), (0, 0), (pad, pad), (pad, pad)),
+        constant_values=pad_value,
+    )
+    acc = np.zeros((1, f, oh, ow), np.int64)
+    for ry in range(k):
+        for rx in range(k):
+            patch = xp[
+                :,
+                :,
+                ry : ry + stride * (oh - 1) + 1 : stride,
+                rx : rx + stride * (ow - 1) + 1 : stride,
+            ]
+            acc += np.einsum("bchw,fc->bfhw", patch, w[:, :, ry, rx].astype(np.int64))
+    want = (acc.astype(np.int32) + bias).astype(np.float32) * scale
+    if residual:
+        want = np.maximum(want + feeds["r"], np.float32(0))
+    return bb.get(), feeds, want
+
+
+def _schedule(mod: tvm.IRModule, target) -> tvm.IRModule:
+    with target:
+        passes = cpu_pipeline.library_dispatch_passes(target) + cpu_pipeline.legalize_passes(target)
+        fused = tvm.transform.Sequential(passes)(mod)
+        return apply_default_schedules(fused, target)
+
+
+def _build(mod: tvm.IRModule, target):
+    scheduled = _schedule(mod, target)
+    with target:
+        passes = cpu_pipeline.dataflow_lower_passes(target) + cpu_pipeline.finalize_passes(target)
+        lowered = tvm.transform.Sequential(passes)(scheduled)
+    return tvm.compile(lowered, target=target, relax_pipeline=None), scheduled
+
+
+def _run(mod: tvm.IRModule, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, tvm.IRModule]:
+    ex, scheduled = _build(mod, RUN_TARGET)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    out = vm["main"](*[tvm.runtime.tensor(v) for v in feeds.values()])
+    return out.numpy(), scheduled
+
+
+def _tir_text(mod: tvm.IRModule) -> str:
+    return "\n".join(
+        f.script() for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)
+    )
+
+
+@pytest.mark.parametrize(
+    "m,k,n,transposed,epilogue",
+    [
+        (7, 30, 37, False, True),
+        (5, 9, 10, False, False),
+        (3, 33, 17, True, True),
+        (1, 128, 10, False, True),
+        (64, 64, 48, False, False),
+    ],
+)
+def test_int8_dense_bit_exact(m, k, n, transposed, epilogue):
+    """u8×s8→s32 matmul (+ fused bias/scale), N and K not multiples of 16 / 4."""
+    mod, feeds, want = _dense_mod(m, k, n, transposed, epilogue, seed=m * 100 + k)
+    got, scheduled = _run(mod, feeds)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+    if RUN_TARGET is VNNI:
+        assert "vpdpbusd" in _tir_text(scheduled)
+
+
+@pytest.mark.parametrize("rows", [37, 40])
+def test_int8_sequence_first_dense_with_zero_point_correction_bit_exact(rows):
+    """[S, 1, K] u8 x s8 (PyTorch's sequence-first layout) with the dynamic-quantization
+    epilogue ``(x w - zp * colsum(w)) * scale``, zp a run-time scalar: the S batches are rows of
+    one tensorized matmul (tiles of rows dividing S, none for a prime S), the zero-point product
+    is inlined into the epilogue, and the result equals numpy's integer math."""
+    k, n = 32, 48
+    rng = np.random.default_rng(rows)
+    w = rng.integers(-128, 128, size=(k, n)).astype("int8")
+    colsum = w.astype(np.int32).sum(axis=0)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((rows, 1, k), "uint8"))
+    zp = relax.Var("zp", relax.TensorType((), "float32"))  # as the quantize pass computes it
+    with bb.function("main", [x, zp]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.matmul(x, relax.const(w), out_dtype="int32"))
+            zp_int = bb.emit(relax.op.astype(zp, "int32"))
+            corr = bb.emit(relax.op.multiply(zp_int, relax.const(colsum)))
+            y = bb.emit(relax.op.subtract(y, corr))
+            y = bb.emit(relax.op.multiply(relax.op.astype(y, "float32"), relax.const(SCALE)))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    feeds = {"x": rng.integers(0, 256, size=(rows, 1, k)).astype("uint8"),
+             "zp": np.array(7, dtype="float32")}
+    want = ((feeds["x"].astype(np.int32) @ w.astype(np.int32)) - 7 * colsum).astype(
+        np.float32) * SCALE
+    got, scheduled = _run(bb.get(), feeds)
+    np.testing.assert_array_equal(got, want)
+    if RUN_TARGET is VNNI:
+        text = _tir_text(scheduled)
+        assert "vpdpbusd" in text
+        assert ("T.unroll(T.int64(8))" in text) == (rows == 40)  # 8-row tiles; S = 37: 1
+
+
+@pytest.mark.parametrize(
+    "c,f,h,w,k,stride,pad,pad_value,residual",
+    [
+        (16, 32, 14, 14, 3, 1, 1, 0, False),  # 3x3 stride 1
+        (7, 20, 11, 13, 3, 2, 1, 0, False),  # 3x3 stride 2, odd channels
+        (6, 17, 8, 8, 1, 1, 0, 0, False),  # 1x1 (input copied to channel blocks)
+        (5, 16, 10, 9, 3, 1, 1, 7, True),  # zero-point padding, residual add + ReLU
+        (3, 8, 16, 16, 1, 2, 0, 0, False),  # 1x1 stride 2 (downsample)
+    ],
+)
+def test_int8_conv2d_bit_exact(c, f, h, w, k, stride, pad, pad_value, residual):
+    """NCHW int8 conv + fused epilogue equals numpy integer math exactly."""
+    mod, feeds, want = _conv_mod(c, f, h, w, k, stride, pad, pad_value, residual, seed=c + f)
+    got, scheduled = _run(mod, feeds)
+    np.testing.assert_array_equal(got, want)
+    if RUN_TARGET is VNNI:
+        assert "vpdpbusd" in _tir_text(scheduled)
+
+
+def test_vnni_target_emits_vpdpbusd():
+    """For a VNNI target the int8 kernels are tensorized: TIR and assembly hold vpdpbusd."""
+    dense, _, _ = _dense_mod(4, 64, 32, False, True, seed=1)
+    conv, _, _ = _conv_mod(8, 32, 8, 8, 3, 1, 1, 0, False, seed=2)
+    for mod in (dense, conv):
+        ex, scheduled = _build(mod, VNNI)
+        funcs = [f for _, f in scheduled.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+        assert funcs and all(is_scheduled(f) for f in funcs)
+        assert "llvm.x86.avx512.vpdpbusd.512" in _tir_text(scheduled)
+        assert "vpdpbusd" in ex.mod.imports[0].inspect_source("asm")
+
+
+def test_avx2_target_leaves_int8_untensorized_but_scheduled():
+    """Without VNNI the int8 rules do not apply (no vpmaddubsw saturation risk) and the
+    kernels still get a schedule from the later rules."""
+    dense, _, _ = _dense_mod(4, 64, 32, False, True, seed=3)
+    scheduled = _schedule(dense, AVX2)
+    assert "vpdpbusd" not in _tir_text(scheduled)
+    funcs = [f for _, f in scheduled.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert all(is_scheduled(f) for f in funcs)
+
+
+def test_quantized_digits_cnn_keeps_float_accuracy(tmp_path):
+    """End to end: the int8 digits CNN (VNNI kernels on this machine) keeps its accuracy."""
+    import compiler
+    from compiler.pipeline import PassSpec
+    from examples import example_data, example_model
+    from passes.quantize import QuantizeConfig
+
+    calib = {"input": example_data("digits_cnn", "calib")["input"][:64]}
+    data = example_data("digits_cnn")
+    x, y = data["input"][:200], data["label"][:200]
+    quant = PassSpec("quantize", QuantizeConfig(mode="int8", calibration=calib, measure=False))
+    arts = {
+        "fp32": compiler.compile(
+            example_model("digits_cnn"), "host", verify=False, output_dir=tmp_path / "fp32"
+        ),
+        "int8": compiler.compile(
+            example_model("digits_cnn"),
+            "host",
+            verify=False,
+            output_dir=tmp_path / "int8",
+            passes=[PassSpec("canonicalize"), quant],
+        ),
+    }
+    acc = {}
+    for name, art in arts.items():
+        hits = 0
+        for i in range(len(x)):
+            out = art.run({"input": x[i]})
+            out = out[0] if isinstance(out, (list, tuple)) else next(iter(out.values()))
+            hits += int(np.argmax(out) == y[i])
+        acc[name] = hits / len(x)
+    assert acc["int8"] >= acc["fp32"] - 0.02, acc
+
+
+def test_int8_dense_dynamic_rows_left_to_fallback_exact():
+    """A symbolic row count (dynamic batch) is declined by the int8 rule (weight left
+    unpacked) and still computes exactly."""
+    w = np.random.default_rng(5).integers(-128, 128, size=(40, 24)).astype("int8")
+    bb = relax.BlockBuilder()
+    n = tvm.tirx.Var("n", "int64")
+    x = relax.Var("x", relax.TensorType((n, 40), "uint8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit(relax.op.matmul(x, relax.const(w), out_dtype="int32")))
+        bb.emit_func_output(out)
+    ex, _ = _build(bb.get(), RUN_TARGET)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    for m in (1, 7):
+        xin = np.random.default_rng(m).integers(0, 256, size=(m, 40)).astype("uint8")
+        got = vm["main"](tvm.runtime.tensor(xin)).numpy()
+        np.testing.assert_array_equal(got, xin.astype(np.int32) @ w.astype(np.int32))
