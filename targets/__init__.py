@@ -13,7 +13,8 @@ dispatched through :data:`FAMILIES`; ``host`` resolves to this machine's triple 
 
 from __future__ import annotations
 
-from .base import Capabilities, Target, host_arch
+from .base import Capabilities, Target
+from .host import host_arch, host_features, missing_features
 from .registry import FAMILIES, known_triples, parse_target, target_table
 from .tvm_target import capabilities_of
 
@@ -23,7 +24,9 @@ __all__ = [
     "Target",
     "capabilities_of",
     "host_arch",
+    "host_features",
     "known_triples",
+    "missing_features",
     "parse_target",
     "target_table",
 ]

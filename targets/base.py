@@ -8,9 +8,10 @@ the TVM target dict it becomes, the compiler that links its modules, and a
 
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass, field
 from typing import Any
+
+from .host import host_arch, missing_features
 
 
 @dataclass(frozen=True)
@@ -136,13 +137,21 @@ class Target:
         """The ELF machine / ``uname -m`` name of code built for this target."""
         return host_arch() if self.kind == "c" else self.arch
 
+    def missing_host_features(self) -> tuple[str, ...]:
+        """CPU features this target's code uses that this machine lacks (``()`` for targets
+        of another architecture, CUDA and C: those never run in this process)."""
+        if self.kind != "llvm" or self.arch != host_arch():
+            return ()
+        return missing_features(self.features)
+
     def runs_on_this_machine(self) -> bool:
-        """Whether a module built for this target can be loaded and run in this process."""
+        """Whether a module built for this target can be loaded and run in this process: the
+        same architecture, and every CPU feature it was built for present here."""
         if self.kind == "cuda":
             return False
         if self.kind == "c":  # generated C, compiled by the host compiler: a functional model
             return True
-        return self.arch == host_arch()
+        return self.arch == host_arch() and not self.missing_host_features()
 
     @property
     def library_suffix(self) -> str:
@@ -163,7 +172,3 @@ class Target:
         }
 
 
-def host_arch() -> str:
-    """``uname -m`` of this machine, normalised (``arm64`` -> ``aarch64``)."""
-    m = platform.machine().lower()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)

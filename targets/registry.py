@@ -12,7 +12,8 @@ from collections.abc import Callable
 from targets.errors import TargetError
 
 from . import arm, cuda, embedded, host, riscv, x86
-from .base import Target, host_arch
+from .base import Target
+from .host import host_arch
 
 
 def _llvm_cpu(triple: str, cpu, features, gpu_arch, cores, family, arch, cross_cc, desc, caps,

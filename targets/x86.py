@@ -10,7 +10,7 @@ CROSS_CC = "x86_64-linux-gnu-g++"
 DEFAULT_CORES = 4
 KNOWN_FEATURES = (
     "+sse4.2", "+avx", "+avx2", "+fma", "+f16c", "+avx512f", "+avx512bw", "+avx512dq",
-    "+avx512vl", "+avx512vnni", "+avxvnni", "+avx512bf16", "+amx-int8",
+    "+avx512vl", "+avx512vnni", "+avxvnni", "+avx512bf16", "+avx512fp16", "+amx-int8",
 )
 
 
