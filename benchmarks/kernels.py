@@ -31,11 +31,16 @@ def _parse() -> argparse.Namespace:
     p.add_argument(
         "--rounds", type=int, default=3, help="alternate hwcc/ort measurements, keep the best"
     )
-    p.add_argument("--mattr", default="+avx2,+fma,+avx512f", help="comma-separated LLVM mattr")
+    p.add_argument("--mattr", default=None, help="comma-separated LLVM mattr (default: this "
+                   "machine's features, so that the kernels run here)")
     return p.parse_args()
 
 
 ARGS = _parse()
+if ARGS.mattr is None:
+    from targets import host_features  # noqa: E402
+
+    ARGS.mattr = ",".join(host_features())
 os.environ["TVM_NUM_THREADS"] = str(ARGS.threads)
 
 import numpy as np
