@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import json
 import logging
 import math
@@ -37,8 +36,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,163 +47,26 @@ from compiler.data import split_samples
 from compiler.errors import CompileError, ConfigError, HwccError, TargetError
 from compiler.evaluate import evaluate_artifact
 from compiler.frontend import load_model, read_model, resolve_input_specs
-from compiler.pipeline import PRUNE_METHODS, build_passes
+from compiler.pipeline import build_passes
 from passes import Canonicalize, CanonicalizeConfig
 from passes.channel_groups import analyze
 from targets import parse_target
 
+from .space import (  # noqa: F401 - the search's data types, re-exported
+    LOG_VERSION,
+    QUANTIZE_MODES,
+    STRATEGIES,
+    Candidate,
+    SearchReport,
+    SearchSpace,
+    Settings,
+    dominates,
+    format_table,
+    pareto_front,
+)
+from .strategies import _PROPOSERS, expected_improvement  # noqa: F401 - re-exported
+
 logger = logging.getLogger(__name__)
-
-STRATEGIES = ("grid", "random", "bayes")
-QUANTIZE_MODES = (None, "fp16", "int8")
-LOG_VERSION = 1
-_CALIB_METHODS = ("activation", "apoz", "reconstruction")  # prune methods that need --calib
-
-
-# -- settings and space -----------------------------------------------------------------------
-@dataclass(frozen=True)
-class Settings:
-    """One point of the search space (what a candidate compiles with).
-
-    Attributes
-    ----------
-    prune
-        Global fraction of channels to remove (0: none).
-    prune_method
-        Channel importance (a key of :data:`compiler.pipeline.PRUNE_METHODS`), or None when
-        nothing is pruned.
-    layer_ratios
-        ``(group, ratio)`` pairs overriding ``prune`` for those channel groups, sorted by name.
-    low_rank
-        Kept singular-value energy of the low-rank factorization, or None for none.
-    quantize
-        ``None``, ``"fp16"`` or ``"int8"``.
-    """
-
-    prune: float = 0.0
-    prune_method: str | None = None
-    layer_ratios: tuple[tuple[str, float], ...] = ()
-    low_rank: float | None = None
-    quantize: str | None = None
-
-    def normalized(self) -> Settings:
-        """The same compression with irrelevant fields cleared (so equal settings compare
-        equal): no method without pruning, per-group ratios kept only when some is nonzero."""
-        ratios = tuple(sorted((str(g), float(r)) for g, r in self.layer_ratios))
-        prunes = self.prune > 0 or any(r > 0 for _, r in ratios)
-        return Settings(prune=float(self.prune),
-                        prune_method=(self.prune_method or "l1") if prunes else None,
-                        layer_ratios=ratios if prunes else (),
-                        low_rank=None if self.low_rank is None else float(self.low_rank),
-                        quantize=self.quantize)
-
-    @property
-    def is_baseline(self) -> bool:
-        """Whether nothing is compressed."""
-        s = self.normalized()
-        return s.prune_method is None and s.low_rank is None and s.quantize is None
-
-    def key(self) -> str:
-        """Canonical JSON text: the identity of a candidate in the log."""
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    def to_dict(self) -> dict[str, Any]:
-        s = self.normalized()
-        return {"prune": s.prune, "prune_method": s.prune_method,
-                "layer_ratios": dict(s.layer_ratios), "low_rank": s.low_rank,
-                "quantize": s.quantize}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Settings:
-        return cls(prune=float(d.get("prune") or 0.0), prune_method=d.get("prune_method"),
-                   layer_ratios=tuple(sorted((d.get("layer_ratios") or {}).items())),
-                   low_rank=d.get("low_rank"), quantize=d.get("quantize")).normalized()
-
-    def describe(self) -> str:
-        """Short human text, e.g. ``prune l1 [lv19=0.5 rest=0.25], low-rank 0.9, int8``."""
-        s = self.normalized()
-        parts = []
-        if s.prune_method is not None and s.layer_ratios:
-            groups = " ".join(f"{g}={r:g}" for g, r in s.layer_ratios)
-            rest = f" rest={s.prune:g}" if s.prune > 0 else ""
-            parts.append(f"prune {s.prune_method} [{groups}{rest}]")
-        elif s.prune_method is not None:
-            parts.append(f"prune {s.prune:g} {s.prune_method}")
-        if s.low_rank is not None:
-            parts.append(f"low-rank {s.low_rank:g}")
-        if s.quantize is not None:
-            parts.append(s.quantize)
-        return ", ".join(parts) or "none (baseline)"
-
-
-@dataclass(frozen=True)
-class SearchSpace:
-    """The settings a search may choose from.
-
-    Attributes
-    ----------
-    prune_ratios
-        Global (and per-group) prune ratios, each in [0, 1). Default ``(0.0, 0.25, 0.5)``.
-    prune_methods
-        Channel importances (keys of :data:`compiler.pipeline.PRUNE_METHODS`). Default
-        ``("l1",)``.
-    low_rank_energies
-        Kept energies in (0, 1], None meaning no factorization. Default ``(None, 0.95, 0.9)``.
-    quantize
-        Modes among None, ``"fp16"``, ``"int8"``. Default ``(None, "fp16", "int8")``.
-    per_group
-        Random and Bayesian search choose a ratio from ``prune_ratios`` for each of the
-        ``max_groups`` largest prunable channel groups (grid uses global settings only).
-        Default True.
-    max_groups
-        How many groups get their own ratio. Default 4.
-    """
-
-    prune_ratios: tuple[float, ...] = (0.0, 0.25, 0.5)
-    prune_methods: tuple[str, ...] = ("l1",)
-    low_rank_energies: tuple[float | None, ...] = (None, 0.95, 0.9)
-    quantize: tuple[str | None, ...] = (None, "fp16", "int8")
-    per_group: bool = True
-    max_groups: int = 4
-
-    def __post_init__(self) -> None:
-
-        for name in ("prune_ratios", "prune_methods", "low_rank_energies", "quantize"):
-            value = getattr(self, name)
-            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
-                raise ConfigError(f"SearchSpace.{name} must be a non-empty tuple; got {value!r}")
-            object.__setattr__(self, name, tuple(dict.fromkeys(value)))
-        for r in self.prune_ratios:
-            if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= r < 1.0:
-                raise ConfigError(f"search prune ratios must be numbers in [0, 1); got {r!r}")
-        for m in self.prune_methods:
-            if m not in PRUNE_METHODS:
-                raise ConfigError(f"unknown prune method '{m}' in the search space; known: "
-                                  f"{', '.join(sorted(PRUNE_METHODS))}")
-        for e in self.low_rank_energies:
-            if e is not None and (isinstance(e, bool) or not isinstance(e, (int, float))
-                                  or not 0.0 < e <= 1.0):
-                raise ConfigError(f"search low-rank energies must be in (0, 1] or None; got {e!r}")
-        for q in self.quantize:
-            if q not in QUANTIZE_MODES:
-                raise ConfigError(f"unknown quantize mode {q!r} in the search space; known: "
-                                  "None, 'fp16', 'int8'")
-        if isinstance(self.max_groups, bool) or not isinstance(self.max_groups, int) \
-                or self.max_groups < 0:
-            raise ConfigError(f"SearchSpace.max_groups must be an integer >= 0; "
-                              f"got {self.max_groups!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def without_calibration(self) -> SearchSpace:
-        """This space less what needs calibration data (int8, activation-based pruning)."""
-        quant = tuple(q for q in self.quantize if q != "int8") or (None,)
-        methods = tuple(m for m in self.prune_methods if m not in _CALIB_METHODS) or ("l1",)
-        if quant != self.quantize or methods != self.prune_methods:
-            logger.warning("no calibration data: leaving int8 and activation-based pruning "
-                           "out of the search space")
-        return dataclasses.replace(self, quantize=quant, prune_methods=methods)
 
 
 def candidate_passes(settings: Settings, calibration: Mapping[str, np.ndarray] | None,
@@ -231,148 +92,6 @@ def candidate_passes(settings: Settings, calibration: Mapping[str, np.ndarray] |
 
 
 # -- candidates and report --------------------------------------------------------------------
-@dataclass(frozen=True)
-class Candidate:
-    """One measured point (the baseline has id 0 and no compression).
-
-    ``accuracy`` is top-1 on the labels (a fraction) or None without labels; ``max_rel_err`` is
-    the worst relative output error against the float ONNX model; ``drop`` is the baseline's
-    top-1 minus this one's, in points (without labels: ``max_rel_err``).
-    """
-
-    id: int
-    settings: Settings
-    status: str  # "ok" or "failed"
-    error: str | None = None
-    latency_ms: float | None = None
-    accuracy: float | None = None
-    agreement: float | None = None
-    max_rel_err: float | None = None
-    drop: float | None = None
-    params: int | None = None
-    weight_bytes: int | None = None
-    library_bytes: int | None = None
-    compile_s: float | None = None
-    resumed: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        d["settings"] = self.settings.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], id: int, resumed: bool) -> Candidate:
-        names = {f.name for f in dataclasses.fields(cls)} - {"id", "settings", "resumed"}
-        return cls(id=id, settings=Settings.from_dict(d["settings"]), resumed=resumed,
-                   **{k: d.get(k) for k in names if k in d})
-
-
-def dominates(a: Candidate, b: Candidate) -> bool:
-    """Whether ``a`` is at least as fast and as accurate as ``b``, and better in one."""
-    return (a.latency_ms <= b.latency_ms and a.drop <= b.drop
-            and (a.latency_ms < b.latency_ms or a.drop < b.drop))
-
-
-def pareto_front(points: Sequence[Candidate]) -> list[Candidate]:
-    """Measured points no other point dominates, fastest first."""
-    ok = [p for p in points if p.ok]
-    front = [p for p in ok if not any(dominates(q, p) for q in ok if q is not p)]
-    return sorted(front, key=lambda p: (p.latency_ms, p.drop, p.id))
-
-
-@dataclass
-class SearchReport:
-    """What a search measured; :meth:`to_dict` has stable keys."""
-
-    model: str
-    target: str
-    strategy: str
-    metric: str  # "top1" (drop in points) or "max_rel_err"
-    max_accuracy_drop: float
-    baseline: Candidate
-    candidates: list[Candidate] = field(default_factory=list)
-    space: SearchSpace = field(default_factory=SearchSpace)
-    interrupted: bool = False
-    seconds: float = 0.0
-    log_path: str | None = None
-
-    @property
-    def pareto(self) -> list[Candidate]:
-        """The Pareto front (latency vs drop) over the baseline and every measured candidate."""
-        return pareto_front([self.baseline, *self.candidates])
-
-    @property
-    def best(self) -> Candidate:
-        """The fastest point within the accuracy budget (the baseline when none is faster)."""
-        within = [c for c in [self.baseline, *self.candidates]
-                  if c.ok and c.drop <= self.max_accuracy_drop]
-        return min(within, key=lambda c: (c.latency_ms, c.drop, c.id))
-
-    def speedup(self, c: Candidate) -> float | None:
-        if not c.ok or not c.latency_ms:
-            return None
-        return self.baseline.latency_ms / c.latency_ms
-
-    def row(self, c: Candidate, front_ids: set[int]) -> dict[str, Any]:
-        d = c.to_dict()
-        d["speedup"] = self.speedup(c)
-        d["on_pareto"] = c.id in front_ids
-        d["within_budget"] = c.ok and c.drop <= self.max_accuracy_drop
-        return d
-
-    def to_dict(self) -> dict[str, Any]:
-        front = self.pareto
-        ids = {c.id for c in front}
-        return {
-            "model": self.model,
-            "target": self.target,
-            "strategy": self.strategy,
-            "metric": self.metric,
-            "max_accuracy_drop": self.max_accuracy_drop,
-            "space": self.space.to_dict(),
-            "baseline": self.row(self.baseline, ids),
-            "candidates": [self.row(c, ids) for c in self.candidates],
-            "pareto": [self.row(c, ids) for c in front],
-            "best": self.row(self.best, ids),
-            "interrupted": self.interrupted,
-            "seconds": round(self.seconds, 1),
-            "log": self.log_path,
-        }
-
-
-def format_table(report: SearchReport) -> str:
-    """A text table of every point: ``*`` marks the Pareto front, ``>`` the winner."""
-    d = report.to_dict()
-    top1 = report.metric == "top1"
-    quality = "top-1 %" if top1 else "rel err"
-    drop = "drop pts" if top1 else "max err"
-    rows = [d["baseline"], *d["candidates"]]
-    best_id = d["best"]["id"]
-    texts = [Settings.from_dict(r["settings"]).describe() for r in rows]
-    w = max(len("settings"), *(len(t) for t in texts))
-    head = (f"     {'id':>3}  {'settings':<{w}}  {'ms':>8}  {'speed-up':>8}  {quality:>8}  "
-            f"{drop:>8}  {'params':>8}  note")
-    lines = [head]
-    for r, text in zip(rows, texts):
-        mark = (">" if r["id"] == best_id else " ") + ("*" if r["on_pareto"] else " ")
-        if r["status"] != "ok":
-            lines.append(f"  {mark} {r['id']:>3}  {text:<{w}}  failed: {r['error']}")
-            continue
-        q = f"{100 * r['accuracy']:.2f}" if top1 else f"{r['max_rel_err']:.2e}"
-        dr = f"{r['drop']:+.2f}" if top1 else f"{r['drop']:.2e}"
-        note = "resumed" if r["resumed"] else ""
-        if not r["within_budget"]:
-            note = (note + ", " if note else "") + "over budget"
-        lines.append(f"  {mark} {r['id']:>3}  {text:<{w}}  {r['latency_ms']:>8.4f}  "
-                     f"{r['speedup']:>7.2f}x  {q:>8}  {dr:>8}  {r['params']:>8,}  {note}")
-    return "\n".join(lines)
-
-
-# -- the search ---------------------------------------------------------------------------
 def search(
     model: str | Path | Any,
     target: str | Any = "host",
@@ -438,25 +157,8 @@ def search(
         The target does not run on this machine.
     """
 
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"unknown search strategy '{strategy}'; known: {', '.join(STRATEGIES)}")
-    for name, value, low in (("budget", budget, 1), ("repeat", repeat, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ConfigError(f"search {name} must be an integer >= {low}; got {value!r}")
-    if eval_samples is not None and (isinstance(eval_samples, bool)
-                                     or not isinstance(eval_samples, int) or eval_samples < 1):
-        raise ConfigError(f"eval_samples must be an integer >= 1 or None; got {eval_samples!r}")
-    if isinstance(max_accuracy_drop, bool) or not isinstance(max_accuracy_drop, (int, float)) \
-            or not math.isfinite(max_accuracy_drop) or max_accuracy_drop < 0:
-        raise ConfigError(f"max accuracy drop must be a number >= 0; got {max_accuracy_drop!r}")
-    space = space if space is not None else SearchSpace()
-    if not isinstance(space, SearchSpace):
-        raise ConfigError(f"space must be a SearchSpace; got {type(space).__name__}")
-    if calibration is None:
-        space = space.without_calibration()
-        logger.warning("no calibration data: pruning and low rank without teacher-guided "
-                       "recovery")
-
+    space = _check_request(strategy, budget, repeat, eval_samples, max_accuracy_drop, space,
+                           calibration)
     tgt = parse_target(target)
     if tgt.kind != "llvm" or not tgt.runs_on_this_machine():
         raise TargetError(f"search measures latency on the target itself; '{tgt}' does not run "
@@ -504,42 +206,76 @@ def search(
                               space=space, log_path=str(log_path) if log_path else None)
         proposer = _PROPOSERS[strategy](space, groups, budget, seed, report,
                                         global_ratio=not covers_all)
-        bar = _progress_bar(budget, progress, strategy)
-        try:
-            while len(report.candidates) < budget:
-                settings = proposer.next()
-                if settings is None:
-                    logger.warning("the search space has no more new points after %d "
-                                   "candidates", len(report.candidates))
-                    break
-                cid = len(report.candidates) + 1
-                done = prior.get(settings.key())
-                if done is not None:
-                    cand = Candidate.from_dict(done, id=cid, resumed=True)
-                else:
-                    cand = measure(settings, cid)
-                    if cand.ok:
-                        drop = (100.0 * (base_acc - cand.accuracy) if metric == "top1"
-                                else cand.max_rel_err)
-                        cand = dataclasses.replace(cand, drop=drop)
-                    if log:
-                        log.append("candidate", cand)
-                report.candidates.append(cand)
-                bar.update(1)
-                best = report.best
-                bar.set_postfix_str(f"best {report.speedup(best):.2f}x (id {best.id})")
-        except KeyboardInterrupt:
-            report.interrupted = True
-            logger.warning("search interrupted after %d candidates; reporting what was "
-                           "measured", len(report.candidates))
-        finally:
-            bar.close()
+        _run_candidates(report, proposer, budget, prior, measure, base_acc, log,
+                        _progress_bar(budget, progress, strategy))
     finally:
         ctrl_c.restore()
         logging.getLogger("compiler.pipeline").removeFilter(quiet)
         shutil.rmtree(workdir, ignore_errors=True)
     report.seconds = time.perf_counter() - t_start
     return report
+
+
+def _check_request(strategy: str, budget: int, repeat: int, eval_samples: int | None,
+                   max_accuracy_drop: float, space: SearchSpace | None,
+                   calibration: Mapping[str, np.ndarray] | None) -> SearchSpace:
+    """Check a search request's settings; the space to search (calibration-free without it)."""
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown search strategy '{strategy}'; known: {', '.join(STRATEGIES)}")
+    for name, value, low in (("budget", budget, 1), ("repeat", repeat, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"search {name} must be an integer >= {low}; got {value!r}")
+    if eval_samples is not None and (isinstance(eval_samples, bool)
+                                     or not isinstance(eval_samples, int) or eval_samples < 1):
+        raise ConfigError(f"eval_samples must be an integer >= 1 or None; got {eval_samples!r}")
+    if isinstance(max_accuracy_drop, bool) or not isinstance(max_accuracy_drop, (int, float)) \
+            or not math.isfinite(max_accuracy_drop) or max_accuracy_drop < 0:
+        raise ConfigError(f"max accuracy drop must be a number >= 0; got {max_accuracy_drop!r}")
+    space = space if space is not None else SearchSpace()
+    if not isinstance(space, SearchSpace):
+        raise ConfigError(f"space must be a SearchSpace; got {type(space).__name__}")
+    if calibration is None:
+        space = space.without_calibration()
+        logger.warning("no calibration data: pruning and low rank without teacher-guided "
+                       "recovery")
+    return space
+
+
+def _run_candidates(report: SearchReport, proposer: Any, budget: int,
+                    prior: Mapping[str, Any], measure: Callable[[Settings, int], Candidate],
+                    base_acc: float | None, log: _Log | None, bar: Any) -> None:
+    """Propose and measure candidates until the budget (or the space) is spent; each is
+    appended to ``report`` and the log as soon as it is measured; Ctrl-C keeps them all."""
+    metric = report.metric
+    try:
+        while len(report.candidates) < budget:
+            settings = proposer.next()
+            if settings is None:
+                logger.warning("the search space has no more new points after %d "
+                               "candidates", len(report.candidates))
+                break
+            cid = len(report.candidates) + 1
+            done = prior.get(settings.key())
+            if done is not None:
+                cand = Candidate.from_dict(done, id=cid, resumed=True)
+            else:
+                cand = measure(settings, cid)
+                if cand.ok:
+                    drop = (100.0 * (base_acc - cand.accuracy) if metric == "top1"
+                            else cand.max_rel_err)
+                    cand = dataclasses.replace(cand, drop=drop)
+                if log:
+                    log.append("candidate", cand)
+            report.candidates.append(cand)
+            bar.update(1)
+            best = report.best
+            bar.set_postfix_str(f"best {report.speedup(best):.2f}x (id {best.id})")
+    except KeyboardInterrupt:
+        report.interrupted = True
+        logger.warning("search interrupted after %d candidates; reporting what was "
+                       "measured", len(report.candidates))
+    finally:
+        bar.close()
 
 
 def _eval_set(eval_data: Mapping[str, np.ndarray], labels_key: str | None, specs: Any,
@@ -692,150 +428,3 @@ class _Log:
 
 
 # -- proposers --------------------------------------------------------------------------------
-class _Grid:
-    """The product of the global settings, in order, without the baseline."""
-
-    def __init__(self, space: SearchSpace, groups: list[str], budget: int, seed: int,
-                 report: SearchReport, global_ratio: bool = True) -> None:
-        points = [Settings(prune=p, prune_method=m, low_rank=e, quantize=q).normalized()
-                  for p, m, e, q in itertools.product(space.prune_ratios, space.prune_methods,
-                                                      space.low_rank_energies, space.quantize)]
-        self.points = [s for s in dict.fromkeys(points) if not s.is_baseline]
-        if len(self.points) > budget:
-            logger.warning("the grid has %d points; measuring the first %d (raise the budget "
-                           "for all)", len(self.points), budget)
-        self.i = 0
-
-    def next(self) -> Settings | None:
-        if self.i >= len(self.points):
-            return None
-        self.i += 1
-        return self.points[self.i - 1]
-
-
-class _Random:
-    """Seeded draws (per-group prune ratios for the largest groups), no repeats."""
-
-    def __init__(self, space: SearchSpace, groups: list[str], budget: int, seed: int,
-                 report: SearchReport, global_ratio: bool = True) -> None:
-        self.space = space
-        self.groups = groups
-        self.rng = np.random.default_rng(seed)
-        self.seen: set[str] = set()
-        self.global_ratio = global_ratio  # False when the per-group ratios cover every group
-
-    def draw(self) -> Settings:
-        sp, rng = self.space, self.rng
-
-        def pick(options: tuple[Any, ...]) -> Any:
-            return options[int(rng.integers(len(options)))]
-
-        prune = float(pick(sp.prune_ratios)) if self.global_ratio or not self.groups else 0.0
-        ratios = tuple((g, float(pick(sp.prune_ratios))) for g in self.groups)
-        return Settings(prune=prune, prune_method=pick(sp.prune_methods), layer_ratios=ratios,
-                        low_rank=pick(sp.low_rank_energies), quantize=pick(sp.quantize)
-                        ).normalized()
-
-    def fresh(self, tries: int = 200) -> Settings | None:
-        """A draw not proposed before and not the baseline (None when none turns up)."""
-        for _ in range(tries):
-            s = self.draw()
-            if not s.is_baseline and s.key() not in self.seen:
-                return s
-        return None
-
-    def next(self) -> Settings | None:
-        s = self.fresh()
-        if s is not None:
-            self.seen.add(s.key())
-        return s
-
-
-class _Bayes(_Random):
-    """Random start, then a Gaussian process and expected improvement over a pool of draws."""
-
-    POOL = 256
-    PENALTY = 2.0  # objective units per budget-width of accuracy drop over the budget
-
-    def __init__(self, space: SearchSpace, groups: list[str], budget: int, seed: int,
-                 report: SearchReport, global_ratio: bool = True) -> None:
-        super().__init__(space, groups, budget, seed, report, global_ratio)
-        self.report = report
-        self.n_init = min(budget, max(2, math.ceil(budget / 3)))
-        self.quant = list(space.quantize)
-        self.methods = list(space.prune_methods)
-
-    def encode(self, s: Settings) -> np.ndarray:
-        ratios = dict(s.layer_ratios)
-        q = [1.0 if s.quantize == m else 0.0 for m in self.quant]
-        meth = [1.0 if s.prune_method == m else 0.0 for m in self.methods] \
-            if len(self.methods) > 1 else []
-        return np.array([s.prune, *(ratios.get(g, s.prune) for g in self.groups),
-                         1.0 - (s.low_rank if s.low_rank is not None else 1.0), *q, *meth])
-
-    def objective(self, c: Candidate, worst: float) -> float:
-        rep = self.report
-        if not c.ok:
-            return worst + 1.0
-        scale = rep.max_accuracy_drop or (1.0 if rep.metric == "top1" else 1e-3)
-        over = max(0.0, c.drop - rep.max_accuracy_drop) / scale
-        return math.log(c.latency_ms / rep.baseline.latency_ms) + self.PENALTY * over
-
-    def next(self) -> Settings | None:
-        done = self.report.candidates
-        if len(done) < self.n_init:
-            return super().next()
-        pool = list({s.key(): s for s in (self.fresh() for _ in range(self.POOL)) if s}.values())
-        if not pool:
-            return None
-        ok_y = [self.objective(c, 0.0) for c in done if c.ok]
-        worst = max(ok_y) if ok_y else 0.0
-        x = np.stack([self.encode(c.settings) for c in done])
-        y = np.array([self.objective(c, worst) for c in done])
-        xc = np.stack([self.encode(s) for s in pool])
-        ei = expected_improvement(x, y, xc)
-        choice = pool[int(np.argmax(ei))]
-        self.seen.add(choice.key())
-        return choice
-
-
-def expected_improvement(x: np.ndarray, y: np.ndarray, xc: np.ndarray,
-                         xi: float = 0.01) -> np.ndarray:
-    """Expected improvement (minimisation) at ``xc`` of a GP fitted to ``(x, y)``.
-
-    RBF kernel on features scaled to [0, 1]; the length scale is the best of a small grid by
-    log marginal likelihood; targets standardised; a fixed noise term for timing noise.
-    """
-    lo = np.minimum(x.min(0), xc.min(0))
-    span = np.maximum(x.max(0), xc.max(0)) - lo
-    span[span == 0] = 1.0
-    x, xc = (x - lo) / span, (xc - lo) / span
-    mu_y, sd_y = float(y.mean()), float(y.std()) or 1.0
-    t = (y - mu_y) / sd_y
-    noise = 1e-2
-
-    def kern(a: np.ndarray, b: np.ndarray, ls: float) -> np.ndarray:
-        d2 = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
-        return np.exp(-0.5 * d2 / ls**2)
-
-    best: tuple[float, float, np.ndarray, np.ndarray] | None = None
-    for ls in (0.1, 0.2, 0.4, 0.8, 1.6):
-        k = kern(x, x, ls) + noise * np.eye(len(x))
-        chol = np.linalg.cholesky(k)
-        alpha = np.linalg.solve(chol.T, np.linalg.solve(chol, t))
-        lml = -0.5 * t @ alpha - np.log(np.diag(chol)).sum()
-        if best is None or lml > best[0]:
-            best = (lml, ls, chol, alpha)
-    _, ls, chol, alpha = best
-    ks = kern(xc, x, ls)
-    mean = ks @ alpha
-    v = np.linalg.solve(chol, ks.T)
-    sd = np.sqrt(np.maximum(1.0 - (v**2).sum(0), 1e-12))
-    imp = t.min() - mean - xi
-    z = imp / sd
-    cdf = 0.5 * (1.0 + np.array([math.erf(v / math.sqrt(2.0)) for v in z]))
-    pdf = np.exp(-0.5 * z**2) / math.sqrt(2.0 * math.pi)
-    return imp * cdf + sd * pdf
-
-
-_PROPOSERS = {"grid": _Grid, "random": _Random, "bayes": _Bayes}

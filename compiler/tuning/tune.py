@@ -743,6 +743,52 @@ def tune(
     """
     use_all_cores()  # measure with every core, as the compiled model will run
     t_start = time.monotonic()
+    tgt, remote = _check_request(target, trials, time_budget_s, rpc_tracker, rpc_key)
+    imported = frontend.load_model(model, input_shapes)
+    mod = run_passes(imported.mod, passes)[0] if passes else imported.mod
+    path = tuning_db.log_dir(tgt, root=log_dir, device=device)
+    report = TuneReport(model=imported.source, target=str(tgt),
+                        device=device or tuning_db.device_name(tgt), log_dir=path,
+                        remote=str(remote) if remote else None)
+    if remote is not None:
+        _check_tracker(remote)
+
+    options = lower_options or LowerOptions()
+    tasks, default_mod, tvm_target = _extract_tasks(mod, tgt, options, imported.source)
+    total = int(trials) if trials is not None else (
+        DEFAULT_TRIALS_PER_TASK * len(tasks) if time_budget_s is None else 10_000 * len(tasks))
+    report.trials_requested = total
+    report.tasks = [t.report for t in tasks]
+    database, todo, need = _resume_plan(path, tasks, total)
+
+    session = _Session(tasks, tgt, remote, time_budget_s, sum(need.values()) if todo else 0,
+                       progress and bool(todo), t_start)
+    _run_session(session, tasks, todo, need, default_mod, database, tvm_target)
+    report.stopped = "interrupted" if session.interrupted else session.stop_reason
+    report.first_build_error = session.first_build_error
+    report.first_run_error = session.first_run_error
+
+    _settle_log(path, tasks)
+    report.seconds = time.monotonic() - t_start
+    if session.interrupted:
+        raise TuningInterrupted(report)
+    if report.trials and not report.valid_trials:
+        err = TuningError(
+            f"no valid candidate in {report.trials} trials ({report.build_errors} failed to "
+            f"build, {report.run_errors} failed to run); first error: "
+            f"{report.first_build_error or report.first_run_error}")
+        err.report = report  # type: ignore[attr-defined]
+        raise err
+    _model_latency(report, tasks, mod, tgt, remote, imported, options)
+    report.seconds = time.monotonic() - t_start
+    _log_summary(report)
+    return report
+
+
+def _check_request(target: str | Target, trials: int | None, time_budget_s: float | None,
+                   rpc_tracker: str | None, rpc_key: str | None
+                   ) -> tuple[Target, _Remote | None]:
+    """The parsed target and remote device of a tuning request, or a clear error."""
     if trials is not None and (isinstance(trials, bool) or int(trials) < 1):
         raise ConfigError(f"trials must be a positive integer; got {trials}")
     if time_budget_s is not None and not time_budget_s > 0:
@@ -756,24 +802,16 @@ def tune(
                           "--rpc-tracker HOST:PORT --rpc-key KEY")
     if remote is not None and tgt.cross_cc and shutil.which(tgt.cross_cc) is None:
         raise TargetError(f"cross compiler '{tgt.cross_cc}' for {tgt.triple} not found")
+    return tgt, remote
 
-    imported = frontend.load_model(model, input_shapes)
-    mod = imported.mod
-    if passes:
-        mod, _ = run_passes(mod, passes)
-    path = tuning_db.log_dir(tgt, root=log_dir, device=device)
-    report = TuneReport(model=imported.source, target=str(tgt),
-                        device=device or tuning_db.device_name(tgt), log_dir=path,
-                        remote=str(remote) if remote else None)
-    if remote is not None:
-        _check_tracker(remote)
 
-    import tvm
+def _extract_tasks(mod: Any, tgt: Target, options: LowerOptions, source: str
+                   ) -> tuple[list[_Task], Any, Any]:
+    """The kernels to tune (fused exactly as ``compile`` fuses them), the module with hwcc's
+    default schedules (each kernel's trial one), and the TVM target."""
     from tvm.s_tir import meta_schedule as ms
 
-
     tvm_target = tgt.tvm_target()
-    options = lower_options or LowerOptions()
     fused = lower.mark_layout_free(lower.legalize_and_fuse(mod, tgt, options))
     with tvm_target, lower.pass_context(tgt):
         default_mod = apply_default_schedules(fused, tvm_target)
@@ -783,13 +821,18 @@ def tune(
         for t in extracted if not _prescheduled(t)
     ]
     if not tasks:
-        raise TuningError(f"{imported.source} has no kernels to tune")
-    total = int(trials) if trials is not None else (
-        DEFAULT_TRIALS_PER_TASK * len(tasks) if time_budget_s is None else 10_000 * len(tasks))
-    report.trials_requested = total
-    report.tasks = [t.report for t in tasks]
-    share = max(1, math.ceil(total / len(tasks)))
+        raise TuningError(f"{source} has no kernels to tune")
+    return tasks, default_mod, tvm_target
 
+
+def _resume_plan(path: Path, tasks: list[_Task], total: int
+                 ) -> tuple[Any, list[_Task], dict[str, int]]:
+    """Open (and repair) the log; the tasks still short of their share of ``total`` trials,
+    and how many trials each needs. A kernel short of its share continues; one with no valid
+    record starts over."""
+    from tvm.s_tir import meta_schedule as ms
+
+    share = max(1, math.ceil(total / len(tasks)))
     path.mkdir(parents=True, exist_ok=True)
     bad = repair_log(path)
     if bad:
@@ -804,17 +847,19 @@ def tune(
             t.report.skipped = True
         else:
             todo.append(t)
-    # a kernel short of its share continues; one with no valid record starts over
     need = {t.name: share - t.report.records if t.report.records < share else share
             for t in todo}
-    budget = sum(need.values())
     if todo and len(todo) < len(tasks):
         logger.info("resuming: %d of %d tasks already have %d records each",
                     len(tasks) - len(todo), len(tasks), share)
+    return database, todo, need
 
+
+def _run_session(session: _Session, tasks: list[_Task], todo: list[_Task],
+                 need: dict[str, int], default_mod: Any, database: Any, tvm_target: Any) -> None:
+    """Measure the default schedules, then search the kernels of ``todo``; a stop (budget,
+    Ctrl-C) ends it with every measured record kept (``session`` says why it stopped)."""
     work_dir = Path(tempfile.mkdtemp(prefix="hwcc-tune-"))
-    session = _Session(tasks, tgt, remote, time_budget_s, budget if todo else 0,
-                       progress and bool(todo), t_start)
     try:
         with fast_tvmscript_import(), _stop_on_sigint(session):
             import tvm.s_tir.tensor_intrin  # noqa: F401 - what each TuneContext imports
@@ -841,27 +886,6 @@ def tune(
     finally:
         session.close()
         shutil.rmtree(work_dir, ignore_errors=True)
-    interrupted = session.interrupted
-    report.stopped = "interrupted" if interrupted else session.stop_reason
-    report.first_build_error = session.first_build_error
-    report.first_run_error = session.first_run_error
-
-    _settle_log(path, tasks)
-    report.seconds = time.monotonic() - t_start
-    if interrupted:
-        raise TuningInterrupted(report)
-
-    if report.trials and not report.valid_trials:
-        err = TuningError(
-            f"no valid candidate in {report.trials} trials ({report.build_errors} failed to "
-            f"build, {report.run_errors} failed to run); first error: "
-            f"{report.first_build_error or report.first_run_error}")
-        err.report = report  # type: ignore[attr-defined]
-        raise err
-    _model_latency(report, tasks, mod, tgt, remote, imported, options)
-    report.seconds = time.monotonic() - t_start
-    _log_summary(report)
-    return report
 
 
 def tuned_beats_default(best_ms: float, default_ms: float) -> bool:

@@ -51,6 +51,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import tvm
+from tvm import relax, te, tirx
+from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from compiler.lower.schedules.expand_depthwise import BLOCK_PREFIX
 from compiler.lower.schedules.target_info import cpu_info, is_cpu_target
@@ -82,8 +85,6 @@ IDENTITY: Activation = ("x",)
 def _padded_expansion(data, w1, b1, acts: Activation, padding, expand_stride, expand_padding):
     """TE of the activated expansion, zero-padded for the depthwise conv:
     ``[N, C / L, EH + top + bottom, EW + left + right, L]`` (see :func:`expand_depthwise_te`)."""
-    from tvm import te, tirx
-
     n, k, h, w = (int(s) for s in data.shape)
     blocks, _, ekh, ekw, lanes = (int(s) for s in w1.shape)
     esy, esx = expand_stride
@@ -169,8 +170,6 @@ def expand_depthwise_te(data, w1, b1, w2, acts: Activation, stride: tuple[int, i
     te.Tensor
         The depthwise conv's output ``[N, C, OH, OW]`` (before its own bias/activation).
     """
-    from tvm import te
-
     padded = _padded_expansion(data, w1, b1, acts, padding, expand_stride, expand_padding)
     n, _, _, _, lanes = (int(s) for s in padded.shape)
     channels = int(w2.shape[0]) * lanes
@@ -202,8 +201,6 @@ def expand_depthwise_blocked_te(data, w1, b1, w2, b2, acts: Activation, stride: 
     ``L`` channels as one vector (NCHW output would need a transpose of every register tile);
     :func:`blocked_pointwise_te` reads this layout.
     """
-    from tvm import te
-
     padded = _padded_expansion(data, w1, b1, acts, padding, expand_stride, expand_padding)
     n, blocks, _, _, lanes = (int(s) for s in padded.shape)
     _, kh, kw, _ = (int(s) for s in w2.shape)
@@ -231,8 +228,6 @@ def blocked_pointwise_te(data, weight):
     layout of :func:`expand_depthwise_blocked_te`: ``data`` ``[N, K / L, H, W, L]``, ``weight``
     ``[F, K, 1, 1]``; returns NCHW ``[N, F, H, W]``. The CPU conv2d rule
     (:class:`compiler.lower.schedules.conv2d.Conv2d`) schedules it like any 1x1 conv."""
-    from tvm import te
-
     n, _, h, w, lanes = (int(s) for s in data.shape)
     f, k = int(weight.shape[0]), int(weight.shape[1])
     rk = te.reduce_axis((0, k), name="rk")
@@ -247,8 +242,6 @@ def blocked_pointwise_te(data, weight):
 def evaluate_activation(tree: Activation, value):
     """The TIR expression of ``tree`` applied to ``value`` (a float32 PrimExpr). Sigmoid stays
     ``T.sigmoid``, which :mod:`compiler.lower.schedules.fast_math` makes vectorizable."""
-    from tvm import te, tirx
-
     kind = tree[0]
     if kind == "x":
         return value
@@ -311,8 +304,6 @@ class _Projection:
 
 
 def _float32(expr) -> bool:
-    from tvm import relax
-
     return isinstance(expr.ty, relax.TensorType) and expr.ty.dtype == "float32"
 
 
@@ -324,8 +315,6 @@ def _plain_nchw(attrs) -> bool:
 
 
 def _scalar_const(expr) -> float | None:
-    import tvm
-
     if isinstance(expr, tvm.tirx.FloatImm | tvm.tirx.IntImm):
         return float(expr.value)
     if is_const(expr) and const_array(expr).size == 1:
@@ -337,7 +326,6 @@ class _Matcher:
     """Finds the chains of one Relax function (see the module docstring)."""
 
     def __init__(self, mod, func, lanes: int) -> None:
-        from tvm import relax
 
         self.mod = mod
         self.lanes = lanes
@@ -351,14 +339,12 @@ class _Matcher:
         self._count(func.body.body)
 
     def _count(self, expr) -> None:
-        from tvm import relax
 
         for v in relax.analysis.free_vars(expr):
             self.uses[v] = self.uses.get(v, 0) + 1
 
     def _single_producer(self, var):
         """The value bound to ``var`` if ``var`` is a binding used exactly once, else None."""
-        from tvm import relax
 
         if not isinstance(var, relax.Var) or self.uses.get(var, 0) != 1:
             return None
@@ -394,7 +380,6 @@ class _Matcher:
     def _activation(self, expr, shape, state) -> Activation | None:
         """The tree of ``expr`` (see :data:`Activation`), recording in ``state`` the source and
         how often each variable was reached; None if ``expr`` is not such an activation."""
-        from tvm import relax
 
         bound = _scalar_const(expr)
         if bound is not None:
@@ -534,119 +519,118 @@ class _Matcher:
         return _Projection(chains[var], var, bias, acts, const_array(w3))
 
 
+@mutator
+class _Rewriter(PyExprMutator):
+    """Replaces each planned binding by the fused kernel's ``call_te`` (see the module doc)."""
+
+    def __init__(self, mod: tvm.IRModule, plan: dict) -> None:
+        super().__init__(mod)
+        self.plan = plan
+
+    def _emit(self, binding, call) -> None:
+        if self.builder_.current_block_is_dataflow() and not isinstance(
+                binding.var, relax.DataflowVar):
+            new_var = self.builder_.emit_output(call)  # the dataflow block's output
+        else:
+            new_var = self.builder_.emit(call)
+        self.set_var_remap(binding.var, new_var)
+
+    def visit_var_binding_(self, binding):
+        found = self.plan.get(binding.var)
+        if found is None:
+            super().visit_var_binding_(binding)
+            return
+        if isinstance(found, _Projection):
+            chain = found.chain
+            tile = self.builder_.emit(self.builder_.call_te(
+                expand_depthwise_blocked_te,
+                self.visit_expr(chain.data),
+                relax.const(chain.w1),
+                relax.const(chain.b1),
+                relax.const(chain.w2),
+                relax.const(found.b2),
+                chain.acts,
+                chain.stride,
+                chain.padding,
+                chain.expand_stride,
+                chain.expand_padding,
+                found.acts,
+                primfunc_name_hint="expand_depthwise_blocked",
+                primfunc_attrs={"op_pattern": 4},
+            ))
+            self._emit(binding, self.builder_.call_te(
+                blocked_pointwise_te,
+                tile,
+                relax.const(found.w3),
+                primfunc_name_hint="blocked_pointwise",
+                primfunc_attrs={"op_pattern": 4},  # kOutEWiseFusable: bias, residual add
+            ))
+            return
+        self._emit(binding, self.builder_.call_te(
+            expand_depthwise_te,
+            self.visit_expr(found.data),
+            relax.const(found.w1),
+            relax.const(found.b1),
+            relax.const(found.w2),
+            found.acts,
+            found.stride,
+            found.padding,
+            found.expand_stride,
+            found.expand_padding,
+            primfunc_name_hint="expand_depthwise",
+            primfunc_attrs={"op_pattern": 4},  # kOutEWiseFusable: epilogues fuse after it
+        ))
+
+
+def _plan_function(mod: tvm.IRModule, func: relax.Function, lanes: int,
+                   use_blocked: bool) -> dict:
+    """Binding var -> the chain (or chain + projection) that replaces it, for one function."""
+    matcher = _Matcher(mod, func, lanes)
+    plan: dict = {}
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            if not isinstance(binding, relax.VarBinding):
+                continue
+            try:
+                found = matcher.match(binding.value)
+                if found is None and use_blocked:
+                    found = matcher.match_projection(binding.value, plan)
+            except Exception as err:  # noqa: BLE001 - an optimization never fails a build
+                logger.debug("expand+depthwise: binding not matched: %s", err)
+                continue
+            if found is not None:
+                plan[binding.var] = found
+    # depthwise convs rewritten together with their projection
+    consumed = [m.depthwise for m in plan.values() if isinstance(m, _Projection)]
+    return {v: m for v, m in plan.items() if not any(v.same_as(d) for d in consumed)}
+
+
 def fuse_expand_depthwise(target=None, enabled: bool = True, blocked: bool = True):
     """Module pass: expansion-conv -> activation -> depthwise-conv chains become one kernel.
 
     Must run before ``LegalizeOps``. Leaves the module unchanged when disabled (``enabled``
-    False), when ``target`` is not an LLVM
-    CPU target (the only one with a schedule for the kernel), or when nothing matches. Channel
-    blocks are the target's float32 vector lanes (8 when ``target`` is None).
+    False), when ``target`` is not an LLVM CPU target (the only one with a schedule for the
+    kernel), or when nothing matches. Channel blocks are the target's float32 vector lanes (8
+    when ``target`` is None).
 
     A chain whose depthwise output (after its bias and activation) feeds only a 1x1 conv -- the
     projection of an inverted residual -- becomes two kernels that pass the depthwise output in
     the blocked layout ``[N, C / L, H, W, L]`` (:func:`expand_depthwise_blocked_te`,
-    :func:`blocked_pointwise_te`) unless ``blocked`` is False: the depthwise kernel then writes whole channel vectors instead of transposing
-    each register tile into NCHW rows, and the 1x1 conv, which broadcasts its input values,
-    reads either layout at the same cost.
+    :func:`blocked_pointwise_te`) unless ``blocked`` is False: the depthwise kernel then writes
+    whole channel vectors instead of transposing each register tile into NCHW rows, and the 1x1
+    conv, which broadcasts its input values, reads either layout at the same cost.
     """
-    import tvm
-    from tvm import relax
-    from tvm.relax.expr_functor import PyExprMutator, mutator
-
-
-    on = enabled
-    use_blocked = blocked
     lanes = cpu_info(target).lanes(32) if target is not None else 8
-
-    @mutator
-    class _Rewriter(PyExprMutator):
-        def __init__(self, mod, plan):
-            super().__init__(mod)
-            self.plan = plan
-
-        def _emit(self, binding, call) -> None:
-            if self.builder_.current_block_is_dataflow() and not isinstance(
-                    binding.var, relax.DataflowVar):
-                new_var = self.builder_.emit_output(call)  # the dataflow block's output
-            else:
-                new_var = self.builder_.emit(call)
-            self.set_var_remap(binding.var, new_var)
-
-        def visit_var_binding_(self, binding):
-            found = self.plan.get(binding.var)
-            if found is None:
-                super().visit_var_binding_(binding)
-                return
-            if isinstance(found, _Projection):
-                chain = found.chain
-                tile = self.builder_.emit(self.builder_.call_te(
-                    expand_depthwise_blocked_te,
-                    self.visit_expr(chain.data),
-                    relax.const(chain.w1),
-                    relax.const(chain.b1),
-                    relax.const(chain.w2),
-                    relax.const(found.b2),
-                    chain.acts,
-                    chain.stride,
-                    chain.padding,
-                    chain.expand_stride,
-                    chain.expand_padding,
-                    found.acts,
-                    primfunc_name_hint="expand_depthwise_blocked",
-                    primfunc_attrs={"op_pattern": 4},
-                ))
-                self._emit(binding, self.builder_.call_te(
-                    blocked_pointwise_te,
-                    tile,
-                    relax.const(found.w3),
-                    primfunc_name_hint="blocked_pointwise",
-                    primfunc_attrs={"op_pattern": 4},  # kOutEWiseFusable: bias, residual add
-                ))
-                return
-            self._emit(binding, self.builder_.call_te(
-                expand_depthwise_te,
-                self.visit_expr(found.data),
-                relax.const(found.w1),
-                relax.const(found.b1),
-                relax.const(found.w2),
-                found.acts,
-                found.stride,
-                found.padding,
-                found.expand_stride,
-                found.expand_padding,
-                primfunc_name_hint="expand_depthwise",
-                primfunc_attrs={"op_pattern": 4},  # kOutEWiseFusable: epilogues fuse after it
-            ))
-
-    def plan_function(mod, func) -> dict:
-        matcher = _Matcher(mod, func, lanes)
-        plan: dict = {}
-        for block in func.body.blocks:
-            for binding in block.bindings:
-                if not isinstance(binding, relax.VarBinding):
-                    continue
-                try:
-                    found = matcher.match(binding.value)
-                    if found is None and use_blocked:
-                        found = matcher.match_projection(binding.value, plan)
-                except Exception as err:  # noqa: BLE001 - an optimization never fails a build
-                    logger.debug("expand+depthwise: binding not matched: %s", err)
-                    continue
-                if found is not None:
-                    plan[binding.var] = found
-        # depthwise convs rewritten together with their projection
-        consumed = [m.depthwise for m in plan.values() if isinstance(m, _Projection)]
-        return {v: m for v, m in plan.items() if not any(v.same_as(d) for d in consumed)}
 
     @tvm.transform.module_pass(opt_level=0, name="hwcc.FuseExpandDepthwise")
     def rewrite(mod, _ctx):
-        if not on or (target is not None and not is_cpu_target(target)):
+        if not enabled or (target is not None and not is_cpu_target(target)):
             return mod
         plans = {}
         for gv, func in mod.functions_items():
             if not isinstance(func, relax.Function) or not isinstance(func.body, relax.SeqExpr):
                 continue
-            plan = plan_function(mod, func)
+            plan = _plan_function(mod, func, lanes, blocked)
             if plan:
                 plans[gv] = plan
         if not plans:
@@ -659,10 +643,9 @@ def fuse_expand_depthwise(target=None, enabled: bool = True, blocked: bool = Tru
         except Exception as err:  # noqa: BLE001 - keep the convolutions apart (still correct)
             logger.warning("expansion+depthwise fusion skipped: %s", str(err).strip()[-300:])
             return mod
-        mod = fused
         found = [m for plan in plans.values() for m in plan.values()]
         logger.info("%d expansion+depthwise conv pairs as one kernel (%d with a blocked "
                     "projection)", len(found), sum(isinstance(m, _Projection) for m in found))
-        return relax.transform.DeadCodeElimination()(mod)
+        return relax.transform.DeadCodeElimination()(fused)
 
     return rewrite
