@@ -24,6 +24,9 @@ from .lower.options import LowerOptions
 from .pipeline import CompressionOptions, PassSpec, run_passes
 
 logger = logging.getLogger(__name__)
+#: ``extra`` of the warnings that the CLI's compile summary prints itself (so it filters
+#: them out of the log: one line, not two).
+SUMMARY = {"hwcc_summary": True}
 
 
 def compile(
@@ -70,7 +73,11 @@ def compile(
         default location for this target if it has records; False uses no records.
     verify
         Run the compiled module (when the target runs here) on ``verify_inputs`` (or seeded
-        random inputs) and compare with onnxruntime / onnx.reference; stored in the manifest.
+        random inputs) and compare with onnxruntime / onnx.reference; stored in the manifest
+        (``verification``, with ``verified``). For this architecture with CPU features this
+        host lacks, the module is compiled and written but not run: ``verification`` says
+        ``{"verified": false, "skipped": "this host lacks avx512fp16", ...}`` and a warning
+        is logged.
 
     Returns
     -------
@@ -91,7 +98,14 @@ def compile(
 
     manifest = _manifest(imported, tgt, pass_reports, mod, built, db_path, options)
     writers = _writers(imported, tgt, built)
-    if verify and tgt.runs_on_this_machine():
+    missing = tgt.missing_host_features()
+    if verify and missing:
+        # compiled for a CPU this one is not: executing it here would be a SIGILL
+        reason = f"this host lacks {', '.join(missing)}"
+        logger.warning("not verified: %s", reason, extra=SUMMARY)
+        manifest["verification"] = {"verified": False, "skipped": reason,
+                                    "missing_features": list(missing)}
+    elif verify and tgt.runs_on_this_machine():
         if verify_inputs is None:
             verify_inputs = compression.first_sample(imported.inputs)
         manifest["verification"] = _verify_staged(manifest, writers, imported.onnx_model,
@@ -122,6 +136,10 @@ def _manifest(imported: Any, tgt: Target, pass_reports: list[dict[str, Any]], mo
             "triple": tgt.triple,
             "kind": tgt.kind,
             "machine": tgt.machine,
+            "arch": tgt.arch,
+            # the -mattr features the module uses: Artifact.load and hwcc_run refuse a CPU
+            # lacking one (instead of dying with SIGILL)
+            "cpu_features": list(tgt.features),
             "tvm_target": tgt.tvm_target_dict(),
             "capabilities": tgt.capabilities.to_dict(),
         },
@@ -186,10 +204,12 @@ def _verify(art: Artifact, model: onnx.ModelProto,
         ref = evaluate.reference_outputs(model, feeds, backend)
     except Exception as err:  # noqa: BLE001 - the reference may not run every model we compile
         msg = str(err).strip().splitlines()
-        logger.warning("agreement not checked: %s could not run the model", backend)
-        return {"reference": backend, "skipped": f"{backend} failed: "
+        logger.warning("agreement not checked: %s could not run the model", backend,
+                       extra=SUMMARY)
+        return {"verified": False, "reference": backend, "skipped": f"{backend} failed: "
                 f"{msg[-1][:200] if msg else type(err).__name__}"}
     report = evaluate.compare([ours[s.name] for s in art.outputs], ref)
+    report["verified"] = True
     report["reference"] = backend
     report["inputs"] = "given" if inputs is not None else "random (seed 0)"
     return report

@@ -7,6 +7,8 @@ A bundle is a directory a user copies to the device and runs::
       module.so           the compiled model, copied from the artifact
       manifest.json       the artifact's manifest, unchanged
       io.txt              one line per input/output: kind, name, file stem, dtype, shape
+      cpu.txt             the target and the CPU features module.so needs; hwcc_run checks
+                          them at start-up and refuses (one line) a CPU lacking one
       bundle.json         what the bundle holds: architecture, runtime versions, file hashes
       lib/libtvm_runtime.so, lib/libtvm_ffi.so
                           TVM's runtime for that architecture (found through $ORIGIN/lib)
@@ -46,7 +48,7 @@ from compiler.errors import HwccError
 from targets import host_arch, parse_target
 
 from .package import MANIFEST, replace_dir, sha256_file, write_json_atomic
-from .runtime import read_manifest, verify_files
+from .runtime import read_manifest, required_cpu_features, verify_files
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ BUNDLE_FORMAT = "hwcc-bundle"
 BUNDLE_FORMAT_VERSION = 1
 BUNDLE_INFO = "bundle.json"
 IO_SPEC = "io.txt"
+CPU_SPEC = "cpu.txt"
 RUNNER = "hwcc_run"
 RUNNER_SOURCE = Path(__file__).with_name("deploy_runner") / "hwcc_run.cc"
 
@@ -160,8 +163,10 @@ def make_bundle(artifact_dir: str | Path, out_dir: str | Path) -> Path:
         shutil.copy2(runner, tmp / RUNNER)
         os.chmod(tmp / RUNNER, 0o755)
         (tmp / IO_SPEC).write_text(io_spec(manifest["inputs"], manifest["outputs"]))
+        features = cpu_features(manifest)
+        (tmp / CPU_SPEC).write_text(cpu_spec(str(tgt.get("target")), features))
         requires = libc_requirements([tmp / RUNNER, tmp / "module.so", *runtime.libraries])
-        (tmp / "README.txt").write_text(_readme(manifest, arch, requires))
+        (tmp / "README.txt").write_text(_readme(manifest, arch, requires, features))
         files = {}
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
             rel = path.relative_to(tmp).as_posix()
@@ -178,6 +183,7 @@ def make_bundle(artifact_dir: str | Path, out_dir: str | Path) -> Path:
             "runtime": {"apache-tvm": runtime.versions[0], "apache-tvm-ffi": runtime.versions[1],
                         "source": runtime.source},
             "requires": requires,
+            "cpu_features": list(features),
             "inputs": manifest["inputs"],
             "outputs": manifest["outputs"],
             "files": files,
@@ -224,6 +230,23 @@ def io_spec(inputs: Sequence[Mapping[str, Any]], outputs: Sequence[Mapping[str, 
             used.add(stem)
             shape = ",".join(str(int(d)) for d in spec["shape"])
             lines.append(f"{kind}\t{name}\t{stem}\t{spec['dtype']}\t{shape}")
+    return "\n".join(lines) + "\n"
+
+
+def cpu_features(manifest: Mapping[str, Any]) -> tuple[str, ...]:
+    """The CPU features (LLVM names, without ``+``) the artifact's module needs."""
+    if manifest["target"].get("kind", "llvm") != "llvm":
+        return ()
+    return tuple(f[1:] for f in required_cpu_features(manifest) if f.startswith("+"))
+
+
+def cpu_spec(target: str, features: Sequence[str]) -> str:
+    """The ``cpu.txt`` text hwcc_run checks at start-up: ``target<TAB>...`` and one
+    ``feature<TAB>name`` line per feature."""
+    if any(c in target for c in "\t\n\r"):
+        raise UnsupportedBundleError(f"target {target!r} has a tab or newline")
+    lines = ["# CPU features module.so was built for; hwcc_run refuses a CPU lacking one",
+             f"target\t{target}", *(f"feature\t{f}" for f in features)]
     return "\n".join(lines) + "\n"
 
 
@@ -515,7 +538,8 @@ def _is_replaceable_bundle(path: Path) -> bool:
         return False
 
 
-def _readme(manifest: Mapping[str, Any], arch: str, requires: Mapping[str, str]) -> str:
+def _readme(manifest: Mapping[str, Any], arch: str, requires: Mapping[str, str],
+            features: Sequence[str]) -> str:
     def describe(specs: Sequence[Mapping[str, Any]]) -> str:
         used: set[str] = set()
         rows = []
@@ -533,7 +557,9 @@ def _readme(manifest: Mapping[str, Any], arch: str, requires: Mapping[str, str])
         f"Outputs:\n{describe(manifest['outputs'])}\n\n"
         f"The device needs Linux on {arch} with glibc >= {requires.get('glibc', '?')} and a "
         f"libstdc++ providing {requires.get('libstdc++', '?')}\n"
-        "(e.g. Debian 12, Ubuntu 22.04, Raspberry Pi OS bookworm or newer). TVM's runtime is\n"
-        "in lib/; no Python is needed. Set TVM_NUM_THREADS or --threads to choose the threads\n"
-        "(default: all cores).\n"
+        "(e.g. Debian 12, Ubuntu 22.04, Raspberry Pi OS bookworm or newer).\n"
+        + (f"Its CPU needs {', '.join(features)} (hwcc_run checks at start-up).\n"
+           if features else "")
+        + "TVM's runtime is in lib/; no Python is needed. Set TVM_NUM_THREADS or --threads to "
+        "choose the\nthreads (default: all cores).\n"
     )

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from compiler.errors import ArtifactError, RuntimeInputError
-from targets import host_arch
+from compiler.errors import ArtifactError, HwccError, RuntimeInputError
+from targets import host_arch, missing_features, parse_target
 
 from . import tensors as narrow
 from .package import FORMAT, MANIFEST, sha256_file
@@ -64,6 +64,27 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
+#: Per architecture, a target whose artifacts run on every CPU hwcc supports there
+#: (x86-64-v3: AVX2 + FMA).
+PORTABLE_TARGETS = {"x86_64": "x86_64-linux-gnu -mattr=+avx2,+fma",
+                    "aarch64": "aarch64-linux-gnu -mattr=+neon"}
+
+
+def required_cpu_features(manifest: Mapping[str, Any]) -> tuple[str, ...]:
+    """The ``-mattr`` features (``+name``) the artifact's module was built for.
+
+    From ``target.cpu_features``; manifests written before it was recorded fall back to the
+    features of the target string.
+    """
+    tgt = manifest["target"]
+    if "cpu_features" in tgt:
+        return tuple(str(f) for f in tgt["cpu_features"])
+    try:
+        return parse_target(str(tgt["target"])).features
+    except HwccError:
+        return tuple(str(f) for f in (tgt.get("tvm_target") or {}).get("mattr") or ())
+
+
 def verify_files(path: Path, manifest: Mapping[str, Any]) -> None:
     """Check that every file listed in the manifest exists with the recorded SHA-256."""
     for name, info in manifest["files"].items():
@@ -90,14 +111,37 @@ class Artifact:
     def target(self) -> str:
         return str(self.manifest["target"]["target"])
 
+    def missing_cpu_features(self) -> tuple[str, ...]:
+        """CPU features the module was built for that this machine lacks (names without
+        ``+``); ``()`` for CUDA and generated-C modules and for other architectures (refused
+        for that reason instead)."""
+        tgt = self.manifest["target"]
+        if tgt.get("kind", "llvm") != "llvm" or tgt.get("machine") != host_arch():
+            return ()
+        return missing_features(required_cpu_features(self.manifest))
+
+    def check_cpu_features(self) -> None:
+        """Refuse, with one line, a module using instructions this CPU lacks: loading and
+        running it would kill the process with SIGILL."""
+        missing = self.missing_cpu_features()
+        if not missing:
+            return
+        portable = PORTABLE_TARGETS.get(host_arch())
+        rebuild = "-t host" + (f' or a portable -t "{portable}"' if portable else "")
+        raise ArtifactError(
+            f"artifact {self.path} needs CPU features this machine lacks: "
+            f"{', '.join(missing)} (built for {self.target}); rebuild with {rebuild}")
+
     @classmethod
     def load(cls, path: str | Path) -> Artifact:
-        """Check the manifest, the file hashes and the architecture, then load the module.
+        """Check the manifest, the file hashes, the architecture and the CPU features, then
+        load the module.
 
         Raises
         ------
         ArtifactError
-            Missing or tampered files, or a module built for another machine.
+            Missing or tampered files, a module built for another machine, or for CPU
+            features this machine lacks (checked before the module is loaded).
         """
         use_all_cores()
         path = Path(path)
@@ -125,6 +169,7 @@ class Artifact:
                 f"this machine is {host_arch()}: copy it to a {tgt.get('machine')} device "
                 "and load it there")
         else:
+            self.check_cpu_features()  # before dlopen: a missing instruction is a SIGILL
             device = tvm.cpu(0)
         lib_path = self.path / self.manifest["library"]
         try:

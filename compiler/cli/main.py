@@ -8,11 +8,12 @@ shows the traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,13 +87,18 @@ def cmd_compile(args: argparse.Namespace) -> int:
     shapes = parse_input_shapes(args.input_shape or [])
     compression = options_from_args(args)
     out = args.output or str(Path("out") / Path(args.model).stem)
-    art = api.compile(args.model, args.target, output_dir=out, input_shapes=shapes,
-                      compression=compression, tuning_log=args.tune_log,
-                      verify=not args.no_verify, lower_options=lower_options_from_args(args))
+    with _summary_warnings_shown(not args.json):
+        art = api.compile(args.model, args.target, output_dir=out, input_shapes=shapes,
+                          compression=compression, tuning_log=args.tune_log,
+                          verify=not args.no_verify,
+                          lower_options=lower_options_from_args(args))
     verify_inputs = compression.calibration if compression.wanted else None
     m = art.manifest
     latency = None
-    runs_here = "verification" in m
+    v = m.get("verification")
+    # timed only where it was verified, i.e. ran: never a module using instructions this
+    # CPU lacks (a SIGILL)
+    runs_here = v is not None and not art.missing_cpu_features()
     if runs_here and args.bench_repeat > 0:
         latency = art.benchmark(repeat=args.bench_repeat, warmup=3)
     if args.json:
@@ -115,8 +121,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     print(f"  kernels      {k['kernels']} fused kernels: {tuned}, "
           f"{k['default_scheduled']} with default schedules, {len(k['unscheduled'])} unscheduled")
     print(f"  module       {m['library']}, {_kib(art.size_bytes)}")
-    v = m.get("verification")
-    if v and "skipped" in v:
+    if v and "missing_features" in v:
+        print(f"  agreement    not verified: {v['skipped']}")
+    elif v and "skipped" in v:
         print(f"  agreement    not checked ({v['skipped']})")
     elif v:
         top1 = f", top-1 agreement {v['top1_agreement']:.1%}" if "top1_agreement" in v else ""
@@ -124,12 +131,36 @@ def cmd_compile(args: argparse.Namespace) -> int:
             f"{v['inputs']} inputs"
         print(f"  agreement    max abs err {v['max_abs_err']:.2e}, max rel err "
               f"{v['max_rel_err']:.2e} vs {v['reference']} (float model) on {on}{top1}")
+    elif args.no_verify:
+        print("  agreement    not checked (--no-verify)")
     else:
         print("  agreement    not checked (the target does not run on this machine)")
     if latency:
         print(f"  latency      {latency['median_ms']:.3f} ms median over {latency['repeat']} "
               f"runs ({latency['threads']} threads)")
     return EXIT_OK
+
+
+class _InSummary(logging.Filter):
+    """Drops the API's warnings that the compile summary prints itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "hwcc_summary", False)
+
+
+@contextlib.contextmanager
+def _summary_warnings_shown(in_summary: bool) -> Iterator[None]:
+    """While compiling for the printed summary, leave out of the log the warnings the summary
+    repeats (``not verified: this host lacks ...``); with ``--json`` they stay on stderr."""
+    if not in_summary:
+        yield
+        return
+    api_logger, flt = logging.getLogger(api.__name__), _InSummary()
+    api_logger.addFilter(flt)
+    try:
+        yield
+    finally:
+        api_logger.removeFilter(flt)
 
 
 def _pass_summary(p: dict[str, Any]) -> str:

@@ -7,8 +7,13 @@
 // it then times N more runs and prints one latency line. Any failure prints one line
 // "hwcc_run: error: ..." on stderr and exits with status 1 (2 for a bad command line).
 //
-// io.txt, written by compiler/deploy.py, has one tab-separated line per tensor:
+// io.txt, written by compiler/artifact/deploy.py, has one tab-separated line per tensor:
 //   input|output <TAB> name <TAB> file stem <TAB> dtype <TAB> d0,d1,... (empty for a scalar)
+// cpu.txt names the target and the CPU features (LLVM -mattr names) module.so was built for:
+//   target <TAB> x86_64-linux-gnu -mattr=+avx2,+fma
+//   feature <TAB> avx2
+// They are checked first: on a CPU lacking one, the runner prints one line and exits with 1
+// instead of dying with SIGILL inside module.so.
 
 #include <dlpack/dlpack.h>
 #include <tvm/ffi/any.h>
@@ -21,6 +26,9 @@
 
 #include <sys/stat.h>
 #include <unistd.h>
+#if defined(__aarch64__)
+#include <sys/auxv.h>
+#endif
 
 #include <algorithm>
 #include <chrono>
@@ -276,7 +284,74 @@ std::string first_line(const std::string& s) {
   return line.empty() ? s : line;
 }
 
+// ---- CPU features -----------------------------------------------------------------------
+// Whether this CPU (and the kernel, for register state) supports an LLVM feature; -1 for a
+// name the runner cannot check (it is then assumed present: hwcc's targets accept only the
+// names below, so that means a bundle from a newer hwcc).
+int cpu_has(const std::string& feature) {
+#if defined(__x86_64__)
+  // GCC >= 12 and clang know these names; libgcc reads cpuid and XCR0 (AVX/AVX-512/AMX
+  // state enabled by the OS), and cpuid is what qemu-user emulates for -cpu Haswell.
+  __builtin_cpu_init();
+  struct Check { const char* llvm; bool (*has)(); };
+#define HWCC_X86(llvm, gcc) {llvm, [] { return __builtin_cpu_supports(gcc) != 0; }}
+  static const Check kX86[] = {
+      HWCC_X86("sse4.2", "sse4.2"),         HWCC_X86("avx", "avx"),
+      HWCC_X86("avx2", "avx2"),             HWCC_X86("fma", "fma"),
+      HWCC_X86("f16c", "f16c"),             HWCC_X86("avx512f", "avx512f"),
+      HWCC_X86("avx512bw", "avx512bw"),     HWCC_X86("avx512dq", "avx512dq"),
+      HWCC_X86("avx512vl", "avx512vl"),     HWCC_X86("avx512vnni", "avx512vnni"),
+      HWCC_X86("avxvnni", "avxvnni"),       HWCC_X86("avx512bf16", "avx512bf16"),
+      HWCC_X86("avx512fp16", "avx512fp16"), HWCC_X86("amx-int8", "amx-int8"),
+  };
+#undef HWCC_X86
+  for (const Check& c : kX86)
+    if (feature == c.llvm) return c.has() ? 1 : 0;
+  return -1;
+#elif defined(__aarch64__)
+  // The kernel's hwcaps (bit values of <asm/hwcap.h>, spelled out for older headers).
+  struct Check { const char* llvm; unsigned long at; unsigned long bit; };
+  static const Check kArm[] = {
+      {"neon", AT_HWCAP, 1ul << 1},      {"vfp4", AT_HWCAP, 1ul << 0},
+      {"fullfp16", AT_HWCAP, 1ul << 10}, {"dotprod", AT_HWCAP, 1ul << 20},
+      {"sve", AT_HWCAP, 1ul << 22},      {"sve2", AT_HWCAP2, 1ul << 1},
+      {"i8mm", AT_HWCAP2, 1ul << 13},    {"bf16", AT_HWCAP2, 1ul << 14},
+  };
+  for (const Check& c : kArm)
+    if (feature == c.llvm) return (getauxval(c.at) & c.bit) ? 1 : 0;
+  return -1;
+#else
+  (void)feature;
+  return -1;
+#endif
+}
+
+// Refuse a module built for CPU features this CPU lacks, naming them (cpu.txt; a bundle
+// without it is not checked).
+void check_cpu(const std::string& bundle) {
+  std::ifstream in(bundle + "/cpu.txt");
+  if (!in) return;
+  std::string line, target = "?", missing;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    std::vector<std::string> f = split(line, '\t');
+    if (f.size() != 2) throw Fail("malformed line in " + bundle + "/cpu.txt: " + line);
+    if (f[0] == "target") target = f[1];
+    else if (f[0] == "feature" && cpu_has(f[1]) == 0) missing += (missing.empty() ? "" : ", ") + f[1];
+  }
+#if defined(__aarch64__)
+  const char* portable = "aarch64-linux-gnu -mattr=+neon";
+#else
+  const char* portable = "x86_64-linux-gnu -mattr=+avx2,+fma";
+#endif
+  if (!missing.empty())
+    throw Fail("this CPU lacks " + missing + ", which module.so was built for (" + target +
+               "); bundle an artifact compiled for this CPU (-t host) or a portable one (-t \"" +
+               portable + "\")");
+}
+
 int run(const Options& opt, const std::string& bundle) {
+  check_cpu(bundle);  // before module.so is loaded: a missing instruction is a SIGILL
   // TVM's thread pool reads TVM_NUM_THREADS when it starts; default to every core, since
   // the runtime would otherwise use half of them.
   if (opt.threads > 0) {
