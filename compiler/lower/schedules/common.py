@@ -5,13 +5,17 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable
+from typing import Any
 
+import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.s_tir.schedule import LoopRV, SBlockRV
 from tvm.sym.pattern import detect_linear_equation
 
 from .analysis import is_load, load_buffer, param_index, region_buffer, same_indices
+from .target_info import is_cpu_target
 
 logger = logging.getLogger(__name__)
 
@@ -455,3 +459,28 @@ def compute_padding_at(
     except Exception as err:  # noqa: BLE001 - caller decides what to do instead
         logger.debug("padding not computed per task: %s", err)
         return False
+
+
+class MatchingRule(CPUScheduleRule):
+    """A schedule rule for the kernels its :meth:`match` recognises.
+
+    The preamble every such rule shares: LLVM CPU targets only, a fresh schedule of the
+    function, the match; :meth:`schedule` runs only on a match and may still decline (None,
+    the function is left to the next rule).
+    """
+
+    def match(self, sch: s_tir.Schedule, target: tvm.target.Target) -> Any | None:
+        raise NotImplementedError
+
+    def schedule(self, sch: s_tir.Schedule, match: Any, target: tvm.target.Target
+                 ) -> s_tir.Schedule | None:
+        raise NotImplementedError
+
+    def apply(
+        self, func: tirx.PrimFunc, target: tvm.target.Target, tunable: bool
+    ) -> s_tir.Schedule | None:
+        if not is_cpu_target(target):
+            return None
+        sch = s_tir.Schedule(func)
+        found = self.match(sch, target)
+        return None if found is None else self.schedule(sch, found, target)

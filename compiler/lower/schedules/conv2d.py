@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import tvm
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.s_tir.schedule import SBlockRV
 
 from .analysis import (
@@ -23,6 +23,7 @@ from .analysis import (
 )
 from .common import (
     MIN_PARALLEL_WORK,
+    MatchingRule,
     attach_epilogue,
     choose_factor,
     compute_padding_at,
@@ -244,7 +245,7 @@ def _place_padding(sch: s_tir.Schedule, pad, par, lanes: int) -> None:
         logger.debug("conv2d: padding not inlined: %s", err)
 
 
-class Conv2d(CPUScheduleRule):
+class Conv2d(MatchingRule):
     """Conv2d NCHW (not grouped): output channels in vector registers, weights packed.
 
     Matches :func:`match_conv2d` results whose data index does not depend on the output channel
@@ -293,15 +294,14 @@ class Conv2d(CPUScheduleRule):
         return WeightPack(block.name_hint, reads[0], idx, index_map, pack,
                           pad_value=0.0 if pad else None)
 
-    def apply(
-        self, func: tirx.PrimFunc, target: tvm.target.Target, tunable: bool
-    ) -> s_tir.Schedule | None:
-        if not is_cpu_target(target):
-            return None
-        sch = s_tir.Schedule(func)
+    def match(self, sch: s_tir.Schedule, target: tvm.target.Target) -> Any | None:
+        """The kernel this rule schedules, found in ``sch``; None for any other."""
         match = match_conv2d(sch)
-        if match is None or match.grouped:
-            return None
+        return None if match is None or match.grouped else match
+
+    def schedule(self, sch: s_tir.Schedule, match: Any, target: tvm.target.Target
+                 ) -> s_tir.Schedule | None:
+        """Schedule the matched kernel (see the class doc)."""
         info = cpu_info(target)
         lanes = info.lanes(32)
         pixels = _pixel_tile(sch, match, target)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 import tvm
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.s_tir.schedule import SBlockRV
 from tvm.sym.pattern import detect_linear_equation
 from tvm.tirx import IndexMap
@@ -15,6 +15,7 @@ from tvm.tirx import IndexMap
 from .analysis import region_buffer
 from .common import (
     MIN_PARALLEL_WORK,
+    MatchingRule,
     attach_epilogue,
     choose_factor,
     compute_padding_at,
@@ -25,7 +26,7 @@ from .common import (
     vector_factor,
 )
 from .conv2d import ConvMatch, match_conv2d
-from .target_info import cpu_info, is_cpu_target
+from .target_info import cpu_info
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def _deinterleave_columns(sch: s_tir.Schedule, pad: SBlockRV, match: ConvMatch) 
     return True
 
 
-class DepthwiseConv2d(CPUScheduleRule):
+class DepthwiseConv2d(MatchingRule):
     """Depthwise / grouped conv2d NCHW: output width in vector registers, rows tiled.
 
     Matches :func:`compiler.lower.schedules.conv2d.match_conv2d` results whose data index depends on
@@ -102,17 +103,18 @@ class DepthwiseConv2d(CPUScheduleRule):
     epilogue per tile. Returns None for anything else.
     """
 
-    def apply(
-        self, func: tirx.PrimFunc, target: tvm.target.Target, tunable: bool
-    ) -> s_tir.Schedule | None:
-        if not is_cpu_target(target):
-            return None
-        sch = s_tir.Schedule(func)
+    def match(self, sch: s_tir.Schedule, target: tvm.target.Target) -> Any | None:
+        """The kernel this rule schedules, found in ``sch``; None for any other."""
         match = match_conv2d(sch)
         if match is None or not match.grouped or match.x is None:
             return None
         if not match.data.uses(match.x) or match.x not in match.data.used[-1]:
             return None
+        return match
+
+    def schedule(self, sch: s_tir.Schedule, match: Any, target: tvm.target.Target
+                 ) -> s_tir.Schedule | None:
+        """Schedule the matched kernel (see the class doc)."""
         info = cpu_info(target)
         lanes = info.lanes(32)
         con = match.con

@@ -21,20 +21,21 @@ blocks to keep every core busy (:func:`_row_band`) -- and:
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import tvm
-from tvm import s_tir, tirx
-from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm import s_tir
 from tvm.s_tir.schedule import SBlockRV
 
 from .common import (
+    MatchingRule,
     attach_epilogue,
     choose_factor,
     compute_padding_at,
     loop_extent,
     schedule_other_blocks,
 )
-from .target_info import cpu_info, is_cpu_target
+from .target_info import cpu_info
 
 logger = logging.getLogger(__name__)
 
@@ -92,19 +93,17 @@ def _row_band(rows: int, blocks: int, cores: int, tile_row_bytes: int, stride: i
     return band if band < rows else None
 
 
-class ExpandDepthwise(CPUScheduleRule):
+class ExpandDepthwise(MatchingRule):
     """Schedule :func:`compiler.lower.rewrites.expand_depthwise.expand_depthwise_te` kernels (see module doc).
     Returns None for any other function."""
 
-    def apply(
-        self, func: tirx.PrimFunc, target: tvm.target.Target, tunable: bool
-    ) -> s_tir.Schedule | None:
-        if not is_cpu_target(target):
-            return None
-        sch = s_tir.Schedule(func)
-        st = _find(sch)
-        if st is None:
-            return None
+    def match(self, sch: s_tir.Schedule, target: tvm.target.Target) -> Any | None:
+        """The kernel this rule schedules, found in ``sch``; None for any other."""
+        return _find(sch)
+
+    def schedule(self, sch: s_tir.Schedule, st: Any, target: tvm.target.Target
+                 ) -> s_tir.Schedule | None:
+        """Schedule the matched kernel (see the class doc)."""
         info = cpu_info(target)
         dw, pad, expand = st["depthwise"], st["pad"], st["expand"]
         input_pad = _find_optional(sch, "input_pad")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import tvm
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 
 from .analysis import (
     Contraction,
@@ -22,6 +22,7 @@ from .analysis import (
 )
 from .common import (
     MIN_PARALLEL_WORK,
+    MatchingRule,
     attach_epilogue,
     choose_factor,
     schedule_other_blocks,
@@ -179,7 +180,7 @@ def _pad_activation_rhs(sch: s_tir.Schedule, match: MatmulMatch, nr: int) -> boo
     return True
 
 
-class Matmul(CPUScheduleRule):
+class Matmul(MatchingRule):
     """Register-tiled, vectorized, parallel matmul with a fused epilogue.
 
     Matches what :func:`match_matmul` accepts. Tiles ``MR x NR`` outputs in registers (``NR`` =
@@ -231,17 +232,18 @@ class Matmul(CPUScheduleRule):
 
         return WeightPack(block.name_hint, read_index[0], idx, index_map, pack)
 
-    def apply(
-        self, func: tirx.PrimFunc, target: tvm.target.Target, tunable: bool
-    ) -> s_tir.Schedule | None:
-        if not is_cpu_target(target):
-            return None
-        sch = s_tir.Schedule(func)
+    def match(self, sch: s_tir.Schedule, target: tvm.target.Target) -> Any | None:
+        """The kernel this rule schedules, found in ``sch``; None for any other."""
         match = match_matmul(sch)
         if match is None:
             return None
         if match.packed is None and not is_plain(match.rhs.indices[-1], match.n):
             return None  # unpacked [n, k] weight: strided along n, leave it to the fallback
+        return match
+
+    def schedule(self, sch: s_tir.Schedule, match: Any, target: tvm.target.Target
+                 ) -> s_tir.Schedule | None:
+        """Schedule the matched kernel (see the class doc)."""
         info = cpu_info(target)
         lanes = info.lanes(32)
         mr, nr = _tiles(match, target)
@@ -280,5 +282,6 @@ class Matmul(CPUScheduleRule):
         sch.decompose_reduction(main, lk)
         skip = [main] + ([tail] if tail is not None else [])
         schedule_other_blocks(sch, skip, lanes, info.num_cores)
-        logger.debug("matmul %s: MR=%d NR=%d packed=%s", func.attrs, mr, nr, match.packed)
+        logger.debug("matmul %s: MR=%d NR=%d packed=%s", sch.mod["main"].attrs, mr, nr,
+                     match.packed)
         return sch

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import tvm
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.s_tir.schedule import LoopRV, SBlockRV
 
 from .analysis import block_infos, is_plain, load_buffer, region_buffer, same_indices
 from .common import (
     MIN_PARALLEL_WORK,
+    MatchingRule,
     attach_epilogue,
     compute_padding_at,
     is_spatial_block,
@@ -20,7 +21,7 @@ from .common import (
     schedule_other_blocks,
     vector_factor,
 )
-from .target_info import cpu_info, is_cpu_target
+from .target_info import cpu_info
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def match_pool(sch: s_tir.Schedule) -> PoolMatch | None:
     return PoolMatch(main, spatial_loops, [it.loop_rv for it in reduce], data, pad)
 
 
-class Pool2d(CPUScheduleRule):
+class Pool2d(MatchingRule):
     """Max / sum pooling: output width vectorized, windows unrolled, padding per channel.
 
     Matches what :func:`match_pool` accepts (``max_pool2d``, the sum of ``avg_pool2d``, with or
@@ -138,15 +139,13 @@ class Pool2d(CPUScheduleRule):
     computed per vector. Returns None for anything else.
     """
 
-    def apply(
-        self, func: tirx.PrimFunc, target: tvm.target.Target, tunable: bool
-    ) -> s_tir.Schedule | None:
-        if not is_cpu_target(target):
-            return None
-        sch = s_tir.Schedule(func)
-        match = match_pool(sch)
-        if match is None:
-            return None
+    def match(self, sch: s_tir.Schedule, target: tvm.target.Target) -> Any | None:
+        """The kernel this rule schedules, found in ``sch``; None for any other."""
+        return match_pool(sch)
+
+    def schedule(self, sch: s_tir.Schedule, match: Any, target: tvm.target.Target
+                 ) -> s_tir.Schedule | None:
+        """Schedule the matched kernel (see the class doc)."""
         info = cpu_info(target)
         out = region_buffer(sch.get(match.block).writes[0])
         lanes = info.lanes(tvm.DataType(out.dtype).bits)

@@ -7,21 +7,22 @@ epilogues fused after it (bias, ReLU, residual add) are inlined into its last bl
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import tvm
-from tvm import s_tir, tirx
-from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm import s_tir
 from tvm.s_tir.schedule import LoopRV, SBlockRV
 
 from .analysis import region_buffer
 from .common import (
+    MatchingRule,
     compute_padding_at,
     inline_epilogue_chain,
     loop_extent,
     schedule_other_blocks,
     vector_factor,
 )
-from .target_info import cpu_info, is_cpu_target
+from .target_info import cpu_info
 
 logger = logging.getLogger(__name__)
 
@@ -124,19 +125,17 @@ def _schedule_output(sch: s_tir.Schedule, st: dict[str, SBlockRV], lanes: int, p
         sch.parallel(outer)
 
 
-class Winograd(CPUScheduleRule):
+class Winograd(MatchingRule):
     """The Winograd convolution kernel of :func:`compiler.lower.rewrites.winograd.winograd_te` (and its fused
     elementwise epilogue); None for any other function."""
 
-    def apply(
-        self, func: tirx.PrimFunc, target: tvm.target.Target, tunable: bool
-    ) -> s_tir.Schedule | None:
-        if not is_cpu_target(target):
-            return None
-        sch = s_tir.Schedule(func)
-        st = _find_stages(sch)
-        if st is None:
-            return None
+    def match(self, sch: s_tir.Schedule, target: tvm.target.Target) -> Any | None:
+        """The kernel this rule schedules, found in ``sch``; None for any other."""
+        return _find_stages(sch)
+
+    def schedule(self, sch: s_tir.Schedule, st: Any, target: tvm.target.Target
+                 ) -> s_tir.Schedule | None:
+        """Schedule the matched kernel (see the class doc)."""
         info = cpu_info(target)
         lanes = info.lanes(32)
         par = info.num_cores > 1
