@@ -45,14 +45,17 @@ TVM passes leave such repeats), the rebuilt ``main`` has the repeats renamed, si
 finds layers by name.
 
 Recovery: with ``recover=True`` the last factor of every factorized layer (and its bias) is
-re-fitted by least squares on the calibration data so that the layer's output matches the
-original model's (:func:`passes.recover.refit`, teacher = the module before this pass).
+re-fitted by ridge least squares on the calibration data so that the layer's output matches
+the original model's (:func:`passes.recover.refit`, teacher = the module before this pass); a
+re-fit that does not lower the error on held-back calibration samples is dropped.
 
 Report: a dict on the pass object, ``LowRank(cfg).report`` (what the compile driver records in
 the manifest), also stored as JSON in ``main``'s attribute ``"hwcc.low_rank"`` (read it with
 :func:`read_report`; print it with :func:`format_report`): per layer its op, weight shape,
 decomposition, chosen rank(s), full rank, kept energy, relative Frobenius error of the weight,
-parameters and FLOPs before / after, or why it was skipped; totals; recovery errors.
+parameters and FLOPs before / after, or why it was skipped; totals; per re-fitted layer its
+``recovery`` entry (errors, samples, rows, ridge and λ, kept or dropped and why: see
+:meth:`passes._lstsq.Fit.report`).
 """
 
 from __future__ import annotations
@@ -694,5 +697,5 @@ class LowRank:
             )
         if not unique:
             return student, {}
-        return refit(teacher, student, self.config.calibration, unique)
+        return refit(teacher, student, self.config.calibration, unique, what="low-rank re-fit")
 

@@ -7,7 +7,11 @@ data, its outputs on the *student's* inputs match the *teacher's* (original mode
 
     W', b' = argmin ‖X_student · W + b − Y_teacher‖² + λ‖(W, b) − (W₀, b₀)‖²
 
-(the pull towards the compressed weights ``W₀`` keeps what the data does not determine).
+(the pull towards the compressed weights ``W₀`` keeps what the data does not determine, so the
+fit is well posed even with fewer rows than inputs, e.g. one calibration sample). The ridge
+solve, the choice of λ by cross-validation on held-back calibration samples, and the decision
+to drop a fit that does not lower the held-back error live in :mod:`passes._lstsq`, shared
+with :mod:`passes.sparsify`.
 
 :func:`refit` does this for conv2d (any stride / padding / dilation, groups 1 or depthwise) and
 matmul layers with constant weights, including the constant bias ``R.add`` that follows them.
@@ -21,9 +25,14 @@ Pass ``hwcc.Recover`` wraps :func:`refit` with a :class:`RecoverConfig` (teacher
 data, layers; empty layers = read ``refit_layers`` from the pruning report of the module).
 
 Expects: calibration data in the format of :mod:`passes.calibration`. Guarantees: the module's
-structure is unchanged; only the named layers' weights and biases are replaced. The pass
-records ``"hwcc.recover"`` on ``main``: JSON with, per layer, the relative least-squares error
-before and after the fit on the calibration data.
+structure is unchanged; only the named layers' weights and biases are replaced; re-fitting
+never fails on small data (a fit that cannot help is dropped). The pass records
+``"hwcc.recover"`` on ``main``: JSON with ``samples`` (calibration samples),
+``samples_for_reliable_refit`` (see :func:`passes._lstsq.reliable_samples`) and, per layer,
+the entry of :meth:`passes._lstsq.Fit.report`: relative error before / after on the
+calibration rows, samples, rows, held-back rows, features, the ridge strength and λ chosen
+and how, and whether the fit was kept or dropped and why. With too few samples for a
+reliable fit it logs one warning naming how many would do.
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ from tvm import relax
 
 from targets.errors import ConfigError
 
-from . import calibration
+from . import _lstsq, calibration
 from ._ir import bindings, const, const_array, is_const, main_function, op_name, rebuild_main
 from .prune_channels import read_report
 
@@ -63,7 +72,9 @@ class RecoverConfig:
         module's pruning report.
     ridge
         Strength of the pull towards the current weights, relative to the mean diagonal of
-        ``XᵀX``; None (default) chooses it per layer from 1e-4 … 1 by error on held-out rows.
+        ``XᵀX``; None (default) chooses it per layer from :data:`passes._lstsq.STRENGTHS` by
+        cross-validation on held-back calibration samples (with a single sample:
+        :data:`passes._lstsq.DEFAULT_STRENGTH`).
     sequential
         Re-fit layers in graph order, re-capturing the student's inputs after each fit so later
         layers also correct earlier errors (one compile per layer). Default True.
@@ -155,44 +166,6 @@ def _im2col(x: np.ndarray, call: relax.Call, w_shape: tuple) -> np.ndarray:
     return win.transpose(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * kh * kw)
 
 
-_RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-
-
-def _solve(
-    x: np.ndarray, y: np.ndarray, w0: np.ndarray, b0: np.ndarray | None, ridge: float | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Ridge least squares ``y ≈ x w + b``, shrunk towards the current ``(w0, b0)``.
-
-    ``w0`` is (k, m). The penalty ``λ‖w − w0‖²`` keeps directions the data does not determine at
-    their current values, so few calibration rows cannot wreck a layer. ``ridge`` scales λ by
-    the mean diagonal of ``xᵀx``; None picks it from a grid by error on a held-out fifth.
-    """
-    bias = b0 is not None
-    if bias:
-        x = np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)
-        w0 = np.concatenate([w0, b0.reshape(1, -1)], axis=0)
-    if ridge is None:
-        n = x.shape[0]
-        hold = np.zeros(n, dtype=bool)
-        hold[np.random.default_rng(1).permutation(n)[: max(n // 5, 1)]] = True
-        errs = []
-        for r in _RIDGE_GRID:
-            sol = _ridge(x[~hold], y[~hold], w0, r, bias)
-            errs.append(float(np.sum((x[hold] @ sol - y[hold]) ** 2)))
-        ridge = _RIDGE_GRID[int(np.argmin(errs))]
-    sol = _ridge(x, y, w0, ridge, bias)
-    return (sol[:-1], sol[-1]) if bias else (sol, np.zeros(y.shape[1]))
-
-
-def _ridge(x: np.ndarray, y: np.ndarray, w0: np.ndarray, ridge: float, bias: bool) -> np.ndarray:
-    gram = x.T @ x
-    lam = ridge * float(np.trace(gram)) / max(gram.shape[0], 1)
-    reg = np.eye(gram.shape[0]) * lam
-    if bias:
-        reg[-1, -1] = lam * 1e-3
-    return np.linalg.solve(gram + reg, x.T @ y + reg @ w0)
-
-
 def _rows(n: int, max_rows: int) -> np.ndarray | slice:
     if n <= max_rows:
         return slice(None)
@@ -207,56 +180,56 @@ def _fit_layer(
     b: np.ndarray | None,
     ridge: float | None,
     max_rows: int,
-) -> tuple[np.ndarray, np.ndarray | None, float, float]:
-    """New (weight, bias) of one layer and the relative error before / after."""
+) -> tuple[np.ndarray, np.ndarray | None, _lstsq.Fit]:
+    """New (weight, bias) of one layer (the old ones if the fit was dropped) and the fit.
+
+    ``x`` and ``y`` hold the layer's input and target output stacked over calibration
+    samples (leading axis). The least-squares rows are the layer's output positions; a bias
+    is fitted as one more input (a column of ones), nearly unpenalized.
+    """
+    samples = x.shape[0]
     x = x.astype(np.float64)
     y = y.astype(np.float64)
     if layer.kind == "matmul":
-        xs = x.reshape(-1, x.shape[-1])
-        ys = y.reshape(-1, y.shape[-1])
-        rows = _rows(xs.shape[0], max_rows)
-        xs, ys = xs[rows], ys[rows]
-        bias_vec = None if b is None else b.reshape(-1)
-        before = xs @ w + (0 if bias_vec is None else bias_vec)
-        nw, nb = _solve(xs, ys, w.astype(np.float64), bias_vec, ridge)
-        after = xs @ nw + nb
-        new_w, new_b = (
-            nw.astype(w.dtype),
-            None if b is None else nb.reshape(b.shape).astype(b.dtype),
-        )
+        xs, ys = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
+        w0s = [w.astype(np.float64)]
+        cols = [slice(None)]
+        outs = [slice(None)]
     else:
         groups = int(layer.call.attrs.groups)
-        xs4 = x.reshape(-1, *x.shape[-3:])
-        ys4 = y.reshape(-1, *y.shape[-3:])
-        cout = w.shape[0]
-        ycols = ys4.transpose(0, 2, 3, 1).reshape(-1, cout)
-        cols = _im2col(xs4, layer.call, w.shape)
-        rows = _rows(cols.shape[0], max_rows)
-        cols, ycols = cols[rows], ycols[rows]
-        bias_vec = None if b is None else b.reshape(-1)
-        new_w = np.empty(w.shape, dtype=np.float64)
-        new_b = np.zeros(cout)
-        before = np.empty_like(ycols)
-        after = np.empty_like(ycols)
-        cin_g, cout_g = w.shape[1], cout // groups
-        k = w.shape[1] * w.shape[2] * w.shape[3]
-        for g in range(groups):  # groups == 1, or depthwise: one small problem per group
-            xg = cols[:, g * k : (g + 1) * k] if groups > 1 else cols
-            oc = slice(g * cout_g, (g + 1) * cout_g)
-            wg = w[oc].reshape(cout_g, -1).T.astype(np.float64)
-            before[:, oc] = xg @ wg + (0 if bias_vec is None else bias_vec[oc])
-            b0 = None if bias_vec is None else bias_vec[oc].astype(np.float64)
-            nw, nb = _solve(xg, ycols[:, oc], wg, b0, ridge)
-            new_w[oc] = nw.T.reshape(cout_g, cin_g, w.shape[2], w.shape[3])
-            new_b[oc] = nb
-            after[:, oc] = xg @ nw + nb
-        ys = ycols
-        new_w = new_w.astype(w.dtype)
-        new_b = None if b is None else new_b.reshape(b.shape).astype(b.dtype)
-    scale = float(np.sum(ys**2)) or 1.0
-    err_before = float(np.sum((before - ys) ** 2)) / scale
-    err_after = float(np.sum((after - ys) ** 2)) / scale
-    return new_w, new_b, err_before, err_after
+        cout, k = w.shape[0], w.shape[1] * w.shape[2] * w.shape[3]
+        ys = y.reshape(-1, *y.shape[-3:]).transpose(0, 2, 3, 1).reshape(-1, cout)
+        xs = _im2col(x.reshape(-1, *x.shape[-3:]), layer.call, w.shape)
+        cout_g = cout // groups  # groups == 1, or grouped: one small problem per group
+        outs = [slice(g * cout_g, (g + 1) * cout_g) for g in range(groups)]
+        cols = [slice(g * k, (g + 1) * k) if groups > 1 else slice(None) for g in range(groups)]
+        w0s = [w[oc].reshape(cout_g, -1).T.astype(np.float64) for oc in outs]
+    ids = _lstsq.sample_ids(samples, xs.shape[0])
+    rows = _rows(xs.shape[0], max_rows)
+    xs, ys, ids = xs[rows], ys[rows], ids[rows]
+    fold = _lstsq.folds(ids, samples)
+    bias = None if b is None else b.reshape(-1).astype(np.float64)
+    ones = np.ones((xs.shape[0], 1))
+    per_group = []  # [group][fold]
+    for i, (c, oc) in enumerate(zip(cols, outs)):
+        xg = xs[:, c]
+        if bias is not None:
+            xg = np.concatenate([xg, ones], axis=1)
+            w0s[i] = np.concatenate([w0s[i], bias[oc].reshape(1, -1)], axis=0)
+        per_group.append(_lstsq.normals(xg, ys[:, oc], fold))
+    parts = [list(p) for p in zip(*per_group)]  # [fold][group]
+    free = () if bias is None else (w0s[0].shape[0] - 1,)
+    result = _lstsq.fit(parts, w0s, samples=samples, strength=ridge, free=free)
+    if not result.kept:
+        return w, b, result
+    new_w = np.empty(w.shape, dtype=np.float64)
+    new_b = np.zeros(0 if bias is None else len(bias))
+    for oc, sol in zip(outs, result.weights):
+        if bias is not None:
+            sol, new_b[oc] = sol[:-1], sol[-1]
+        new_w[oc] = sol.T.reshape(new_w[oc].shape) if layer.kind == "conv2d" else sol
+    new_b = None if b is None else new_b.reshape(b.shape).astype(b.dtype)
+    return new_w.astype(w.dtype), new_b, result
 
 
 def _replace_consts(mod: tvm.IRModule, new: dict[tuple[str, int], np.ndarray]) -> tvm.IRModule:
@@ -288,7 +261,8 @@ def refit(
     ridge: float | None = None,
     sequential: bool = True,
     max_rows: int = 50000,
-) -> tuple[tvm.IRModule, dict[str, dict[str, float]]]:
+    what: str = "recovery",
+) -> tuple[tvm.IRModule, dict[str, dict]]:
     """Re-fit ``layers`` of ``student`` so their outputs match ``teacher``'s on ``calib``.
 
     Parameters
@@ -304,12 +278,18 @@ def refit(
         output channels (or features) that the student keeps, in order.
     ridge, sequential, max_rows
         See :class:`RecoverConfig`.
+    what
+        Name of the re-fit in the warning about too few calibration samples.
 
     Returns
     -------
     (tvm.IRModule, dict)
-        The re-fitted student, and per layer ``{"error_before", "error_after"}`` (relative
-        squared error of the layer's output on the calibration rows).
+        The re-fitted student, and per layer the entry of :meth:`passes._lstsq.Fit.report`:
+        ``error_before`` / ``error_after`` (relative squared error of the layer's output on
+        the calibration rows), ``samples``, ``rows``, ``held_back_rows``, ``features``, the
+        chosen ``ridge`` (relative) and ``lambda`` (absolute), ``ridge_chosen_by``, ``kept``
+        and ``reason``. A fit that does not lower the held-back error (with too few samples
+        to hold any back: the training error) is dropped and the layer keeps its weights.
     """
     out_channels = dict(out_channels or {})
     t_layers, s_layers = _layers(teacher), _layers(student)
@@ -324,7 +304,7 @@ def refit(
     todo = sorted(dict.fromkeys(layers), key=order.index)
     targets = [t_layers[n].bias or n for n in todo]
     t_cap = calibration.capture(teacher, calib, targets)
-    stats: dict[str, dict[str, float]] = {}
+    stats: dict[str, dict] = {}
     s_cap = None
     for i, name in enumerate(todo):
         layer = s_layers[name]
@@ -344,24 +324,27 @@ def refit(
             b = const_array(calibration.find_binding(student, layer.bias).value.args[1])
         if t_layers[name].bias is None and b is not None:
             raise ConfigError(f"layer '{name}' has a bias in the student but not in the teacher")
-        new_w, new_b, e0, e1 = _fit_layer(layer, x, y, w, b, ridge, max_rows)
-        if e1 > e0:  # never make a layer worse on the data it was fitted on
-            logger.warning("re-fit of '%s' did not help (%.4g -> %.4g); kept", name, e0, e1)
-            stats[name] = {"error_before": e0, "error_after": e0}
+        new_w, new_b, fitted = _fit_layer(layer, x, y, w, b, ridge, max_rows)
+        stats[name] = fitted.report()
+        if not fitted.kept:
+            logger.info("re-fit of '%s' %s", name, fitted.reason)
             continue
         new = {(name, 1): new_w}
         if new_b is not None:
             new[(layer.bias, 1)] = new_b
         student = _replace_consts(student, new)
         s_layers = _layers(student)
-        stats[name] = {"error_before": e0, "error_after": e1}
-        logger.info("re-fit '%s': relative error %.4g -> %.4g", name, e0, e1)
+        logger.info(
+            "re-fit '%s': relative error %.4g -> %.4g (ridge %g, %s)", name,
+            fitted.error_before, fitted.error_after, fitted.strength, fitted.reason,
+        )  # fmt: skip
+    _lstsq.warn_if_unreliable(logger, what, stats)
     return student, stats
 
 
 def refit_pruned(
     teacher: tvm.IRModule, pruned: tvm.IRModule, calib: Mapping[str, np.ndarray], **kwargs: object
-) -> tuple[tvm.IRModule, dict[str, dict[str, float]]]:
+) -> tuple[tvm.IRModule, dict[str, dict]]:
     """:func:`refit` of the ``refit_layers`` in ``pruned``'s ``PruneChannels`` report."""
     report = read_report(pruned)
     if not report:
@@ -393,7 +376,10 @@ class Recover:
             out, stats = refit(cfg.teacher, mod, cfg.calibration, cfg.layers, **opts)
         else:
             out, stats = refit_pruned(cfg.teacher, mod, cfg.calibration, **opts)
-        func = main_function(out).with_attr(REPORT_ATTR, json.dumps({"layers": stats}))
+        need, _ = _lstsq.reliable_samples(stats)
+        samples = calibration.check_calibration(mod, cfg.calibration)
+        report = {"samples": samples, "samples_for_reliable_refit": need, "layers": stats}
+        func = main_function(out).with_attr(REPORT_ATTR, json.dumps(report))
         out = tvm.IRModule(dict(out.functions_items()), attrs=out.attrs)
         out[out.get_global_var("main")] = func
         return out

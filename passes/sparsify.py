@@ -19,8 +19,9 @@ output × input features (``Wᵀ`` for a matmul, ``W.reshape(O, C·kh·kw)`` for
    (``scope="per_layer"``) or by one threshold over all layers (``scope="global"``).
 2. **Recover** (optional, ``recover=True``): the surviving weights are re-fitted by ridge least
    squares so that, on the calibration data, the layer's output matches the unpruned layer's
-   output on the same (original model's) inputs; the pruned weights stay zero. A fit that
-   would increase the error is dropped.
+   output on the same (original model's) inputs; the pruned weights stay zero. The ridge
+   strength is chosen on held-back calibration samples (:mod:`passes._lstsq`); a fit that does
+   not lower the held-back error (with one sample: the training error) is dropped.
 3. **Choose** sparse or dense for the layer's kernel by the cost model of
    :func:`passes.sparse_kernels.estimate_ms` for the target's vector width (``lanes``), or by
    timing both kernels on this machine (``measure=True``, meaningful when compiling for the
@@ -45,8 +46,9 @@ Options: :class:`SparsifyConfig`; :func:`sparsify_config_from_args` builds one f
 Report: ``main`` carries ``"hwcc.sparsify"``, a JSON string (read it with :func:`read_report`):
 the options, per layer its op, weight shape, (N, K) matrix, rows ``M``, block, ratio,
 density, chosen ``sparse`` / ``dense`` / ``skipped`` and why, the estimated (and, with
-``measure``, measured) dense and sparse times, and recovery errors; totals of weights and
-non-zeros.
+``measure``, measured) dense and sparse times, and the recovery entry of
+:meth:`passes._lstsq.Fit.report` (errors, samples, rows, ridge and λ, kept or dropped and why);
+totals of weights and non-zeros.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ from tvm import relax
 
 from targets.errors import ConfigError
 
-from . import calibration
+from . import _lstsq, calibration
 from . import sparse_kernels as sk
 from ._ir import bindings, const_array, is_const, main_function, op_name, static_shape, substitute
 from .recover import _im2col
@@ -155,7 +157,9 @@ class SparsifyConfig:
         Calibration inputs (see :mod:`passes.calibration`); required by ``recover``.
     ridge
         Strength of the pull towards the pruned weights in the re-fit, relative to the mean
-        diagonal of ``XᵀX``. Default 1e-3.
+        diagonal of ``XᵀX``; None (default) chooses it per layer from
+        :data:`passes._lstsq.STRENGTHS` by the error on held-back calibration samples (with
+        fewer than two samples: :data:`passes._lstsq.DEFAULT_STRENGTH`).
     max_rows
         Calibration rows used per layer by the re-fit (seeded random subset). Default 20000.
     """
@@ -170,7 +174,7 @@ class SparsifyConfig:
     measure: Callable[[tvm.IRModule], float] | None = field(default=None, compare=False)
     recover: bool = False
     calibration: Mapping[str, np.ndarray] | None = field(default=None, compare=False)
-    ridge: float = 1e-3
+    ridge: float | None = None
     max_rows: int = 20000
 
     def __post_init__(self) -> None:
@@ -190,6 +194,8 @@ class SparsifyConfig:
                 raise ConfigError(f"SparsifyConfig.{name} must be an integer >= 1; got {v!r}")
         for name in ("min_speedup", "ridge"):
             v = getattr(self, name)
+            if name == "ridge" and v is None:
+                continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
                 raise ConfigError(f"SparsifyConfig.{name} must be a number >= 0; got {v!r}")
         if not isinstance(self.recover, bool):
@@ -453,17 +459,21 @@ def _recover(
     pruned: dict[str, np.ndarray],
     masks: dict[str, np.ndarray],
     cfg: SparsifyConfig,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict]:
     """Re-fit the surviving weights of ``pruned`` (name -> (N, K) matrix) in place.
 
     Layers are fitted in graph order; each sees its inputs in the model pruned (and re-fitted)
     so far (``X_s``) and is fitted to the original layer's output on the original inputs
-    (``X_t · Wd``), so later layers also correct the errors of earlier ones.
+    (``X_t · Wd``), so later layers also correct the errors of earlier ones. Each fit is a
+    ridge of :mod:`passes._lstsq` (strength ``cfg.ridge``, or chosen on held-back samples);
+    a fit that does not lower the held-back (or, with too few samples, the training) error is
+    dropped and the layer keeps its pruned weights. Returns the per-layer report entries.
     """
 
     todo = [lay for lay in layers if lay.name in pruned]
     names = list(dict.fromkeys(lay.x.name for lay in todo))
     teacher = calibration.capture(mod, cfg.calibration, names)
+    samples = teacher.outputs[0].shape[0]
     stats = {}
     for i, layer in enumerate(todo):
         if i == 0:
@@ -481,58 +491,35 @@ def _recover(
             else:
                 cols.append(_im2col(x.reshape(-1, *x.shape[-3:]), layer.call, layer.weight.shape))
         xs, xt = cols
+        ids = _lstsq.sample_ids(samples, xs.shape[0])
         if xs.shape[0] > cfg.max_rows:
             rows = np.sort(np.random.default_rng(0).choice(xs.shape[0], cfg.max_rows, False))
-            xs, xt = xs[rows], xt[rows]
+            xs, xt, ids = xs[rows], xt[rows], ids[rows]
         wd = layer.matrix.astype(np.float64)
-        w0 = pruned[layer.name].astype(np.float64)
-        new, e0, e1 = _masked_refit(xs, xt, wd, w0, masks[layer.name], cfg.ridge)
-        if e1 <= e0:
-            pruned[layer.name] = new.astype(np.float32)
-        else:
-            e1 = e0
-        stats[layer.name] = {"error_before": e0, "error_after": e1}
-        logger.info("sparse re-fit of '%s': relative error %.4g -> %.4g", layer.name, e0, e1)
+        fold = _lstsq.folds(ids, samples)
+        parts = [[_normal(xs, xt, wd)]] if fold is None else [
+            [_normal(xs[fold == f], xt[fold == f], wd)] for f in range(int(fold.max()) + 1)
+        ]  # fmt: skip
+        fitted = _lstsq.fit(  # with a mask: one held-back fold (a solve per support is costly)
+            parts, [pruned[layer.name].T], samples=samples, strength=cfg.ridge,
+            masks=[masks[layer.name].T],
+        )  # fmt: skip
+        if fitted.kept:
+            pruned[layer.name] = (fitted.weights[0].T * masks[layer.name]).astype(np.float32)
+        stats[layer.name] = fitted.report()
+        logger.info(
+            "sparse re-fit of '%s': relative error %.4g -> %.4g (%s)", layer.name,
+            fitted.error_before, fitted.error_after, fitted.reason,
+        )  # fmt: skip
+    _lstsq.warn_if_unreliable(logger, "sparse re-fit", stats)
     return stats
 
 
-def _masked_refit(
-    xs: np.ndarray,
-    xt: np.ndarray,
-    wd: np.ndarray,
-    w0: np.ndarray,
-    mask: np.ndarray,
-    ridge: float,
-) -> tuple[np.ndarray, float, float]:
-    """Rows of ``w0`` re-fitted on ``mask``: ``min ‖X_s w − X_t wd‖² + λ‖w − w0‖²``.
-
-    Rows with the same support are solved together (one Cholesky-sized solve per support).
-    Returns the new matrix and the relative output error ``‖X_s w − X_t wd‖² / ‖X_t wd‖²``
-    before and after.
-    """
-    gram = xs.T @ xs
-    cross = xs.T @ xt
+def _normal(xs: np.ndarray, xt: np.ndarray, wd: np.ndarray) -> _lstsq.Normal:
+    """Normal equations of ``X_s W ≈ X_t wdᵀ`` without forming the target."""
     gt = xt.T @ xt
-    lam = ridge * float(np.trace(gram)) / max(gram.shape[0], 1)
-    rhs_all = wd @ cross.T  # (N, K): row n is X_sᵀ X_t wd_n
-    groups: dict[bytes, list[int]] = {}
-    for i, row in enumerate(mask):
-        if row.any():
-            groups.setdefault(np.packbits(row).tobytes(), []).append(i)
-    new = w0 * mask
-    for rows in groups.values():
-        s = np.nonzero(mask[rows[0]])[0]
-        a = gram[np.ix_(s, s)] + lam * np.eye(len(s))
-        b = rhs_all[np.ix_(rows, s)] + lam * w0[np.ix_(rows, s)]
-        new[np.ix_(rows, s)] = np.linalg.solve(a, b.T).T
-
-    den = float(np.einsum("ij,jk,ik->", wd, gt, wd)) or 1.0
-
-    def err(w: np.ndarray) -> float:
-        quad = np.einsum("ij,jk,ik->", w, gram, w) - 2 * np.einsum("ij,jk,ik->", w, cross, wd)
-        return max(float(quad) + den, 0.0) / den
-
-    return new, err(w0), err(new)
+    yy = float(np.einsum("ij,jk,ik->", wd, gt, wd))
+    return _lstsq.Normal(xs.T @ xs, (xs.T @ xt) @ wd.T, yy, xs.shape[0])
 
 
 # --------------------------------------------------------------------------------------------
