@@ -1,4 +1,5 @@
-"""Tune models with ``compiler.tuning.tune`` and report untuned vs tuned latency and the trials spent.
+"""Tune models with ``compiler.tuning.tune`` and report untuned vs tuned latency and the trials
+spent.
 
     python benchmarks/tuning.py                                   # small CNNs, temp logs
     python benchmarks/tuning.py --models digits_cnn,bert,resnet18,mobilenet_v2 \\
@@ -9,7 +10,8 @@ For each model, runs :func:`compiler.tuning.tune.tune` (``--trials`` for the who
 prints, per kernel, the default-schedule and best tuned latency measured by the tuner's runner,
 and for the model its latency with hwcc's default schedules and with the records applied, both
 built like ``hwcc compile`` and timed alternately in the same run. Kernels whose best record is
-not 10% (and 1 µs) faster than the default schedule keep the default (``compiler.tuning.tune``'s rule).
+not 10% (and 1 µs) faster than the default schedule keep the default (``compiler.tuning.tune``'s
+rule).
 
 Models: ``digits_cnn`` (``examples/``), ``resnet_block_cnn`` (``tests/models.py``) and the
 benchmark models of ``benchmarks/model_zoo.py`` (``resnet18``, ``mobilenet_v2``, ``bert``).

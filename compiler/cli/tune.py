@@ -1,7 +1,8 @@
 """``hwcc tune``: tune a model's kernels for a target and append the records to its log.
 
 Registered by :func:`add_tune_parser`; :func:`cmd_tune` is a thin layer over
-:func:`compiler.tuning.tune.tune`. Human output is a table per task and the totals; ``--json`` prints
+:func:`compiler.tuning.tune.tune`. Human output is a table per task and the totals; ``--json``
+prints
 one object with stable fields (``tasks``, ``trials``, ``valid_trials``, ``log_dir``,
 ``before_ms``, ``after_ms`` and more, see :meth:`compiler.tuning.tune.TuneReport.to_dict`).
 """

@@ -152,7 +152,7 @@ def _fuse_passes(tvm_target: Any, options: LowerOptions) -> list[Any]:
             + cpu_generic.legalize_passes(tvm_target))
 
 
-def legalize_and_fuse(mod, target: Target, options: LowerOptions = DEFAULT_OPTIONS) -> Any:
+def legalize_and_fuse(mod, target: Target, options: LowerOptions | None = None) -> Any:
     """Legalize and fuse ``mod`` for a CPU-like target: its kernels become fused PrimFuncs.
 
     This is the module that tuning extracts its tasks from and that :func:`lower_cpu` applies
@@ -161,7 +161,7 @@ def legalize_and_fuse(mod, target: Target, options: LowerOptions = DEFAULT_OPTIO
 
     tvm_target = target.tvm_target()
     with tvm_target, pass_context(target):
-        return tvm.transform.Sequential(_fuse_passes(tvm_target, options))(mod)
+        return tvm.transform.Sequential(_fuse_passes(tvm_target, options or DEFAULT_OPTIONS))(mod)
 
 
 def mark_layout_free(mod) -> Any:
@@ -228,14 +228,14 @@ def _apply_records(mod, database) -> tuple[Any, int]:
 
 
 def lower_cpu(mod, target: Target, database: Any = None, finalize: bool = True,
-              options: LowerOptions = DEFAULT_OPTIONS) -> tuple[Any, LowerStats]:
+              options: LowerOptions | None = None) -> tuple[Any, LowerStats]:
     """Legalize, fuse, schedule (tuned records, then defaults) and lower to VM form
     (``finalize=False`` stops after scheduling: the fused, scheduled kernels)."""
 
     tvm_target = target.tvm_target()
     stats = LowerStats()
     with tvm_target, pass_context(target):
-        mod = tvm.transform.Sequential(_fuse_passes(tvm_target, options))(mod)
+        mod = tvm.transform.Sequential(_fuse_passes(tvm_target, options or DEFAULT_OPTIONS))(mod)
         stats.kernels = len(_primfuncs(mod))
         if database is not None:
             mod, stats.tuned = _apply_records(mod, database)
@@ -256,7 +256,7 @@ def lower_cpu(mod, target: Target, database: Any = None, finalize: bool = True,
 
 
 def build(mod, target: Target, database: Any = None,
-          options: LowerOptions = DEFAULT_OPTIONS) -> BuildResult:
+          options: LowerOptions | None = None) -> BuildResult:
     """Build ``mod`` for ``target``; ``database`` is a MetaSchedule database or None;
     ``options`` switches the optional rewrites (CPU targets).
 

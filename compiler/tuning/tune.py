@@ -5,8 +5,10 @@ legalize/fuse pipeline as :func:`compiler.compile` (:func:`compiler.lower.legali
 extracts one task per distinct fused kernel and searches MetaSchedule's own schedule space
 with the XGBoost cost model and the gradient task scheduler. Weights are marked layout-free
 (:func:`compiler.lower.mark_layout_free`), so a candidate may pack them like hwcc's default
-schedules do; ``compile`` applies that packing once, to the constants, at build time. Records go to a
-``JSONDatabase`` in ``tuning_logs/<device>/<target-key>/`` (:func:`compiler.tuning.database.log_dir`),
+schedules do; ``compile`` applies that packing once, to the constants, at build time. Records go to
+a
+``JSONDatabase`` in ``tuning_logs/<device>/<target-key>/``
+(:func:`compiler.tuning.database.log_dir`),
 which a later ``compile`` for the same target opens with no extra flag.
 
 What makes a run dependable:
@@ -989,9 +991,11 @@ def _model_latency(report: TuneReport, tasks: list[_Task], mod: Any, tgt: Target
             feeds = random_inputs(imported.inputs, seed=0)
             if any(t.report.used for t in tasks):
                 db, _ = tuning_db.open_database(report.log_dir, tgt)
-                report.before_ms, report.after_ms = _time_models(mod, tgt, [None, db], feeds, options)
+                report.before_ms, report.after_ms = _time_models(
+                    mod, tgt, [None, db], feeds, options)
             else:  # compile would build the very same module
-                report.before_ms = report.after_ms = _time_models(mod, tgt, [None], feeds, options)[0]
+                report.before_ms = report.after_ms = _time_models(
+                    mod, tgt, [None], feeds, options)[0]
             report.latency_source = "model"
             return
         except HwccError as err:

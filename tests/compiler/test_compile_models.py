@@ -84,7 +84,8 @@ def test_batch_norm_folded_and_clip_fused_into_convs() -> None:
     """Conv -> BN -> Clip(0, 6) becomes one kernel per conv: BN scale in the weights, no
     divide left, no separate maximum/minimum kernel (numerics: test_zoo_model_matches_reference
     on depthwise_block). The expansion 1x1 conv and the depthwise conv after it share one
-    kernel (compiler.lower.rewrites.expand_depthwise), the expansion's Clip inside it; the depthwise conv's
+    kernel (compiler.lower.rewrites.expand_depthwise), the expansion's Clip inside it; the
+    depthwise conv's
     Clip is inside it too, since the projection reads its output in the blocked layout."""
     from tvm import tirx
 

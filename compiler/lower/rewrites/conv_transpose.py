@@ -16,7 +16,8 @@ with the bias add after it, one copy kernel.
 
 Only the non-overlapping case is rewritten (kernel == stride, no padding, no output padding,
 dilation 1, one group, NCHW/IOHW, float32, constant weight, static shapes); every other
-transposed convolution keeps TVM's lowering. ``LowerOptions(conv_transpose=False)`` (``--disable-rewrite
+transposed convolution keeps TVM's lowering. ``LowerOptions(conv_transpose=False)``
+(``--disable-rewrite
 conv-transpose``) leaves the rewrite out.
 """
 

@@ -1,7 +1,8 @@
 """Default CPU schedule for the fused expansion + depthwise kernel of
 :mod:`compiler.lower.rewrites.expand_depthwise`.
 
-Blocks are found by name (:data:`BLOCK_PREFIX`, which :mod:`compiler.lower.rewrites.expand_depthwise` gives them). Each parallel task
+Blocks are found by name (:data:`BLOCK_PREFIX`, which
+:mod:`compiler.lower.rewrites.expand_depthwise` gives them). Each parallel task
 owns one block of ``L`` channels (the packed weights' lanes) of the whole map -- or of a band
 of output rows, when a whole map's tile would not stay in cache or there are too few channel
 blocks to keep every core busy (:func:`_row_band`) -- and:
@@ -14,7 +15,8 @@ blocks to keep every core busy (:func:`_row_band`) -- and:
 2. computes the depthwise conv from that tile (still in cache), ``XT`` output pixels x ``L``
    channels in registers, and applies the fused epilogue (the depthwise conv's bias and
    activation) while writing NCHW output -- a transpose of the register tile, one element
-   at a time -- or, for :func:`compiler.lower.rewrites.expand_depthwise.expand_depthwise_blocked_te`, the
+   at a time -- or, for
+   :func:`compiler.lower.rewrites.expand_depthwise.expand_depthwise_blocked_te`, the
    blocked ``[N, C / L, OH, OW, L]`` output, one vector store per pixel.
 """
 
@@ -94,7 +96,8 @@ def _row_band(rows: int, blocks: int, cores: int, tile_row_bytes: int, stride: i
 
 
 class ExpandDepthwise(MatchingRule):
-    """Schedule :func:`compiler.lower.rewrites.expand_depthwise.expand_depthwise_te` kernels (see module doc).
+    """Schedule :func:`compiler.lower.rewrites.expand_depthwise.expand_depthwise_te` kernels (see
+    module doc).
     Returns None for any other function."""
 
     def match(self, sch: s_tir.Schedule, target: tvm.target.Target) -> Any | None:

@@ -19,7 +19,8 @@ logger = logging.getLogger(__name__)
 
 def _gathers(sch: s_tir.Schedule, block: SBlockRV, consumer: SBlockRV) -> bool:
     """Whether ``consumer`` reads ``block``'s output at indices loaded from memory (an index
-    table: :mod:`compiler.lower.rewrites.resize_taps`) and runs at least as many iterations. Inlined, ``block``
+    table: :mod:`compiler.lower.rewrites.resize_taps`) and runs at least as many iterations.
+    Inlined, ``block``
     would be recomputed at every such read, each of its own loads a gather too; kept, it runs
     as a loop nest of its own. (A gather of a few rows from a large table, an embedding, still
     inlines its producer: computing the whole table would cost more.)"""

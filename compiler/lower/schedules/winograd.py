@@ -1,6 +1,8 @@
-"""Default CPU schedule for the Winograd F(m x m, 3x3) kernels of :mod:`compiler.lower.rewrites.winograd`.
+"""Default CPU schedule for the Winograd F(m x m, 3x3) kernels of
+:mod:`compiler.lower.rewrites.winograd`.
 
-The kernel's blocks are found by name (:data:`BLOCK_PREFIX`, which :mod:`compiler.lower.rewrites.winograd` gives them); elementwise
+The kernel's blocks are found by name (:data:`BLOCK_PREFIX`, which
+:mod:`compiler.lower.rewrites.winograd` gives them); elementwise
 epilogues fused after it (bias, ReLU, residual add) are inlined into its last block.
 """
 
@@ -126,7 +128,8 @@ def _schedule_output(sch: s_tir.Schedule, st: dict[str, SBlockRV], lanes: int, p
 
 
 class Winograd(MatchingRule):
-    """The Winograd convolution kernel of :func:`compiler.lower.rewrites.winograd.winograd_te` (and its fused
+    """The Winograd convolution kernel of :func:`compiler.lower.rewrites.winograd.winograd_te` (and
+    its fused
     elementwise epilogue); None for any other function."""
 
     def match(self, sch: s_tir.Schedule, target: tvm.target.Target) -> Any | None:

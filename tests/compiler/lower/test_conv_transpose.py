@@ -1,5 +1,6 @@
 """Transposed convolutions with kernel == stride as a 1x1 conv and a pixel shuffle
-(compiler.lower.rewrites.conv_transpose). Numerical cases go through hwcc's own lowering (the rewrite, fusion,
+(compiler.lower.rewrites.conv_transpose). Numerical cases go through hwcc's own lowering (the
+rewrite, fusion,
 default schedules) and are compared with ``onnx.reference``."""
 
 from __future__ import annotations

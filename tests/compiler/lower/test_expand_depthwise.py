@@ -1,4 +1,5 @@
-"""Expansion 1x1 conv -> activation -> depthwise conv as one kernel (compiler.lower.rewrites.expand_depthwise
+"""Expansion 1x1 conv -> activation -> depthwise conv as one kernel
+(compiler.lower.rewrites.expand_depthwise
 and compiler.lower.schedules.expand_depthwise).
 
 Each case compiles a small ONNX inverted-residual chain through hwcc's own lowering and compares
@@ -31,8 +32,10 @@ from compiler.lower.rewrites.expand_depthwise import (
 from compiler.lower.schedules import ExpandDepthwise
 from compiler.lower.schedules.target_info import cpu_info
 from targets import parse_target
+from tests import hostcpu
 
 HOST = parse_target("host")
+#: float lanes of the host target: the shapes below are whole numbers of its vectors
 LANES = cpu_info(HOST.tvm_target()).lanes(32)
 RNG = np.random.default_rng(0)
 
@@ -108,11 +111,15 @@ def _kernel_names(mod) -> list[str]:
     return [gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
 
 
-def _check(model, feeds, target=HOST, options: LowerOptions = LowerOptions()) -> list[str]:
-    """Compile with hwcc's lowering, compare every output with onnx.reference; return the
-    kernel names of the lowered module."""
+def _check(model, feeds, target=HOST, options: LowerOptions | None = None) -> list[str]:
+    """Compile with hwcc's lowering for ``target``, compare every output with onnx.reference
+    (run on ``target``, or where this machine cannot run its code, built and run for the
+    widest target it runs); return the kernel names of ``target``'s lowered module."""
     mod = from_onnx(model, keep_params_in_input=False)
     built = lower.build(mod, target, options=options)
+    run_target = hostcpu.execution_target(target)
+    if run_target is not target:
+        built = lower.build(mod, run_target, options=options)
     vm = relax.VirtualMachine(built.executable, tvm.cpu())
     got = vm["main"](*[tvm.runtime.tensor(v) for v in feeds.values()])
     got = [got] if hasattr(got, "numpy") else list(got)
@@ -264,7 +271,8 @@ def test_depthwise_conv_as_the_graph_output():
 
 
 def test_avx2_blocks_of_eight_channels():
-    """On an AVX2 target (8 lanes; runs on AVX-512 hosts too) 24 channels are three blocks."""
+    """On an AVX2 target (8 lanes; runs on AVX-512 hosts too, built only elsewhere) 24 channels
+    are three blocks."""
     avx2 = parse_target("x86_64-linux-gnu -mattr=+avx2,+fma")
     model, feeds = _chain(8, 24, 10, stride=2)
     names = _check(model, feeds, target=avx2)
@@ -418,8 +426,8 @@ def test_projection_reads_the_blocked_depthwise_output(cin, mid, out, size, stri
 
 
 def test_projection_on_avx2_reads_blocks_of_eight_channels():
-    """AVX2 (8 lanes; runs on AVX-512 hosts too): 24 depthwise channels are three blocks of the
-    blocked layout, and the projection still matches the reference."""
+    """AVX2 (8 lanes; runs on AVX-512 hosts too, built only elsewhere): 24 depthwise channels
+    are three blocks of the blocked layout, and the projection still matches the reference."""
     avx2 = parse_target("x86_64-linux-gnu -mattr=+avx2,+fma")
     model, feeds = _chain(8, 24, 10)
     model, feeds = _with_projection(model, feeds, 16, residual=False)

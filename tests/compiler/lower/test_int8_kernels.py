@@ -2,9 +2,11 @@
 
 The integer results (int32 accumulators and the float epilogue the quantize pass fuses after
 them) must equal numpy's integer math exactly, for sizes that are not multiples of the VNNI
-blocks (16 output channels, 4 reduction elements). Runs on a VNNI target when this machine has
-AVX-512 VNNI, else on the host target (the int8 rules then do not apply; results must still
-be exact). The tensorization property test only compiles, so it runs anywhere.
+blocks (16 output channels, 4 reduction elements). Every case is scheduled and built for an
+AVX-512 VNNI target, and its TIR must be tensorized (``vpdpbusd``) on any host; the VNNI module
+runs where this machine has AVX-512 VNNI, else the same model is built and run for the widest
+target this machine runs (``tests.hostcpu``; on AVX2 the int8 rules do not apply and results
+must still be exact). The tensorization property test only compiles, so it runs anywhere.
 """
 
 from __future__ import annotations
@@ -13,8 +15,6 @@ import os
 
 os.environ.setdefault("TVM_NUM_THREADS", "2")
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import tvm
@@ -22,28 +22,13 @@ from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 
 from compiler.lower.schedules import apply_default_schedules, is_scheduled
+from tests import hostcpu
 
-VNNI = tvm.target.Target(
-    {
-        "kind": "llvm",
-        "mtriple": "x86_64-linux-gnu",
-        "mattr": ["+avx2", "+fma", "+avx512f", "+avx512bw", "+avx512vl", "+avx512vnni"],
-        "num-cores": 2,
-    }
-)
-AVX2 = tvm.target.Target(
-    {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mattr": ["+avx2", "+fma"], "num-cores": 2}
-)
-
-
-def _host_has_vnni() -> bool:
-    try:
-        return "avx512_vnni" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-
-
-RUN_TARGET = VNNI if _host_has_vnni() else AVX2
+#: AVX-512 VNNI, 2 cores: every case is scheduled and built for it, run only where it runs.
+VNNI = hostcpu.AVX512_VNNI
+AVX2 = hostcpu.AVX2
+#: Where the numerics run: VNNI when this machine has it, else its widest target.
+RUN_TARGET = hostcpu.execution_target(VNNI)
 SCALE = np.float32(0.01)
 
 
@@ -152,7 +137,11 @@ def _build(mod: tvm.IRModule, target):
 
 
 def _run(mod: tvm.IRModule, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, tvm.IRModule]:
-    ex, scheduled = _build(mod, RUN_TARGET)
+    """Build ``mod`` for VNNI; run it there, or where this machine lacks VNNI, run its build
+    for :data:`RUN_TARGET`. Returns the output and VNNI's scheduled module."""
+    ex, scheduled = _build(mod, VNNI)
+    if RUN_TARGET is not VNNI:
+        ex, _ = _build(mod, RUN_TARGET)
     vm = relax.VirtualMachine(ex, tvm.cpu())
     out = vm["main"](*[tvm.runtime.tensor(v) for v in feeds.values()])
     return out.numpy(), scheduled
@@ -180,8 +169,7 @@ def test_int8_dense_bit_exact(m, k, n, transposed, epilogue):
     got, scheduled = _run(mod, feeds)
     assert got.dtype == want.dtype
     np.testing.assert_array_equal(got, want)
-    if RUN_TARGET is VNNI:
-        assert "vpdpbusd" in _tir_text(scheduled)
+    assert "vpdpbusd" in _tir_text(scheduled)
 
 
 @pytest.mark.parametrize("rows", [37, 40])
@@ -212,10 +200,9 @@ def test_int8_sequence_first_dense_with_zero_point_correction_bit_exact(rows):
         np.float32) * SCALE
     got, scheduled = _run(bb.get(), feeds)
     np.testing.assert_array_equal(got, want)
-    if RUN_TARGET is VNNI:
-        text = _tir_text(scheduled)
-        assert "vpdpbusd" in text
-        assert ("T.unroll(T.int64(8))" in text) == (rows == 40)  # 8-row tiles; S = 37: 1
+    text = _tir_text(scheduled)
+    assert "vpdpbusd" in text
+    assert ("T.unroll(T.int64(8))" in text) == (rows == 40)  # 8-row tiles; S = 37: 1
 
 
 @pytest.mark.parametrize(
@@ -233,8 +220,7 @@ def test_int8_conv2d_bit_exact(c, f, h, w, k, stride, pad, pad_value, residual):
     mod, feeds, want = _conv_mod(c, f, h, w, k, stride, pad, pad_value, residual, seed=c + f)
     got, scheduled = _run(mod, feeds)
     np.testing.assert_array_equal(got, want)
-    if RUN_TARGET is VNNI:
-        assert "vpdpbusd" in _tir_text(scheduled)
+    assert "vpdpbusd" in _tir_text(scheduled)
 
 
 def test_vnni_target_emits_vpdpbusd():
@@ -260,7 +246,8 @@ def test_avx2_target_leaves_int8_untensorized_but_scheduled():
 
 
 def test_quantized_digits_cnn_keeps_float_accuracy(tmp_path):
-    """End to end: the int8 digits CNN (VNNI kernels on this machine) keeps its accuracy."""
+    """End to end: the int8 digits CNN built for this machine (VNNI kernels where it has
+    them) keeps its accuracy."""
     import compiler
     from compiler.pipeline import PassSpec
     from examples import example_data, example_model
@@ -304,7 +291,9 @@ def test_int8_dense_dynamic_rows_left_to_fallback_exact():
         with bb.dataflow():
             out = bb.emit_output(bb.emit(relax.op.matmul(x, relax.const(w), out_dtype="int32")))
         bb.emit_func_output(out)
-    ex, _ = _build(bb.get(), RUN_TARGET)
+    ex, _ = _build(bb.get(), VNNI)
+    if RUN_TARGET is not VNNI:
+        ex, _ = _build(bb.get(), RUN_TARGET)
     vm = relax.VirtualMachine(ex, tvm.cpu())
     for m in (1, 7):
         xin = np.random.default_rng(m).integers(0, 256, size=(m, 40)).astype("uint8")

@@ -1,4 +1,5 @@
-"""Linear Resize as separable table passes (compiler.lower.rewrites.resize_taps), and the fallback schedule
+"""Linear Resize as separable table passes (compiler.lower.rewrites.resize_taps), and the fallback
+schedule
 keeping a pass that its consumer reads through an index table.
 
 Each case compiles an ONNX Resize through hwcc's lowering and compares with ``onnx.reference``.
@@ -51,14 +52,14 @@ def _resize(shape, out_hw, mode="linear", coord="half_pixel", concat_channels=0)
     return model, feeds
 
 
-def _kernel_scripts(model, options: LowerOptions = LowerOptions()) -> dict[str, str]:
+def _kernel_scripts(model, options: LowerOptions | None = None) -> dict[str, str]:
     mod = from_onnx(model, keep_params_in_input=False)
     lowered, _ = lower.lower_cpu(mod, HOST, None, options=options)
     return {gv.name_hint: f.script() for gv, f in lowered.functions_items()
             if isinstance(f, tvm.tirx.PrimFunc)}
 
 
-def _check(model, feeds, options: LowerOptions = LowerOptions()) -> dict[str, str]:
+def _check(model, feeds, options: LowerOptions | None = None) -> dict[str, str]:
     mod = from_onnx(model, keep_params_in_input=False)
     built = lower.build(mod, HOST, options=options)
     vm = relax.VirtualMachine(built.executable, tvm.cpu())

@@ -1,8 +1,12 @@
 """Default CPU schedules (compiler.lower.schedules): numerics against the ONNX reference, structure.
 
-Each numerical case builds a one- or two-node ONNX model, compiles it with the default schedules
-for the host (x86 with AVX2/AVX-512 as the test machine has) and compares with
-``onnx.reference.ReferenceEvaluator`` (rtol/atol 1e-4 relative to the output scale).
+Each numerical case builds a one- or two-node ONNX model, schedules it with the default schedules
+for a fixed target (AVX-512 unless a test names another) and compares with
+``onnx.reference.ReferenceEvaluator`` (rtol/atol 1e-4 relative to the output scale). The
+structural assertions read the TIR scheduled for that fixed target, so they hold on every host;
+the module is always built for it, and run where this machine can (``tests.hostcpu``), else the
+same model is scheduled, built and run for the widest target this machine runs (AVX2 on an
+AVX2-only x86-64).
 """
 
 from __future__ import annotations
@@ -21,21 +25,14 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 from tvm.relax.frontend.onnx import from_onnx
 
 from compiler.lower.schedules import apply_default_schedules, is_scheduled
+from tests import hostcpu
 
-X86 = tvm.target.Target(
-    {
-        "kind": "llvm",
-        "mtriple": "x86_64-linux-gnu",
-        "mattr": ["+avx2", "+fma", "+avx512f"],
-        "num-cores": 2,
-    }
-)
-X86_AVX2 = tvm.target.Target(
-    {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mattr": ["+avx2", "+fma"], "num-cores": 2}
-)
-AARCH64 = tvm.target.Target(
-    {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"], "num-cores": 4}
-)
+#: AVX-512 (16 float lanes, 32 registers), 2 cores: what the structural assertions describe.
+X86 = hostcpu.AVX512
+#: AVX2 + FMA (8 lanes, 16 registers), 2 cores.
+X86_AVX2 = hostcpu.AVX2
+#: NEON, 4 cores: compiled only.
+AARCH64 = hostcpu.AARCH64
 
 RNG = np.random.default_rng(0)
 
@@ -66,13 +63,36 @@ def _lower(mod: tvm.IRModule, target=X86) -> tvm.IRModule:
         return tvm.transform.Sequential(passes)(mod)
 
 
-def _run_scheduled(model, inputs: dict[str, np.ndarray], target=X86):
+def _default_schedule(mod: tvm.IRModule, target) -> tvm.IRModule:
+    return apply_default_schedules(mod, target)
+
+
+def _scheduled(model, target=X86, schedule=_default_schedule) -> tvm.IRModule:
     with target:
-        mod = apply_default_schedules(_fused(model, target), target)
-    ex = tvm.compile(_lower(mod, target), target=target, relax_pipeline=None)
+        return schedule(_fused(model, target), target)
+
+
+def _build(mod: tvm.IRModule, target):
+    return tvm.compile(_lower(mod, target), target=target, relax_pipeline=None)
+
+
+def _numpy(out):
+    return out.numpy() if hasattr(out, "numpy") else tuple(t.numpy() for t in out)
+
+
+def _run_scheduled(model, inputs: dict[str, np.ndarray], target=X86,
+                   schedule=_default_schedule):
+    """Schedule ``model`` for ``target`` and build it; run that module when this machine runs
+    ``target``'s code, else schedule, build and run the model for the widest target it runs.
+    Returns the outputs (an array, or a tuple for several) and ``target``'s scheduled module."""
+    mod = _scheduled(model, target, schedule)
+    ex = _build(mod, target)
+    run_target = hostcpu.execution_target(target)
+    if run_target is not target:
+        ex = _build(_scheduled(model, run_target, schedule), run_target)
     vm = relax.VirtualMachine(ex, tvm.cpu())
     out = vm["main"](*[tvm.runtime.tensor(v) for v in inputs.values()])
-    return out.numpy(), mod
+    return _numpy(out), mod
 
 
 def _check(model, inputs: dict[str, np.ndarray], target=X86) -> tvm.IRModule:
@@ -359,8 +379,7 @@ def test_1x1_conv_with_channels_short_of_a_vector_is_vectorized_along_pixels(
     (conv,) = [f for n, f in _prim_funcs(mod).items() if "conv2d" in n]
     weight = next(p for p in conv.params if len(p.shape) == 5)
     assert [int(d) for d in weight.shape] == [o // tile[0], c, 1, 1, tile[0]]
-    lanes = 8 if target is X86_AVX2 else 16
-    assert f"T.vectorized(T.int64({lanes}))" in conv.script()
+    assert f"T.vectorized(T.int64({hostcpu.lanes(target)}))" in conv.script()
 
 
 def test_other_1x1_convs_keep_channel_vectors():
@@ -633,7 +652,8 @@ def test_conv_on_a_1x1_map_is_a_vectorized_mat_vec():
     assert "T.vectorized(T.int64(192), T.int64(196))" in scale
 
 
-def test_vectorizable_erf_exp_match_numpy():
+@pytest.mark.parametrize("target", [X86, X86_AVX2], ids=["avx512", "avx2"])
+def test_vectorizable_erf_exp_match_numpy(target):
     """Erf and Exp become vectorizable arithmetic: ~1e-7 accurate, inf/NaN/underflow kept."""
     import math
 
@@ -651,14 +671,11 @@ def test_vectorizable_erf_exp_match_numpy():
         [_vi("e", [n]), _vi("p", [n])],
         [],
     )
-    with X86:
-        mod = apply_default_schedules(_fused(model), X86)
+    (erf, exp), mod = _run_scheduled(model, {"x": x}, target)
     for func in _prim_funcs(mod).values():
         text = func.script()
         assert "T.erf(" not in text and "T.exp(" not in text
         assert "T.vectorized(" in text
-    ex = tvm.compile(_lower(mod), target=X86, relax_pipeline=None)
-    erf, exp = (t.numpy() for t in relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)))
     x64 = x.astype("float64")
     want_erf = np.array([math.erf(v) if not np.isnan(v) else np.nan for v in x64])
     np.testing.assert_allclose(erf, want_erf, rtol=0, atol=1e-6, equal_nan=True)
@@ -670,7 +687,8 @@ def test_vectorizable_erf_exp_match_numpy():
     assert np.isnan(exp[-1]) and np.isnan(erf[-1])
 
 
-def test_vectorizable_sigmoid_matches_numpy():
+@pytest.mark.parametrize("target", [X86, X86_AVX2], ids=["avx512", "avx2"])
+def test_vectorizable_sigmoid_matches_numpy(target):
     """Sigmoid (SE blocks, Swish, LSTM gates) becomes vectorizable arithmetic too."""
     n = 2048
     x = np.concatenate(
@@ -678,13 +696,10 @@ def test_vectorizable_sigmoid_matches_numpy():
     ).astype("float32")
     model = _model([helper.make_node("Sigmoid", ["x"], ["s"])], [_vi("x", [n])],
                    [_vi("s", [n])], [])
-    with X86:
-        mod = apply_default_schedules(_fused(model), X86)
+    got, mod = _run_scheduled(model, {"x": x}, target)
     (func,) = _prim_funcs(mod).values()
     text = func.script()
     assert "T.sigmoid(" not in text and "T.exp(" not in text and "T.vectorized(" in text
-    ex = tvm.compile(_lower(mod), target=X86, relax_pipeline=None)
-    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     with np.errstate(over="ignore"):
         want = 1.0 / (1.0 + np.exp(-x.astype("float64")))
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, equal_nan=True)
@@ -795,6 +810,20 @@ def test_aarch64_builds():
     tvm.compile(_lower(mod, AARCH64), target=AARCH64, relax_pipeline=None)
 
 
+@pytest.mark.parametrize("target,register,absent", [(X86, "zmm", None), (X86_AVX2, "ymm", "zmm")],
+                         ids=["avx512", "avx2"])
+def test_x86_builds_compute_in_their_vector_registers(target, register, absent):
+    """Built on every host, run by no test that this machine cannot run: the AVX-512 module
+    computes in 512-bit zmm registers; the AVX2 module in ymm and never touches a zmm register
+    (an AVX2-only CPU would die with SIGILL)."""
+    model, _ = _conv(16, 32, 14, 3, residual=True)
+    ex = _build(_scheduled(model, target), target)
+    asm = "\n".join(m.inspect_source("asm") for m in ex.mod.imports if m.kind == "llvm")
+    assert "%" + register in asm and "vfmadd" in asm
+    if absent:
+        assert "%" + absent not in asm
+
+
 @pytest.mark.parametrize("name", ["resnet_block_cnn", "transformer_block", "depthwise_block"])
 def test_zoo_models_match_reference(name):
     """Whole zoo models (BN, attention, GELU, softmax, pooling) stay exact under the rules."""
@@ -854,16 +883,14 @@ def test_rules_work_under_dlight_apply_default_schedule():
 
     from compiler.lower.schedules import DEFAULT_RULES
 
+    def dlight(mod, target):
+        return dl.ApplyDefaultSchedule(*DEFAULT_RULES)(mod)
+
     model, feeds = _conv(8, 16, 10, 3, residual=True)
-    with X86:
-        mod = dl.ApplyDefaultSchedule(*DEFAULT_RULES)(_fused(model))
+    got, mod = _run_scheduled(model, feeds, X86, schedule=dlight)
     assert all(is_scheduled(f) for f in _prim_funcs(mod).values())
-    ex = tvm.compile(_lower(mod), target=X86, relax_pipeline=None)
-    got = relax.VirtualMachine(ex, tvm.cpu())["main"](
-        *[tvm.runtime.tensor(v) for v in feeds.values()]
-    )
     want = ReferenceEvaluator(model).run(None, feeds)[0]
-    np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
 def test_failing_rule_is_reported_in_one_line(caplog):
