@@ -4,8 +4,9 @@ Runs every node test (``onnx.backend.test.loader.load_model_tests(kind="node")``
 memory with reference data) and the ``simple``, ``pytorch-converted`` and
 ``pytorch-operator`` model tests through
 
-* **hwcc**: ``compiler.compile(model, "host", verify=False)`` then ``art.run(feeds)``;
-* **tvm**: plain ``tvm.relax.frontend.onnx.from_onnx`` + ``tvm.compile`` + the Relax VM,
+* **hwcc**: ``compiler.compile(model, TARGET, verify=False)`` then ``art.run(feeds)``;
+* **tvm**: plain ``tvm.relax.frontend.onnx.from_onnx`` + ``tvm.compile`` for the same
+  target + the Relax VM,
 
 each test in a worker subprocess with a time limit (a crash or a hang costs one test, never
 the run). A test *passes* when every output has the reference's shape and dtype and matches it
@@ -20,9 +21,16 @@ feed them as graph inputs. By default (``--inputs exported``) such inputs (the s
 in :data:`STATIC_SLOTS`) become initializers for both compilers; data inputs, integer ones
 included, stay inputs. ``--inputs raw`` feeds every input at run time.
 
+Targets. ``--target`` (default ``host``) is any x86/ARM triple this machine runs (the code
+executes here). Results are kept per target in ``results/conformance.json`` (each row names
+its ``target``): a run replaces the rows of its own target only, so the README shows an
+AVX-512 and an AVX2 build side by side (float -> integer conversions, for one, must not
+depend on the ISA: see ``compiler/frontend/int_casts.py``).
+
 Usage::
 
-    python benchmarks/conformance.py                 # everything, 2 workers
+    python benchmarks/conformance.py                 # everything, host target, 2 workers
+    python benchmarks/conformance.py --target "x86_64-linux-gnu -mattr=+avx2,+fma"
     python benchmarks/conformance.py --match lstm --compilers hwcc -j 1
 """
 
@@ -212,10 +220,10 @@ def compare(got: list[Any], want: list[Any], rtol: float, atol: float) -> str | 
     return None
 
 
-def _run_hwcc(model, feeds: dict[str, np.ndarray], workdir: Path) -> list[Any]:
+def _run_hwcc(model, feeds: dict[str, np.ndarray], workdir: Path, target: str) -> list[Any]:
     import compiler
 
-    art = compiler.compile(model, "host", output_dir=workdir / "a", verify=False,
+    art = compiler.compile(model, target, output_dir=workdir / "a", verify=False,
                            input_shapes=input_shapes(model, feeds) or None)
     out = art.run(feeds)
     return [out[s.name] for s in art.outputs]
@@ -231,15 +239,17 @@ def _flatten(x: Any) -> list[Any]:
     return [np.asarray(x)]
 
 
-def _run_tvm(model, feeds: dict[str, np.ndarray]) -> tuple[str, Any]:
+def _run_tvm(model, feeds: dict[str, np.ndarray], target: str) -> tuple[str, Any]:
     import tvm
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
+    from targets import parse_target
+
     try:
         mod = from_onnx(model, shape_dict=input_shapes(model, feeds) or None,
                         keep_params_in_input=False)
-        ex = tvm.compile(mod, target="llvm")
+        ex = tvm.compile(mod, target=parse_target(target).tvm_target())
     except Exception as err:  # noqa: BLE001 - import / build failure: TVM's "unsupported"
         return "error", err
     vm = relax.VirtualMachine(ex, tvm.cpu())
@@ -250,8 +260,8 @@ def _run_tvm(model, feeds: dict[str, np.ndarray]) -> tuple[str, Any]:
     return "ok", _flatten(vm["main"](*args))
 
 
-def run_one(case: dict[str, Any], compiler_name: str, inputs_mode: str, workdir: Path
-            ) -> dict[str, Any]:
+def run_one(case: dict[str, Any], compiler_name: str, inputs_mode: str, workdir: Path,
+            target: str = "host") -> dict[str, Any]:
     """Status and detail of one test through one compiler (in the worker process)."""
     import contextlib
     import io
@@ -264,9 +274,9 @@ def run_one(case: dict[str, Any], compiler_name: str, inputs_mode: str, workdir:
         with contextlib.redirect_stdout(sink), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if compiler_name == "hwcc":
-                got = _run_hwcc(model, feeds, workdir)
+                got = _run_hwcc(model, feeds, workdir, target)
             else:
-                kind, got = _run_tvm(model, feeds)
+                kind, got = _run_tvm(model, feeds, target)
                 if kind == "error":
                     return {"status": "unsupported", "detail": _line(got)}
     except HwccError as err:
@@ -282,7 +292,7 @@ def _line(err: BaseException) -> str:
     return f"{type(err).__name__}: {(lines[-1] if lines else '')[:300]}"
 
 
-def _worker(conn, inputs_mode: str) -> None:
+def _worker(conn, inputs_mode: str, target: str) -> None:
     import logging
     import shutil
     import tempfile
@@ -297,7 +307,7 @@ def _worker(conn, inputs_mode: str) -> None:
         name, compiler_name = task
         workdir = Path(tempfile.mkdtemp(prefix="hwcc-conf-"))
         try:
-            result = run_one(cases[name], compiler_name, inputs_mode, workdir)
+            result = run_one(cases[name], compiler_name, inputs_mode, workdir, target)
         except BaseException as err:  # noqa: BLE001 - report, keep the worker alive
             result = {"status": "crash", "detail": _line(err) or traceback.format_exc()[-300:]}
         finally:
@@ -311,14 +321,15 @@ def _worker(conn, inputs_mode: str) -> None:
 class _Slot:
     """One worker subprocess, restarted after a crash or a timeout."""
 
-    def __init__(self, ctx, inputs_mode: str) -> None:
-        self.ctx, self.inputs_mode = ctx, inputs_mode
+    def __init__(self, ctx, inputs_mode: str, target: str) -> None:
+        self.ctx, self.inputs_mode, self.target = ctx, inputs_mode, target
         self.proc = None
         self.conn = None
 
     def _start(self) -> None:
         parent, child = self.ctx.Pipe()
-        self.proc = self.ctx.Process(target=_worker, args=(child, self.inputs_mode), daemon=True)
+        self.proc = self.ctx.Process(target=_worker, args=(child, self.inputs_mode, self.target),
+                                     daemon=True)
         self.proc.start()
         self.conn = parent
         if not parent.poll(300) or parent.recv() != "ready":
@@ -358,7 +369,8 @@ class _Slot:
 
 
 def run_all(tasks: list[tuple[str, str]], jobs: int, timeout: float, inputs_mode: str,
-            log_path: Path | None) -> dict[tuple[str, str], dict[str, Any]]:
+            log_path: Path | None, target: str = "host"
+            ) -> dict[tuple[str, str], dict[str, Any]]:
     ctx = mp.get_context("spawn")
     todo: queue.Queue = queue.Queue()
     for t in tasks:
@@ -369,7 +381,7 @@ def run_all(tasks: list[tuple[str, str]], jobs: int, timeout: float, inputs_mode
     start = time.perf_counter()
 
     def loop() -> None:
-        slot = _Slot(ctx, inputs_mode)
+        slot = _Slot(ctx, inputs_mode, target)
         try:
             while True:
                 try:
@@ -380,7 +392,8 @@ def run_all(tasks: list[tuple[str, str]], jobs: int, timeout: float, inputs_mode
                 with lock:
                     results[task] = res
                     if log:
-                        log.write(json.dumps({"test": task[0], "compiler": task[1], **res}) + "\n")
+                        log.write(json.dumps({"test": task[0], "compiler": task[1],
+                                              "target": target, **res}) + "\n")
                         log.flush()
                     n = len(results)
                     if n % 50 == 0 or n == len(tasks):
@@ -438,6 +451,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--match", default=None, help="regex on test names (a subset; not saved)")
     ap.add_argument("--compilers", default="hwcc,tvm", help="hwcc,tvm (default both)")
     ap.add_argument("--inputs", choices=("exported", "raw"), default="exported")
+    ap.add_argument("--target", default="host",
+                    help="target triple both compilers build for; it must run on this machine "
+                         "(default: host)")
     ap.add_argument("--log", type=Path, default=None, help="append per-test JSON lines here")
     ap.add_argument("--no-save", action="store_true", help="do not write results/*.json")
     ap.add_argument("--from-log", type=Path, nargs="+", default=None,
@@ -445,6 +461,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     compilers = [c for c in args.compilers.split(",") if c]
+    from targets import parse_target
+
+    target = parse_target(args.target)
+    if not target.runs_on_this_machine() and not args.from_log:
+        missing = ", ".join(target.missing_host_features()) or target.arch
+        ap.error(f"'{target}' does not run on this machine (it lacks {missing}): conformance "
+                 "executes what it compiles")
     cases = load_cases()
     ops = {name: case_op(name, c, cases) for name, c in cases.items()}
     names = sorted(cases)
@@ -458,21 +481,26 @@ def main(argv: list[str] | None = None) -> int:
         for path in args.from_log:
             for line in path.read_text().splitlines():
                 rec = json.loads(line)
+                if rec.pop("target", str(target)) != str(target):
+                    continue  # another target's run
                 results[(rec.pop("test"), rec.pop("compiler"))] = rec
         results = {t: results[t] for t in tasks if t in results}
     else:
-        print(f"{len(names)} tests x {compilers}, {args.jobs} workers, inputs={args.inputs}",
-              file=sys.stderr)
-        results = run_all(tasks, args.jobs, args.timeout, args.inputs, args.log)
+        print(f"{len(names)} tests x {compilers}, {args.jobs} workers, inputs={args.inputs}, "
+              f"target {target}", file=sys.stderr)
+        results = run_all(tasks, args.jobs, args.timeout, args.inputs, args.log, str(target))
     wall = time.perf_counter() - t0
     total_rows, op_rows = summarize(results, ops, compilers)
 
-    from benchmarks.common import save_results, table
+    from benchmarks.common import RESULTS, machine, save_results, table
 
+    for row in total_rows:
+        row["isa"] = isa_label(target)
+        row["target"] = str(target)
     print("\nPer op (pass/wrong/unsupported/crash):")
     print(table(op_rows, [("op", "op"), *[(c, c) for c in compilers]]))
-    cols = [("compiler", "compiler"), ("tests", "tests"), ("total", "total"),
-            *[(s, s) for s in STATUSES], ("pass_rate", "pass %")]
+    cols = [("isa", "target"), ("compiler", "compiler"), ("tests", "tests"),
+            ("total", "total"), *[(s, s) for s in STATUSES], ("pass_rate", "pass %")]
     print("\nTotals:")
     print(table(total_rows, cols))
     wrong = sorted(n for (n, c), r in results.items() if c == "hwcc" and r["status"] == "wrong")
@@ -481,10 +509,42 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(tasks)} runs in {wall:.0f} s")
     if not args.match and not args.no_save:
         title = (f"ONNX backend conformance ({len(names)} tests: node + "
-                 f"{', '.join(MODEL_KINDS)}; inputs={args.inputs})")
-        save_results("conformance", total_rows, {"columns": [list(c) for c in cols],
-                                                 "title": title})
+                 f"{', '.join(MODEL_KINDS)}; inputs={args.inputs}; per target)")
+        # rows of the other targets' runs stay (each row names its target)
+        rows, targets = total_rows, {isa_label(target): str(target)}
+        old_path = RESULTS / "conformance.json"
+        if old_path.exists():
+            old = json.loads(old_path.read_text())
+            kept = [r for r in old.get("rows", []) if r.get("target") not in (None, str(target))]
+            rows = kept + total_rows
+            targets = {**{r["isa"]: r["target"] for r in kept if "isa" in r}, **targets}
+        targets = dict(sorted(targets.items(), key=lambda kv: _isa_rank(kv[0])))
+        rows.sort(key=lambda r: (_isa_rank(r.get("isa", "")), r["compiler"] != "hwcc"))
+        notes = ["Targets: " + "; ".join(f"{k} = `{v}`" for k, v in targets.items()) + "."]
+        # the machine line names what was built: every target of the table
+        host = {**machine(), "target": " and ".join(targets.values())}
+        save_results("conformance", rows, {"columns": [list(c) for c in cols],
+                                           "title": title, "targets": targets, "notes": notes,
+                                           "machine": host})
     return 0
+
+
+_ISA_ORDER = ("AVX-512 VNNI", "AVX-512", "AVX2", "x86-64")
+
+
+def _isa_rank(label: str) -> tuple[int, str]:
+    """Widest vector ISA first; other architectures after, by name."""
+    return (_ISA_ORDER.index(label), "") if label in _ISA_ORDER else (len(_ISA_ORDER), label)
+
+
+def isa_label(target) -> str:
+    """A short name of the target's vector ISA for the table: ``AVX-512``, ``AVX2``, ..."""
+    feats = set(target.features)
+    if target.arch == "x86_64":
+        if "+avx512f" in feats:
+            return "AVX-512 VNNI" if "+avx512vnni" in feats else "AVX-512"
+        return "AVX2" if "+avx2" in feats else "x86-64"
+    return target.arch
 
 
 if __name__ == "__main__":

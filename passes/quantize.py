@@ -493,13 +493,27 @@ def _channel_shape(kind: str, ndim: int, n: int) -> tuple[int, ...]:
     return (n,)
 
 
+def _to_int(y: relax.Expr, zp: float | relax.Expr, lo: float, hi: float, dtype: str,
+            finite: bool = False) -> relax.Expr:
+    """``clip(where(isnan(y), 0, y) + zp, lo, hi)`` converted to ``dtype``, for a rounded
+    float ``y``: the value converted always lies in ``[lo, hi]`` inside the type's range
+    (LLVM's float -> integer conversion of anything else is poison, and AVX2 and AVX-512 code
+    answer differently), ±inf saturates and NaN quantizes to the zero point, as the frontend
+    defines QuantizeLinear (compiler/frontend/int_casts.py). ``finite``: ``y`` is never NaN
+    (no select needed; the clip alone bounds it)."""
+    if not finite:
+        y = relax.op.where(relax.op.isnan(y), relax.const(np.float32(0.0)), y)
+    if isinstance(zp, relax.Expr):
+        y = relax.op.add(y, zp)
+    elif zp:
+        y = relax.op.add(y, relax.const(np.float32(zp)))
+    return relax.op.astype(relax.op.clip(y, float(lo), float(hi)), dtype)
+
+
 def _quantize(x: relax.Expr, p: QParams) -> relax.Expr:
-    """``clip(round(x / s) + zp, qmin, qmax)`` cast to the activation dtype."""
+    """``clip(round(x / s) + zp, qmin, qmax)`` cast to the activation dtype (NaN: ``zp``)."""
     y = relax.op.round(relax.op.divide(x, relax.const(np.float32(p.scale))))
-    if p.zero_point:
-        y = relax.op.add(y, relax.const(np.float32(p.zero_point)))
-    y = relax.op.clip(y, float(p.qmin), float(p.qmax))
-    return relax.op.astype(y, p.dtype)
+    return _to_int(y, p.zero_point, p.qmin, p.qmax, p.dtype)
 
 
 def _dequantize(q: relax.Expr, p: QParams) -> relax.Expr:
@@ -556,12 +570,10 @@ def _requant(
             y = relax.op.add(y, relax.const(np.int64(p.zero_point)))
         y = relax.op.clip(y, qlo, qhi)
         return relax.op.astype(y, p.dtype)
+    # acc * M is never NaN (|acc| < 2**31, M a finite constant): the clip bounds it
     y = relax.op.astype(acc, "float32")
     y = relax.op.round(relax.op.multiply(y, const(mult.astype(np.float32).reshape(shape))))
-    if p.zero_point:
-        y = relax.op.add(y, relax.const(np.float32(p.zero_point)))
-    y = relax.op.clip(y, float(qlo), float(qhi))
-    return relax.op.astype(y, p.dtype)
+    return _to_int(y, p.zero_point, qlo, qhi, p.dtype, finite=True)
 
 
 def _to_float(acc: relax.Expr, scale: np.ndarray, kind: str, ndim: int) -> relax.Expr:
@@ -816,19 +828,15 @@ def _dynamic(mod: tvm.IRModule, cfg: QuantizeConfig, report: dict) -> tvm.IRModu
             ),
             name_hint=f"{name}_scale",
         )
-        zp = bb.emit(
-            relax.op.clip(relax.op.round(relax.op.negative(relax.op.divide(lo, s))),
-                          0.0, 255.0),
-            name_hint=f"{name}_zp",
-        )
-        q = relax.op.add(relax.op.round(relax.op.divide(x, s)), zp)
-        q = bb.emit(relax.op.astype(relax.op.clip(q, 0.0,
-                                                  255.0), "uint8"),
+        # the zero point, converted where it is computed (NaN, from NaN/inf in x: 0)
+        r = relax.op.round(relax.op.negative(relax.op.divide(lo, s)))
+        zp = bb.emit(_to_int(r, 0, 0.0, 255.0, "int32"), name_hint=f"{name}_zp")
+        q = bb.emit(_to_int(relax.op.round(relax.op.divide(x, s)),
+                            relax.op.astype(zp, "float32"), 0.0, 255.0, "uint8"),
                     name_hint=f"{name}_qx")
         wq, sw = quantize_weight(lay.weight, 1, cfg.weight_bits)
         acc = bb.emit(relax.op.matmul(q, const(wq), out_dtype="int32"), name_hint=f"{name}_acc")
-        corr = relax.op.multiply(relax.op.astype(zp, "int32"),
-                                 const(_weight_sum("matmul", wq).astype(np.int32)))
+        corr = relax.op.multiply(zp, const(_weight_sum("matmul", wq).astype(np.int32)))
         acc = relax.op.subtract(acc, corr)
         y = relax.op.multiply(relax.op.astype(acc, "float32"), const(sw.astype(np.float32)))
         return relax.op.multiply(y, s)

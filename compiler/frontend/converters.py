@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from compiler.frontend import int_casts
 from compiler.frontend import narrow_types as narrow
 
 Converter = Callable[[Any, list, dict], Any]
@@ -298,4 +299,8 @@ CONVERTERS: dict[str, Converter] = {
     "Mod": float_mod,  # floats only; integer Mod stays with TVM
     "TopK": topk_by_key,  # int16/uint16/uint32/uint64 only
     "Slice": attribute_slice,  # opset < 10 only; TVM reads starts/ends as inputs
+    # float -> integer: a plain astype, made saturating by int_casts.make_explicit (TVM's
+    # own converter wraps values around through an int32 whose conversion is undefined)
+    "Cast": int_casts.cast_converter,
+    "CastLike": int_casts.cast_like_converter,
 }

@@ -18,6 +18,7 @@ import onnx
 from onnx import TensorProto as T
 from onnx import helper, numpy_helper
 
+from .graph import nan_to_zero
 from .guards import _const, _opset, _shape, _type, reduce_extreme, resize
 
 Names = Callable[[str], str]
@@ -360,8 +361,9 @@ def blocked_quantize(node: onnx.NodeProto, model: onnx.ModelProto, names: Names)
     scale = _block_gather(node.input[1], shape, axis, block, names, nodes, inits)
     q, r, r32, c = (names(f"{n}_{k}") for k in ("q", "r", "r32", "clip"))
     nodes += [helper.make_node("Div", [node.input[0], scale], [q]),
-              helper.make_node("Round", [q], [r]),
-              helper.make_node("Cast", [r], [r32], to=T.FLOAT)]
+              helper.make_node("Round", [q], [r])]
+    nn, r = nan_to_zero(r, xt, names)  # NaN quantizes to the zero point (int_casts)
+    nodes += nn + [helper.make_node("Cast", [r], [r32], to=T.FLOAT)]
     if zp:
         zf, s = names(f"{n}_zf"), names(f"{n}_rz")
         nodes.append(helper.make_node("Cast", [_block_gather(zp, shape, axis, block, names,

@@ -60,3 +60,15 @@ class NameGen:
         name = f"{base}__hwcc{i}"
         self.used.add(name)
         return name
+
+
+def nan_to_zero(x: str, elem: int, names) -> tuple[list[onnx.NodeProto], str]:
+    """Nodes computing ``Where(IsNaN(x), 0, x)`` for a float value ``x`` of ONNX type
+    ``elem``, and the name of the result: what a quantizer applies to ``round(x / scale)``
+    before adding the zero point, so that NaN quantizes to the zero point on every CPU
+    (:mod:`compiler.frontend.int_casts`)."""
+    zero, isnan, out = names(f"{x}_zero"), names(f"{x}_isnan"), names(f"{x}_nn")
+    return [helper.make_node("Constant", [], [zero],
+                             value=helper.make_tensor(zero, elem, [], [0])),
+            helper.make_node("IsNaN", [x], [isnan]),
+            helper.make_node("Where", [isnan, zero, x], [out])], out

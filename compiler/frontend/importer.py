@@ -23,6 +23,7 @@ import onnx
 from compiler.artifact.tensors import TensorSpec
 from compiler.errors import HwccError, InputShapeError, ModelLoadError, UnsupportedOpError
 
+from . import int_casts
 from . import narrow_types as narrow
 from .converters import CONVERTERS
 from .prep import prepare
@@ -279,7 +280,8 @@ def load_model(model: str | Path | onnx.ModelProto,
             detail += f"; also unsupported: {', '.join(others)}"
         raise UnsupportedOpError(op, name, opset, detail)
 
-    mod = _import(lowered, specs, opset)
+    # every float -> integer conversion clamped first: one answer on every CPU
+    mod = int_casts.make_explicit(_import(lowered, specs, opset))
     outputs = _output_specs(pinned, mod)
     logger.info("imported %s: %d nodes, opset %d", source, len(pinned.graph.node), opset)
     return ImportedModel(mod=mod, onnx_model=pinned, inputs=specs, outputs=outputs, opset=opset,

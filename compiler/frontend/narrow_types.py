@@ -14,9 +14,13 @@ value sits in the low bits). :func:`lower_narrow_types` rewrites the ONNX graph 
 * ``Cast``/``CastLike`` *to* a narrow type becomes an ``hwcc.NarrowEncode`` node: a TE kernel
   that rounds exactly with integer bit manipulation of the float32 bit pattern
   (:func:`encode_bits`, round-to-nearest-even, the ONNX rules for saturation, NaN and Inf);
+  to int4/uint4/int2/uint2 a float is truncated toward zero and kept if it fits, else (out
+  of range, NaN, ±inf) it becomes 0, as ``onnx.reference`` and the ONNX backend tests have it
+  (ONNX itself leaves an out-of-range float -> integer cast undefined);
 * ``QuantizeLinear``/``DequantizeLinear`` with a narrow quantized type become the float
   arithmetic of the reference (``x / scale`` then the encode; decode, ``- zero_point``,
-  ``* scale``).
+  ``* scale``); a NaN ``x / scale`` quantizes to the zero point, as in every integer
+  QuantizeLinear hwcc compiles (:mod:`compiler.frontend.int_casts`).
 
 Any other op that reads or writes a narrow value keeps its type and is refused afterwards by
 :func:`compiler.frontend.prep.check_dtypes`.
@@ -42,7 +46,7 @@ from compiler.artifact.tensors import (  # noqa: F401 - re-exported
 )
 from compiler.errors import UnsupportedOpError
 
-from .graph import NameGen, static_shape, value_types
+from .graph import NameGen, nan_to_zero, static_shape, value_types
 
 logger = logging.getLogger(__name__)
 
@@ -231,15 +235,28 @@ def encode_e8m0_bits(u, saturate: bool, round_mode: str, ops=_Numpy):
     return ops.finish(where(special, c(0xFF), e + where(inc, c(1), c(0))))
 
 
+def int_range(fmt: NarrowFormat) -> tuple[int, int]:
+    """Smallest and largest value of the narrow integer type ``fmt``."""
+    if fmt.signed:
+        return -(1 << (fmt.bits - 1)), (1 << (fmt.bits - 1)) - 1
+    return 0, (1 << fmt.bits) - 1
+
+
 def _int_code_numpy(x: np.ndarray, fmt: NarrowFormat) -> np.ndarray:
+    """Storage byte of ``x`` cast to the narrow integer type ``fmt``, as ``onnx.reference``
+    (``ml_dtypes``) and the ONNX backend tests give it: an integer source wraps around (its
+    low bits); a float is truncated toward zero and kept when that fits the type, else (out
+    of range, NaN, ±inf) it becomes 0. Every step is a comparison or a conversion of a value
+    already in range, so no CPU can answer differently."""
     mod = 1 << fmt.bits
     if x.dtype.kind in "iub":
         return (x.astype(np.int64) & (mod - 1)).astype(np.uint8)
-    x = x.astype(np.float32)
+    lo, hi = int_range(fmt)
     with np.errstate(all="ignore"):
-        t = np.trunc(x)
-        r = t - np.float32(mod) * np.floor(t / np.float32(mod))
-        return np.where(np.isfinite(x), r, 0).astype(np.int64).astype(np.uint8)
+        t = np.trunc(x.astype(np.float32))
+        fits = (t >= np.float32(lo)) & (t <= np.float32(hi))  # False for NaN and ±inf
+        v = np.where(fits, t, np.float32(0)).astype(np.int64)  # only values in [lo, hi]
+    return (v & (mod - 1)).astype(np.uint8)
 
 
 def encode_numpy(x: np.ndarray, fmt: NarrowFormat, saturate: bool = True,
@@ -268,12 +285,13 @@ def encode_te(x: Any, fmt: NarrowFormat, saturate: bool, round_mode: str) -> Any
         v = x(*idx)
         if fmt.kind == "int" and not src.startswith(("float", "bfloat")):
             code = v.astype("int64") & tirx.const(mod - 1, "int64")
-        elif fmt.kind == "int":
-            f = v.astype("float32")
-            t = tirx.trunc(f)
-            m = tirx.const(float(mod), "float32")
-            r = t - m * tirx.floor(t / m)
-            code = tirx.Select(tirx.isfinite(f), r, tirx.const(0.0, "float32")).astype("int64")
+        elif fmt.kind == "int":  # as _int_code_numpy: truncated, kept if it fits, else 0
+            lo, hi = (tirx.const(float(b), "float32") for b in int_range(fmt))
+            t = tirx.trunc(v.astype("float32"))
+            fits = (t >= lo) & (t <= hi)  # False for NaN and ±inf
+            # clamped as well, so the conversion's operand is in range in either branch
+            t = tirx.Select(fits, tirx.max(tirx.min(t, hi), lo), tirx.const(0.0, "float32"))
+            code = t.astype("int64") & tirx.const(mod - 1, "int64")
         else:
             u = tirx.reinterpret("uint32", v.astype("float32")).astype("int64")
             code = encode_e8m0_bits(u, saturate, round_mode, _TE()) if fmt.kind == "e8m0" \
@@ -414,8 +432,9 @@ class _Lowering:
             lo, hi = (-(1 << (fmt.bits - 1)), (1 << (fmt.bits - 1)) - 1) if fmt.signed else \
                 (0, (1 << fmt.bits) - 1)
             r, r32 = self.names(f"{base}_r"), self.names(f"{base}_r32")
-            nodes += [helper.make_node("Round", [q], [r]),
-                      helper.make_node("Cast", [r], [r32], to=_T.FLOAT)]
+            nodes.append(helper.make_node("Round", [q], [r]))
+            nn, r = nan_to_zero(r, xt, self.names)  # NaN: the zero point
+            nodes += nn + [helper.make_node("Cast", [r], [r32], to=_T.FLOAT)]
             if zp:
                 zf, s = self.names(f"{base}_zp"), self.names(f"{base}_rz")
                 nodes += self.decode(zp, to, _T.FLOAT, zf, f"{base}_zp")

@@ -10,7 +10,10 @@ are pinned and shapes inferred:
    (``onnx.defs`` schemas), exactly as the standard defines them;
 3. **fold**: ``Shape``/``Size`` of statically shaped values become constants, and every
    deterministic node whose inputs are all constants is evaluated once with
-   ``onnx.reference.ReferenceEvaluator`` (the reference semantics, by construction);
+   ``onnx.reference.ReferenceEvaluator`` (the reference semantics, by construction;
+   float -> integer casts as :mod:`compiler.frontend.int_casts` defines them, and a
+   QuantizeLinear whose numpy conversion would meet NaN or an out-of-range value is left to
+   the compiled kernel);
 4. **sequences** whose structure is static become lists of tensors
    (:mod:`compiler.frontend.sequences`);
 5. drop nodes nothing uses, infer shapes again; repeat until nothing changes.
@@ -30,6 +33,7 @@ from onnx import helper, numpy_helper
 
 from compiler.errors import UnsupportedOpError
 
+from . import int_casts
 from .graph import all_inputs, static_shape, value_types  # noqa: F401 - re-exported
 from .rewrites import apply_rewrites
 from .sequences import eliminate_sequences
@@ -48,7 +52,8 @@ NOT_FOLDABLE = frozenset({
 MAX_FOLD_ELEMENTS = 1 << 22
 
 #: Ops that TVM imports without error but computes wrongly in some cases, expanded into their
-#: function bodies whenever the schema has one (see tests/compiler/frontend/test_frontend_conformance).
+#: function bodies whenever the schema has one (see
+#: tests/compiler/frontend/test_frontend_conformance).
 EXPAND_ALWAYS: frozenset[str] = frozenset({
     "Attention",  # TVM's converter is com.microsoft's Attention (needs num_heads), not ONNX's
 })
@@ -272,12 +277,45 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
     return value if isinstance(value, np.ndarray) else None
 
 
+#: Ops whose reference converts floats to integers with numpy's ``astype``: folded only when
+#: no value is out of range or NaN (numpy's answer then depends on the CPU; the compiled
+#: kernel's does not, see :mod:`compiler.frontend.int_casts`).
+_NUMPY_CONVERTS = frozenset({"QuantizeLinear", "DynamicQuantizeLinear"})
+
+
+def _float_to_int_cast(node: onnx.NodeProto, args: dict[str, np.ndarray]
+                       ) -> list[np.ndarray] | None:
+    """A Cast/CastLike of a float constant to an integer type, folded as hwcc defines it
+    (:func:`compiler.frontend.int_casts.cast_numpy`), not as numpy does on this CPU."""
+    if node.op_type not in ("Cast", "CastLike") or not node.input or node.input[0] not in args:
+        return None
+    x = args[node.input[0]]
+    if node.op_type == "Cast":
+        to = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "to"), None)
+        try:
+            to = str(np.dtype(helper.tensor_dtype_to_np_dtype(int(to))))
+        except (TypeError, ValueError, KeyError):
+            return None
+    else:
+        to = str(args[node.input[1]].dtype) if len(node.input) > 1 else None
+    if str(x.dtype) not in int_casts.FLOAT_DTYPES or to not in int_casts.INT_DTYPES:
+        return None
+    return [int_casts.cast_numpy(x, to)]
+
+
 def _evaluate(node: onnx.NodeProto, args: dict[str, np.ndarray], opsets: dict[str, int]
               ) -> list[np.ndarray] | None:
     from onnx.reference import ReferenceEvaluator
 
+    cast = _float_to_int_cast(node, args)
+    if cast is not None:
+        return cast
     try:
-        outs = ReferenceEvaluator(node, opsets=opsets).run(None, args)
+        if node.op_type in _NUMPY_CONVERTS:  # NaN / out of range: FloatingPointError
+            with np.errstate(invalid="raise"):
+                outs = ReferenceEvaluator(node, opsets=opsets).run(None, args)
+        else:
+            outs = ReferenceEvaluator(node, opsets=opsets).run(None, args)
     except Exception as err:  # noqa: BLE001 - leave what the reference cannot evaluate
         logger.debug("not folding %s '%s': %s", node.op_type, node.name, err)
         return None

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .graph import static_shape, value_types
+from .graph import nan_to_zero, static_shape, value_types
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,8 @@ def qlinear_matmul_exact(node: onnx.NodeProto, model: onnx.ModelProto, names):
         helper.make_node("Cast", [f"{n}_c"], [f"{n}_c64"], to=T.DOUBLE),
         helper.make_node("Mul", [f"{n}_c64", f"{n}_m64"], [f"{n}_d"]),
     ]
-    d = f"{n}_d"
+    nn, d = nan_to_zero(f"{n}_d", T.DOUBLE, names)  # NaN (invalid scales): the zero point
+    nodes += nn
     if yz:
         nodes += [helper.make_node("Cast", [yz], [f"{n}_z64"], to=T.DOUBLE),
                   helper.make_node("Add", [d, f"{n}_z64"], [f"{n}_dz"])]

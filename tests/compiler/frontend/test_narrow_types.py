@@ -63,7 +63,8 @@ def test_float_encoder_matches_reference(to: int, saturate: int) -> None:
 
 @pytest.mark.parametrize("to", INTS, ids=lambda t: FORMATS[t].name)
 def test_int_encoder_matches_reference(to: int) -> None:
-    # truncation toward zero then wrap-around, NaN/Inf -> 0; integer sources wrap
+    # floats: truncation toward zero, kept if it fits, else (out of range, NaN, Inf) 0;
+    # integer sources wrap around
     x = _probe_floats(20000)
     assert (encode_numpy(x, FORMATS[to]) == _ref_cast(x, to).view(np.uint8)).all()
     xi = np.random.default_rng(1).integers(-2**31, 2**31 - 1, 5000, dtype=np.int64)
