@@ -26,6 +26,7 @@ from .analysis import (
     match_contraction,
     region_buffer,
 )
+from .common import MIN_PARALLEL_WORK, schedule_other_blocks
 from .int8_intrin import avx2_intrin, vnni_intrin
 from .target_info import is_cpu_target
 
@@ -171,3 +172,30 @@ def inline_other_producers(sch: s_tir.Schedule, tail, main) -> None:
             except Exception as err:  # noqa: BLE001 - see docstring
                 failed.add(name)
                 logger.debug("epilogue producer not inlined: %s", err)
+
+
+def finish_tensorized(sch: s_tir.Schedule, main, tail, *, attach_at, parallel_at, reduce_at,
+                      tensorize_at, work: int, lanes: int, num_cores: int, isa: DotISA,
+                      scope: str) -> None:
+    """The steps every tensorized int8 kernel ends with, after its loops are tiled.
+
+    The epilogue ``tail`` (requantize, bias, activation) is computed at ``attach_at`` with
+    its innermost loop vectorized; ``parallel_at`` runs in parallel when ``work`` is worth
+    it; the reduction's init is split off at ``reduce_at`` and vectorized; the other blocks
+    get hwcc's elementwise schedule; ``tensorize_at`` becomes the dot-product intrinsic of
+    ``isa`` for accumulator ``scope``.
+    """
+    if tail is not None:
+        inline_other_producers(sch, tail, main)
+        sch.reverse_compute_at(tail, attach_at, preserve_unit_loops=True)
+        inner = sch.get_loops(tail)[-1]
+        ext = sch.get(inner).extent
+        if isinstance(ext, tirx.IntImm) and int(ext.value) > 1:
+            sch.vectorize(inner)
+    if work >= MIN_PARALLEL_WORK:
+        sch.parallel(parallel_at)
+    init = sch.decompose_reduction(main, reduce_at)
+    sch.vectorize(sch.get_loops(init)[-1])
+    skip = [main, init] + ([tail] if tail is not None else [])
+    schedule_other_blocks(sch, skip, lanes, num_cores)
+    sch.tensorize(tensorize_at, isa.intrin(scope))

@@ -31,17 +31,15 @@ from tvm.sym import Analyzer
 
 from .analysis import Contraction, Operand, block_infos, is_plain, param_index, region_buffer
 from .common import (
-    MIN_PARALLEL_WORK,
     choose_factor,
     inline_epilogue_chain,
     is_spatial_block,
-    schedule_other_blocks,
 )
 from .int8_common import (
     K_BLOCK,
     DotISA,
     dot_isa,
-    inline_other_producers,
+    finish_tensorized,
     read_index,
     round_up,
     single_int_contraction,
@@ -242,21 +240,9 @@ def schedule_int8_conv2d(
     sch.reorder(*outer, *tile, co, *others, *inner, fi, ci)
     par = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     tile_loop = tile[-1] if tile else par
-    if tail is not None:
-        inline_other_producers(sch, tail, main)
-        sch.reverse_compute_at(tail, tile_loop, preserve_unit_loops=True)
-        inner_tail = sch.get_loops(tail)[-1]
-        ext = sch.get(inner_tail).extent
-        if isinstance(ext, tirx.IntImm) and int(ext.value) > 1:
-            sch.vectorize(inner_tail)
-    work = int(np.prod([e or 1 for e in con.extents.values()]))
-    if work >= MIN_PARALLEL_WORK:
-        sch.parallel(par)
-    init = sch.decompose_reduction(main, co)
-    sch.vectorize(sch.get_loops(init)[-1])
-    skip = [main, init] + ([tail] if tail is not None else [])
-    schedule_other_blocks(sch, skip, lanes, num_cores)
-    sch.tensorize(fi, isa.intrin(scope))
+    finish_tensorized(sch, main, tail, attach_at=tile_loop, parallel_at=par, reduce_at=co,
+                      tensorize_at=fi, work=int(np.prod([e or 1 for e in con.extents.values()])),
+                      lanes=lanes, num_cores=num_cores, isa=isa, scope=scope)
     if xi is not None and xt > 1:
         sch.unroll(xi)
     if nv > 1:

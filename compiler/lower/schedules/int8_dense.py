@@ -26,16 +26,14 @@ from tvm.sym import Analyzer
 
 from .analysis import Contraction, Operand, block_infos, is_plain, param_index
 from .common import (
-    MIN_PARALLEL_WORK,
     choose_factor,
     inline_epilogue_chain,
-    schedule_other_blocks,
 )
 from .int8_common import (
     K_BLOCK,
     DotISA,
     dot_isa,
-    inline_other_producers,
+    finish_tensorized,
     last_dim_blocked,
     pad_accumulator,
     read_index,
@@ -89,8 +87,8 @@ def match_int8_matmul(sch: s_tir.Schedule, lanes: int) -> Int8MatmulMatch | None
     """Find the single u8×s8→s32 matmul contraction of the function, or None.
 
     Requirements: one integer contraction (:func:`.int8_common.match_int_contraction`) with one
-    reduction ``k`` and static extents (no dynamic batch); ``A`` is ``uint8``, indexed ``[.., m, k]``
-    with ``k`` last and plain; ``B`` is ``int8``, uses only ``k`` and ``n`` (no batch), laid out
+    reduction ``k`` and static extents (no dynamic batch); ``A`` is ``uint8``, indexed
+    ``[.., m, k]`` with ``k`` last and plain; ``B`` is ``int8``, uses only ``k`` and ``n`` (no batch), laid out
     ``[k, n]``, ``[n, k]`` or packed for ``lanes``. All other blocks data-parallel.
     """
     infos = block_infos(sch)
@@ -227,22 +225,10 @@ def schedule_int8_matmul(
     outer = [*batch_loops, *([io] if io is not None else []), joo]
     sch.reorder(*outer, ko, *([ii] if ii is not None else []), joi, ji, ki)
     fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
-    if tail is not None:
-        inline_other_producers(sch, tail, main)
-        sch.reverse_compute_at(tail, fused, preserve_unit_loops=True)
-        tail_loops = list(sch.get_loops(tail))
-        inner = tail_loops[-1]
-        ext = sch.get(inner).extent
-        if isinstance(ext, tirx.IntImm) and int(ext.value) > 1:
-            sch.vectorize(inner)
-    work = int(np.prod([e or 1024 for e in con.extents.values()]))
-    if work >= MIN_PARALLEL_WORK:
-        sch.parallel(fused)
-    init = sch.decompose_reduction(main, ko)
-    sch.vectorize(sch.get_loops(init)[-1])
-    skip = [main, init] + ([tail] if tail is not None else [])
-    schedule_other_blocks(sch, skip, lanes, num_cores)
-    sch.tensorize(ji, isa.intrin(scope))
+    finish_tensorized(sch, main, tail, attach_at=fused, parallel_at=fused, reduce_at=ko,
+                      tensorize_at=ji,
+                      work=int(np.prod([e or 1024 for e in con.extents.values()])),
+                      lanes=lanes, num_cores=num_cores, isa=isa, scope=scope)
     if ii is not None and mr > 1:
         sch.unroll(ii)
     if nv > 1:
