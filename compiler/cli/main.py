@@ -91,7 +91,6 @@ def cmd_compile(args: argparse.Namespace) -> int:
                           compression=compression, tuning_log=args.tune_log,
                           verify=not args.no_verify,
                           lower_options=lower_options_from_args(args))
-    verify_inputs = compression.calibration  # the API verifies on its first sample
     m = art.manifest
     latency = None
     v = m.get("verification")
@@ -126,7 +125,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         print(f"  agreement    not checked ({v['skipped']})")
     elif v:
         top1 = f", top-1 agreement {v['top1_agreement']:.1%}" if "top1_agreement" in v else ""
-        on = "the first calibration sample" if verify_inputs is not None else \
+        # the API verifies on the first calibration sample when there is one
+        on = "the first calibration sample" if compression.calibration is not None else \
             f"{v['inputs']} inputs"
         print(f"  agreement    max abs err {v['max_abs_err']:.2e}, max rel err "
               f"{v['max_rel_err']:.2e} vs {v['reference']} (float model) on {on}{top1}")
@@ -175,7 +175,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.inputs:
         feeds, form = split_samples(load_npz(args.inputs), art.inputs)
     else:
-        feeds, form = [art.random_inputs(seed=args.seed)], f"seeded random inputs (seed {args.seed})"
+        feeds = [art.random_inputs(seed=args.seed)]
+        form = f"seeded random inputs (seed {args.seed})"
     results = [art.run(f) for f in feeds]
     if len(results) == 1:
         outputs = results[0]
@@ -304,7 +305,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             print(f"  {kind[:-1]:<7} {s['name']}: {s['shape']} {s['dtype']}")
     print("  ops     " + ", ".join(f"{k}×{v}" for k, v in ops.most_common()))
     if info["unsupported"]:
-        print("  unsupported: " + ", ".join(f"{u['op']} ({u['node']})" for u in info["unsupported"]))
+        print("  unsupported: "
+              + ", ".join(f"{u['op']} ({u['node']})" for u in info["unsupported"]))
     return EXIT_OK
 
 

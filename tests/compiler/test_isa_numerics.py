@@ -31,7 +31,8 @@ from onnx.reference import ReferenceEvaluator
 
 import compiler
 from compiler.pipeline import CompressionOptions
-from targets import host_arch, missing_features, parse_target
+from targets import host_arch, parse_target
+from tests.hostcpu import runnable
 
 pytestmark = pytest.mark.skipif(host_arch() != "x86_64", reason="x86-64 targets")
 
@@ -46,10 +47,6 @@ NARROW = {"int4": (T.INT4, -8, 7), "uint4": (T.UINT4, 0, 15), "int2": (T.INT2, -
           "uint2": (T.UINT2, 0, 3)}
 
 
-def _runs_here(spec: str) -> bool:
-    return not missing_features(parse_target(spec).features)
-
-
 def _build(model: onnx.ModelProto, spec: str, out: Path, **kw) -> compiler.Artifact:
     art = compiler.compile(model, spec, output_dir=out, verify=False, **kw)
     assert (art.path / art.manifest["library"]).is_file()
@@ -59,7 +56,7 @@ def _build(model: onnx.ModelProto, spec: str, out: Path, **kw) -> compiler.Artif
 
 def _run(art: compiler.Artifact, spec: str, feeds: dict) -> dict | None:
     """The outputs, or None when this CPU lacks the target's features (compiled only)."""
-    return art.run(feeds) if _runs_here(spec) else None
+    return art.run(feeds) if runnable(spec) else None
 
 
 def _model(nodes, inputs, outputs, inits=(), opset: int = 25) -> onnx.ModelProto:
@@ -340,7 +337,7 @@ def test_quantized_model_requantization_is_isa_independent(tmp_path: Path) -> No
                      compression=CompressionOptions(quantize="int8", calibration=calib))
         report = next(p for p in art.manifest["passes"] if p["name"] == "quantize")
         assert "requantized_to_int" in str(report), report
-        if not _runs_here(target):
+        if not runnable(target):
             continue
         out = {k: art.run({"x": v})["y"] for k, v in inputs.items()}
         ran[key] = out

@@ -88,8 +88,8 @@ def match_int8_matmul(sch: s_tir.Schedule, lanes: int) -> Int8MatmulMatch | None
 
     Requirements: one integer contraction (:func:`.int8_common.match_int_contraction`) with one
     reduction ``k`` and static extents (no dynamic batch); ``A`` is ``uint8``, indexed
-    ``[.., m, k]`` with ``k`` last and plain; ``B`` is ``int8``, uses only ``k`` and ``n`` (no batch), laid out
-    ``[k, n]``, ``[n, k]`` or packed for ``lanes``. All other blocks data-parallel.
+    ``[.., m, k]`` with ``k`` last and plain; ``B`` is ``int8``, uses only ``k`` and ``n`` (no
+    batch), laid out ``[k, n]``, ``[n, k]`` or packed for ``lanes``. All other blocks data-parallel.
     """
     infos = block_infos(sch)
     if infos is None:
