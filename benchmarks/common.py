@@ -1,4 +1,24 @@
-"""Shared benchmark helpers: timing, the machine description, result files, tables."""
+"""Shared benchmark helpers: timing, the machine description, targets, result files, tables.
+
+Targets
+-------
+The scripts that compile for a chosen ISA (``models.py``, ``quantize.py``, ``kernels.py``) take
+``--target TRIPLE_WITH_OPTIONS`` (default ``host``: this machine's triple with every feature it
+has), parsed by :func:`targets.parse_target`. Benchmarks run what they compile, so a target
+this machine cannot execute (another architecture, or a CPU feature it lacks) is refused with
+one line before anything is compiled (:func:`benchmark_target`).
+
+Result files
+------------
+``benchmarks/results/<name>.json`` holds the run for the host target;
+``benchmarks/results/<name>-<slug>.json`` the run for any other target, where the slug
+(:func:`target_slug`) names what differs from the bare triple: ``-mcpu`` as ``mcpu_<cpu>``,
+each ``-mattr`` feature without its ``+`` (``-feature`` as ``no-<feature>``) in the family's
+canonical order, ``-cores=N`` as ``cores<N>``, joined by ``-``; a target with none of these is
+named by its architecture. ``x86_64-linux-gnu -mattr=+avx2,+fma`` gives ``models-avx2-fma.json``;
+a target equal to ``host`` (same triple, same feature set) writes ``models.json``. Every file
+records the machine (CPU model, cores, its features) and the target (string and features).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +26,18 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import argparse
+
+    from targets import Target
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -28,8 +54,12 @@ def threads() -> int:
     return int(os.environ.get("TVM_NUM_THREADS", "1"))
 
 
-def machine() -> dict[str, Any]:
-    """CPU model, cores, ISA features, date: printed with every table."""
+def machine(target: Target | None = None) -> dict[str, Any]:
+    """CPU model, cores, ISA features, date, and the target benchmarked (``host`` when None):
+    printed with every table.
+
+    ``features`` are this CPU's; ``target`` is the target string and ``target_features`` the
+    ``-mattr`` features it compiles for."""
     from targets import parse_target
 
     model = "unknown CPU"
@@ -41,6 +71,7 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     host = parse_target("host")
+    target = host if target is None else target
     return {
         "cpu": model,
         "cores": host.cores,
@@ -48,8 +79,130 @@ def machine() -> dict[str, Any]:
         "threads": threads(),
         "python": platform.python_version(),
         "date": _dt.date.today().isoformat(),
-        "target": str(host),
+        "target": str(target),
+        "target_features": list(target.features),
     }
+
+
+# -- targets ------------------------------------------------------------------------------
+def add_target_argument(ap: argparse.ArgumentParser) -> None:
+    """``--target TRIPLE_WITH_OPTIONS`` (default ``host``), as the target-aware scripts take it."""
+    ap.add_argument("--target", default="host", metavar="TRIPLE_WITH_OPTIONS",
+                    help="target to compile for, e.g. 'x86_64-linux-gnu -mattr=+avx2,+fma' "
+                         "(default: host, this machine's own features); it must run on this "
+                         "machine. Results of a target other than host go to "
+                         "results/<name>-<slug>.json")
+
+
+def benchmark_target(spec: str | Target) -> Target:
+    """Parse ``spec`` and check that this machine can execute code built for it.
+
+    Raises
+    ------
+    TargetError
+        For a target :func:`targets.parse_target` rejects (unknown triple, option or feature),
+        one that is not an LLVM CPU target of this machine's architecture, or one that needs
+        CPU features this machine lacks (running it would die with SIGILL).
+    """
+    from targets import host_arch, missing_features, parse_target
+    from targets.errors import TargetError
+
+    target = parse_target(spec)
+    if target.kind != "llvm":
+        raise TargetError(f"cannot benchmark target '{target}': benchmarks time LLVM CPU code "
+                          f"on this machine, and it compiles to {target.kind} code")
+    if target.arch != host_arch():
+        raise TargetError(f"cannot benchmark target '{target}' on this {host_arch()} machine: "
+                          f"benchmarks run what they compile, and its code is for {target.arch}")
+    lacks = target.missing_host_features() or missing_features(_cpu_features(target))
+    if lacks:
+        have = ",".join(parse_target("host").features) or "(none)"
+        raise TargetError(
+            f"cannot benchmark target '{target}' on this machine: it lacks "
+            f"{', '.join(lacks)} (this CPU has {have})")
+    return target
+
+
+def _cpu_features(target: Target) -> tuple[str, ...]:
+    """The features hwcc knows for the target's family that its ``-mcpu`` implies (LLVM's view
+    of that CPU); ``()`` without ``-mcpu``."""
+    if not target.cpu:
+        return ()
+    import tvm
+    from tvm.target import codegen
+
+    from targets import FAMILIES
+
+    known = FAMILIES[target.family][1]
+    implied = codegen.llvm_get_cpu_features(tvm.target.Target(
+        {"kind": "llvm", "mtriple": target.triple, "mcpu": target.cpu}))
+    return tuple(f for f in known if f[1:] in {str(x) for x in implied})
+
+
+def target_from_args(spec: str, prog: str) -> Target:
+    """:func:`benchmark_target`, or one line ``<prog>: error: ...`` on stderr and exit 2."""
+    from targets.errors import TargetError
+
+    try:
+        return benchmark_target(spec)
+    except TargetError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def is_host_target(target: Target) -> bool:
+    """Whether ``target`` is this machine's own target (``host``): same triple, no ``-mcpu``,
+    the same feature set (in any order), cores not forced."""
+    from targets import parse_target
+
+    host = parse_target("host")
+    return (target.triple == host.triple and target.cpu is None and not target.explicit_cores
+            and set(target.features) == set(host.features))
+
+
+def target_slug(target: Target) -> str:
+    """``""`` for the host target, else the file-name suffix of the target's results (see the
+    module doc): ``x86_64-linux-gnu -mattr=+avx2,+fma`` -> ``avx2-fma``."""
+    from targets import FAMILIES
+    from targets.host import host_triple
+
+    if is_host_target(target):
+        return ""
+    known = FAMILIES[target.family][1]
+
+    def order(feat: str) -> tuple[int, str]:
+        plus = "+" + feat[1:]
+        return (known.index(plus) if plus in known else len(known), feat)
+
+    parts = [] if target.triple == host_triple() else [target.triple]
+    if target.cpu:
+        parts.append(f"mcpu_{target.cpu}")
+    parts += [f[1:] if f.startswith("+") else f"no-{f[1:]}" for f in sorted(target.features,
+                                                                             key=order)]
+    if target.explicit_cores:
+        parts.append(f"cores{target.cores}")
+    slug = "-".join(parts) or target.arch
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", slug)
+
+
+def results_path(name: str, target: Target | None = None) -> Path:
+    """``results/<name>.json`` for the host target (or None), ``results/<name>-<slug>.json``
+    for any other."""
+    slug = "" if target is None else target_slug(target)
+    return RESULTS / (f"{name}-{slug}.json" if slug else f"{name}.json")
+
+
+def target_extra(script: str, target: Target) -> dict[str, Any]:
+    """What a result file of a target other than the host's adds (``{}`` for the host's): the
+    command that reproduces it (``script --target '...'``, shown under its README table) and a
+    note that onnxruntime, which picks its kernels from this CPU's own features, is not
+    restricted to the target's ISA."""
+    if is_host_target(target):
+        return {}
+    return {"script": f"{script} --target '{target}'",
+            "notes": [("onnxruntime picks its kernels from this CPU's own features, not the "
+                       "target's: its columns measure the same onnxruntime as the host-target "
+                       "table.")]}
 
 
 def time_fn(fn: Callable[[], Any], repeat: int = 20, warmup: int = 3,
@@ -77,13 +230,15 @@ def ort_session(model_path: str | Path, n_threads: int | None = None):
     return ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
 
 
-def save_results(name: str, rows: list[dict[str, Any]], extra: dict[str, Any] | None = None
-                 ) -> Path:
-    """Write ``benchmarks/results/<name>.json`` (atomically) with the machine description."""
+def save_results(name: str, rows: list[dict[str, Any]], extra: dict[str, Any] | None = None,
+                 target: Target | None = None) -> Path:
+    """Write ``benchmarks/results/<name>.json`` (``<name>-<slug>.json`` for a target other than
+    the host's, see :func:`results_path`) atomically, with the machine and target."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    path = results_path(name, target)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"machine": machine(), "rows": rows, **(extra or {})}, indent=2))
+    tmp.write_text(json.dumps({"machine": machine(target), "rows": rows, **(extra or {})},
+                              indent=2))
     tmp.replace(path)
     return path
 
@@ -102,5 +257,12 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) ->
 
 
 def machine_line(m: dict[str, Any]) -> str:
-    return (f"{m['cpu']}, {m['cores']} cores ({m['threads']} threads used), "
+    """One line: CPU, cores, date and target; for a target whose features are not this CPU's
+    (``target_features`` differs from ``features``), both feature lists."""
+    line = (f"{m['cpu']}, {m['cores']} cores ({m['threads']} threads used), "
             f"{m['date']}; target `{m['target']}`")
+    tf = m.get("target_features")
+    if tf is not None and set(tf) != set(m.get("features", ())):
+        line += (f" (target features: {','.join(tf) or 'none in -mattr'}; "
+                 f"CPU features: {','.join(m.get('features', ())) or 'none detected'})")
+    return line

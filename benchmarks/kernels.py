@@ -1,12 +1,20 @@
 """Kernel benchmark: TVM's default pipeline vs hwcc default schedules vs onnxruntime.
 
-Usage: ``python benchmarks/kernels.py [--threads 2] [--peak-gflops X] [--skip-tvm-default]``
+Usage: ``python benchmarks/kernels.py [--threads 2] [--peak-gflops X] [--skip-tvm-default]
+[--target "x86_64-linux-gnu -mattr=+avx2,+fma"]``
 
 Each kernel is a one-node ONNX model (weights as initializers), compiled three ways and timed
-on this machine with the same thread count. The peak used for "% peak" assumes 32 fp32
-FLOP/cycle/core (two 256-bit FMA pipes, as on Zen 4 — AVX-512 is double-pumped there) at
-``--ghz`` (default 3.7, the boost clock: the 2.6 GHz /proc/cpuinfo reports is exceeded by the
-measured conv throughput), unless ``--peak-gflops`` is given.
+on this machine with the same thread count. ``--target`` (default ``host``: this machine's
+triple and all its features) is the target both TVM builds compile for (with ``num-cores`` set
+to ``--threads``); a target this machine cannot run is refused before any compile. ``--mattr
++f1,+f2`` is kept as a shorthand for ``--target "<this machine's triple> -mattr=+f1,+f2"``
+(``--mattr ''``: the bare triple); giving both is an error. The table is printed under the
+machine and target line (CPU, target string and features); no result file is written.
+
+The peak used for "% peak" assumes 32 fp32 FLOP/cycle/core (two 256-bit FMA pipes, as on
+Zen 4 — AVX-512 is double-pumped there) at ``--ghz`` (default 3.7, the boost clock: the 2.6 GHz
+/proc/cpuinfo reports is exceeded by the measured conv throughput), unless ``--peak-gflops`` is
+given. ``--kernels dense,conv1x1`` keeps the kernels whose name starts with one of the words.
 """
 
 from __future__ import annotations
@@ -18,6 +26,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (
+    add_target_argument,
+    machine,
+    machine_line,
+    target_from_args,
+)
+from targets.host import host_triple
 
 
 def _parse() -> argparse.Namespace:
@@ -31,16 +47,23 @@ def _parse() -> argparse.Namespace:
     p.add_argument(
         "--rounds", type=int, default=3, help="alternate hwcc/ort measurements, keep the best"
     )
-    p.add_argument("--mattr", default=None, help="comma-separated LLVM mattr (default: this "
-                   "machine's features, so that the kernels run here)")
-    return p.parse_args()
+    p.add_argument("--kernels", default="", help="comma-separated name prefixes of the kernels "
+                   "to run (matmul, dense, conv3x3, dwconv3x3, conv1x1; default: all)")
+    add_target_argument(p)
+    p.add_argument("--mattr", default=None, help="shorthand for --target '<this machine's "
+                   "triple> -mattr=MATTR' (comma-separated LLVM features, e.g. +avx2,+fma)")
+    args = p.parse_args()
+    if args.mattr is not None:
+        if args.target != "host":
+            print(f"{p.prog}: error: give --target or --mattr, not both", file=sys.stderr)
+            raise SystemExit(2)
+        feats = ",".join(f for f in args.mattr.split(",") if f)
+        args.target = (host_triple() or "host") + (f" -mattr={feats}" if feats else "")
+    args.target = target_from_args(args.target, p.prog)
+    return args
 
 
 ARGS = _parse()
-if ARGS.mattr is None:
-    from targets import host_features  # noqa: E402
-
-    ARGS.mattr = ",".join(host_features())
 os.environ["TVM_NUM_THREADS"] = str(ARGS.threads)
 
 import numpy as np
@@ -116,14 +139,8 @@ def cases():
 
 
 def _target() -> tvm.target.Target:
-    return tvm.target.Target(
-        {
-            "kind": "llvm",
-            "mtriple": "x86_64-linux-gnu",
-            "mattr": [a for a in ARGS.mattr.split(",") if a],
-            "num-cores": ARGS.threads,
-        }
-    )
+    """``--target`` as a TVM target, with ``--threads`` cores."""
+    return tvm.target.Target({**ARGS.target.tvm_target_dict(), "num-cores": ARGS.threads})
 
 
 def build_tvm(model, target, hwcc: bool):
@@ -183,7 +200,8 @@ def _peak() -> tuple[float, str]:
 def main() -> None:
     target = _target()
     peak, how = _peak()
-    print(f"threads={ARGS.threads} mattr={ARGS.mattr} tvm={tvm.__version__} ort={ort.__version__}")
+    print(f"Kernels — {machine_line(machine(ARGS.target))}")
+    print(f"threads={ARGS.threads} tvm={tvm.__version__} ort={ort.__version__}")
     print(f"peak {peak:.0f} GFLOP/s ({how})")
     header = (
         f"{'kernel':26s} {'tvm-default':>12s} {'hwcc':>9s} {'ort':>9s} "
@@ -191,7 +209,10 @@ def main() -> None:
     )
     print(header)
     print("-" * len(header))
+    only = tuple(k for k in ARGS.kernels.split(",") if k)
     for name, model, inputs, flops in cases():
+        if only and not name.startswith(only):
+            continue
         ex = build_tvm(model, target, hwcc=True)
         t_ort = t_hw = float("inf")
         for _ in range(max(1, ARGS.rounds)):  # alternate, so both see the same load phases

@@ -1,6 +1,7 @@
 """int8 latency and accuracy: hwcc fp32 vs hwcc int8 vs onnxruntime fp32 vs onnxruntime int8.
 
     python benchmarks/quantize.py [--models digits_cnn,mnist_cnn,resnet18,bert] [--repeat 20]
+                                  [--target "x86_64-linux-gnu -mattr=+avx2,+fma"]
 
 hwcc int8 is ``canonicalize`` + ``quantize`` (static, minmax, uint8 activations / int8
 per-channel weights, calibrated on the model's calibration set); onnxruntime int8 is the QDQ
@@ -11,6 +12,15 @@ random calibration inputs; token ids for integer inputs) only latency and the in
 relative error. On CPUs with AVX-512 VNNI the int8 convs/matmuls run on hwcc's tensorized
 ``vpdpbusd`` kernels (``compiler/schedules/int8_*.py``); ``hwcc int8 speed-up`` is hwcc fp32 /
 hwcc int8 latency.
+
+``--target`` (default ``host``: this machine's triple and all its features) picks the ISA both
+hwcc columns are compiled for, and so the int8 scheme (``vpdpbusd`` with AVX-512 VNNI;
+``vpmaddubsw`` and 7-bit weights with AVX2 alone); a target this machine cannot run is refused
+before any compile.
+Results go to ``benchmarks/results/quantize.json`` for the host target and to
+``quantize-<slug>.json`` for any other (``quantize-avx2-fma.json`` for the example above; the
+slug scheme is in ``benchmarks/common.py``), each recording the target and the machine.
+onnxruntime picks its kernels from this CPU's features whatever the target.
 """
 
 from __future__ import annotations
@@ -22,13 +32,23 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import machine, machine_line, ort_session, save_results, table, time_fn
+from common import (
+    add_target_argument,
+    machine,
+    machine_line,
+    ort_session,
+    save_results,
+    table,
+    target_extra,
+    target_from_args,
+    time_fn,
+)
 
 import compiler
 from benchmarks import model_zoo
 from compiler.pipeline import PassSpec
 from passes.quantize import quantize_config_from_args
-from targets import parse_target
+from targets import Target
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -96,19 +116,19 @@ def _ort_int8(path: Path, calib: dict[str, np.ndarray], out: Path) -> Path:
     return q
 
 
-def bench(name: str, repeat: int, n_calib: int, work: Path) -> dict:
+def bench(name: str, repeat: int, n_calib: int, work: Path, target: Target) -> dict:
     path = EXAMPLES / f"{name}.onnx"
     if not path.exists():
         path = model_zoo.get(name)
     calib, xs, labels = _data(name, path, n_calib)
     in_name = next(iter(calib))
     row: dict = {"model": name}
-    # the same int8 scheme `hwcc compile --quantize int8` picks for this machine
-    caps = parse_target("host").capabilities
-    fp32 = compiler.compile(path, "host", passes=[PassSpec("canonicalize")], tuning_log=False,
+    # the same int8 scheme `hwcc compile --quantize int8 --target ...` picks for the target
+    caps = target.capabilities
+    fp32 = compiler.compile(path, target, passes=[PassSpec("canonicalize")], tuning_log=False,
                             verify=False, output_dir=work / f"{name}_fp32")
     int8 = compiler.compile(
-        path, "host", tuning_log=False, verify=False, output_dir=work / f"{name}_int8",
+        path, target, tuning_log=False, verify=False, output_dir=work / f"{name}_int8",
         passes=[PassSpec("canonicalize"),
                 PassSpec("quantize", dataclasses.replace(quantize_config_from_args(
                     "int8", calib, "minmax", caps), measure=False))],
@@ -142,18 +162,22 @@ def main() -> None:
     ap.add_argument("--models", default="digits_cnn,mnist_cnn,resnet18,mobilenet_v2,bert")
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--calib", type=int, default=16, help="calibration samples")
+    add_target_argument(ap)
     args = ap.parse_args()
+    target = target_from_args(args.target, ap.prog)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     rows = []
     with tempfile.TemporaryDirectory(prefix="hwcc-bench-q-") as d:
         for name in args.models.split(","):
             sub = Path(d) / name
             sub.mkdir()
-            rows.append(bench(name, args.repeat, args.calib, sub))
-    m = machine()
+            rows.append(bench(name, args.repeat, args.calib, sub, target))
+    m = machine(target)
     title = "int8: hwcc vs onnxruntime (batch 1, median latency)"
-    save_results("quantize", rows, {"columns": COLUMNS, "title": title})
-    print(f"## {title}\n\n{machine_line(m)}\n\n{table(rows, COLUMNS)}")
+    path = save_results("quantize", rows, {"columns": COLUMNS, "title": title,
+                                           **target_extra("benchmarks/quantize.py", target)},
+                        target)
+    print(f"## {title}\n\n{machine_line(m)}\n\n{table(rows, COLUMNS)}\n\nwrote {path}")
 
 
 if __name__ == "__main__":
