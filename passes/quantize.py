@@ -190,7 +190,8 @@ def quantize_config_from_args(
     target_capabilities
         :class:`targets.base.Capabilities` of the target (``int8_dot``, ``has_float``), or None.
         x86 dot products (``vpdpbusd``, ``vpmaddubsw``) multiply u8×s8: uint8 activations.
-        AVX2 without VNNI: 7-bit weights against ``vpmaddubsw`` saturation. No float unit:
+        AVX2 / AVX-512BW without VNNI (neither ``vpdpbusd`` form): 7-bit weights against
+        ``vpmaddubsw`` saturation. No float unit:
         fixed-point requantization.
     """
     dots = tuple(getattr(target_capabilities, "int8_dot", ()) or ())
@@ -198,7 +199,8 @@ def quantize_config_from_args(
     x86 = any(d in dots for d in ("vpdpbusd", "vpmaddubsw"))
     arm = any(d in dots for d in ("sdot", "smmla"))
     act = "uint8" if x86 or not arm else "int8"
-    bits = 7 if ("vpmaddubsw" in dots and "vpdpbusd" not in dots) else 8
+    exact_dot = any(d in dots for d in ("vpdpbusd", "vpdpbusd256"))
+    bits = 7 if ("vpmaddubsw" in dots and not exact_dot) else 8
     return QuantizeConfig(
         mode=mode,
         calibration=calib if mode == "int8" else None,

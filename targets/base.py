@@ -28,7 +28,8 @@ class Capabilities:
     int8_dot : tuple of str
         Integer dot-product instructions available: ``"vpdpbusd"`` (AVX-512 VNNI on 512-bit
         vectors, with AVX-512 F and BW), ``"vpdpbusd256"`` (AVX-VNNI, 256-bit),
-        ``"vpmaddubsw"`` (AVX2 / AVX-512 BW pair, saturating int16 sums), ``"sdot"``,
+        ``"vpmaddubsw"`` (AVX2 pair ``vpmaddubsw``/``vpmaddwd``, saturating int16 sums),
+        ``"vpmaddubsw512"`` (the same on AVX-512 BW), ``"sdot"``,
         ``"smmla"`` (ARM), ``"mac8x8"``-like MAC arrays. Empty when int8 kernels fall back
         to widening arithmetic.
     cores : int

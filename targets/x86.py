@@ -29,6 +29,8 @@ def capabilities(features: tuple[str, ...], cores: int, clock_ghz: float = 2.5) 
         int8.append("vpdpbusd")  # 512-bit VNNI: needs the AVX-512 foundation and byte/word ops
     if "+avxvnni" in f:
         int8.append("vpdpbusd256")
+    if "+avx512bw" in f:
+        int8.append("vpmaddubsw512")  # the u8xs8 pair on 512 bits (saturating int16 sums)
     if "+avx2" in f or "+avx512bw" in f:
         int8.append("vpmaddubsw")
     return Capabilities(

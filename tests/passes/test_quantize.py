@@ -151,10 +151,26 @@ def _contractions(mod: tvm.IRModule) -> list[tuple[str, list[str], str]]:
         _walk(e, visit)
         return out
 
+    lets: list = []  # (variable, value) of the tensorized intrinsics' let bindings
+
+    def bound(expr):
+        return next((v for var, v in lets if var.same_as(expr)), expr)
+
+    def llvm_call(value) -> bool:
+        return _is(value, "Call") and "call_llvm_pure_intrin" in str(value.op)
+
     def dot_intrinsic(value) -> list[str] | None:
         """Element dtypes of the multiplied operands of an LLVM dot-product intrinsic call
-        (args: intrinsic id, accumulator, operands), e.g. ``["uint8", "int8"]``."""
-        if not _is(value, "Call") or "call_llvm_pure_intrin" not in str(value.op):
+        (args: intrinsic id, accumulator, operands), e.g. ``["uint8", "int8"]``; for the
+        ``vpmaddubsw`` pair, ``C + vpmaddwd(pairs, ones)``, those of ``pairs``' call."""
+        if _is(value, "Add"):
+            for call in (value.a, value.b):
+                if llvm_call(call) and len(call.args) > 1:
+                    inner = bound(call.args[1])
+                    if llvm_call(inner):
+                        return dot_intrinsic(inner)
+            return None
+        if not llvm_call(value):
             return None
         def elem(a) -> str:
             buf = getattr(a, "source", None)
@@ -167,6 +183,9 @@ def _contractions(mod: tvm.IRModule) -> list[tuple[str, list[str], str]]:
 
     def visitor(kernel: str):
         def visit(node) -> None:
+            if _is(node, "LetStmt"):
+                lets.append((node.var, node.value))
+                return
             if not _is(node, "BufferStore"):
                 return
             operands = dot_intrinsic(node.value)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import SBlockInfo
@@ -27,7 +28,7 @@ from .analysis import (
     region_buffer,
 )
 from .common import MIN_PARALLEL_WORK, schedule_other_blocks
-from .int8_intrin import avx2_intrin, vnni_intrin
+from .int8_intrin import dot_intrin
 from .target_info import is_cpu_target
 
 logger = logging.getLogger(__name__)
@@ -37,35 +38,91 @@ _CAST = type(tirx.Cast("int32", tirx.IntImm("int8", 0)))
 #: Reduction elements one dot-product instruction sums per output lane.
 K_BLOCK = 4
 
+#: Largest activation value of the u8 operand (the pair-sum bound of ``vpmaddubsw``).
+_U8_MAX = 255
+
 
 @dataclass(frozen=True)
 class DotISA:
-    """The integer dot product a target gets: intrinsic family and output lanes per call."""
+    """The u8×s8 integer dot product a target gets, and the register budget it tiles for.
 
-    kind: str  # "vnni" or "avx2"
-    lanes: int  # int32 outputs per instruction (16 for vpdpbusd.512, 8 for AVX2)
+    ``kind`` is the instruction family: ``"vpdpbusd"`` (VNNI: four u8·s8 products summed into
+    each int32 lane, exact) or ``"vpmaddubsw"`` (the AVX2 / AVX-512BW pair ``vpmaddubsw`` then
+    ``vpmaddwd`` against ones: two u8·s8 products summed into **saturating** int16 first, so
+    exact only for weights whose pairs fit; see :func:`pairs_fit_int16`).
+    ``vector_bits`` is 512 or 256; ``registers`` the vector registers the tiles are sized for.
+    """
+
+    kind: str
+    vector_bits: int
+    registers: int
+
+    @property
+    def lanes(self) -> int:
+        """int32 outputs per instruction (16 on 512-bit vectors, 8 on 256-bit)."""
+        return self.vector_bits // 32
+
+    @property
+    def saturates(self) -> bool:
+        """Whether the instruction sums pairs into saturating int16 (weights must be checked)."""
+        return self.kind == "vpmaddubsw"
+
+    @property
+    def accumulators(self) -> int:
+        """Vector accumulators of one register tile.
+
+        VNNI needs, besides the accumulators, one broadcast activation and the weight vectors
+        of the tile: three quarters of the file (24 of 32 zmm, 12 of 16 ymm). The
+        ``vpmaddubsw`` pair also holds the int16 products and the ones vector: half (8 of 16
+        ymm, 16 of 32 zmm).
+        """
+        return self.registers * 3 // 4 if self.kind == "vpdpbusd" else self.registers // 2
 
     def intrin(self, scope: str) -> str:
         """Register (on first use) and return the tensor intrinsic for accumulator ``scope``."""
+        return dot_intrin(self.kind, self.vector_bits, scope)
 
-        return vnni_intrin(scope) if self.kind == "vnni" else avx2_intrin(scope)
 
+def dot_isa(target: tvm.target.Target | None, allow_saturating: bool = False) -> DotISA | None:
+    """The best u8×s8 dot product of an LLVM x86 target, or None, from its capabilities.
 
-def dot_isa(target: tvm.target.Target | None, allow_avx2: bool = False) -> DotISA | None:
-    """The u8×s8 dot product of an LLVM x86 target, or None, from its capabilities.
-
-    ``vpdpbusd`` (AVX-512 VNNI with F and BW) gives 16 lanes on 512-bit vectors.
-    ``vpmaddubsw`` (AVX2) gives the ``vpmaddubsw``/``vpmaddwd`` pair only when ``allow_avx2``
-    (the caller must know the weights fit in 7 bits: that pair saturates otherwise).
+    In order of preference: ``vpdpbusd`` on 512 bits (AVX-512 VNNI with F and BW), on 256
+    bits (AVX-VNNI), then, only when ``allow_saturating`` (the caller checks the weights with
+    :func:`pairs_fit_int16`), ``vpmaddubsw`` on 512 bits (AVX-512BW) or 256 bits (AVX2).
     """
     if not is_cpu_target(target):
         return None
-    dots = capabilities_of(target).int8_dot
+    caps = capabilities_of(target)
+    dots = caps.int8_dot
+    regs = caps.vector_registers or 16
     if "vpdpbusd" in dots:
-        return DotISA("vnni", 16)
-    if allow_avx2 and "vpmaddubsw" in dots:
-        return DotISA("avx2", 8)
+        return DotISA("vpdpbusd", 512, regs)
+    if "vpdpbusd256" in dots:
+        return DotISA("vpdpbusd", 256, regs)
+    if allow_saturating and "vpmaddubsw512" in dots:
+        return DotISA("vpmaddubsw", 512, regs)
+    if allow_saturating and "vpmaddubsw" in dots:
+        return DotISA("vpmaddubsw", 256, regs)
     return None
+
+
+def pairs_fit_int16(w: np.ndarray, axis: int) -> bool:
+    """Whether ``vpmaddubsw`` sums every pair of ``w`` (along ``axis``) exactly.
+
+    ``vpmaddubsw`` adds the products of reduction elements ``(2i, 2i + 1)`` with int16
+    saturation. With u8 activations in ``[0, 255]`` the pair sum is largest when the positive
+    weights of the pair meet 255 and the negative ones 0, so the exact condition is
+    ``255 * (max(w0, 0) + max(w1, 0)) <= 32767`` and ``255 * (min(w0, 0) + min(w1, 0)) >=
+    -32768`` for every pair: true for all 7-bit weights (``|w| <= 64``, what the quantize pass
+    makes for these targets) and for most 8-bit ones.
+    """
+    w = np.moveaxis(np.asarray(w, dtype=np.int64), axis, -1)
+    if w.shape[-1] % 2:
+        w = np.concatenate([w, np.zeros((*w.shape[:-1], 1), dtype=np.int64)], axis=-1)
+    pairs = w.reshape(*w.shape[:-1], -1, 2)
+    pos = np.clip(pairs, 0, None).sum(axis=-1)
+    neg = np.clip(pairs, None, 0).sum(axis=-1)
+    return bool((_U8_MAX * pos <= 32767).all() and (_U8_MAX * neg >= -32768).all())
 
 
 def _cast_load(expr: tirx.PrimExpr) -> tirx.PrimExpr | None:

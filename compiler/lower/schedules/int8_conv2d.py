@@ -39,6 +39,7 @@ from .int8_common import (
     K_BLOCK,
     DotISA,
     dot_isa,
+    pairs_fit_int16,
     finish_tensorized,
     read_index,
     round_up,
@@ -158,11 +159,20 @@ def vnni_pack_conv(w: np.ndarray, lanes: int) -> np.ndarray:
     return np.ascontiguousarray(blocked.transpose(0, 2, 4, 5, 1, 3))
 
 
-def _tiles(f_blocks: int, x_ext: int) -> tuple[int, int]:
-    """``(NV, XT)``: 16-lane channel vectors and output columns per tile (~24 accumulators)."""
-    nv = 2 if f_blocks % 2 == 0 else 1
-    xt = 24 // nv
-    return nv, choose_factor(x_ext, xt, minimum=max(1, xt // 2))
+def _tiles(f_blocks: int, x_ext: int, accumulators: int) -> tuple[int, int]:
+    """``(NV, XT)``: channel vectors and output columns per tile, at most ``accumulators``.
+
+    ``XT`` divides the row (a tail predicate would keep the block from matching the dot
+    intrinsic); ``NV`` is 1 or 2 (2 when the channel blocks pair up). The tile holding the
+    most accumulators wins; among equals, the one with fewer loads per step (``NV + XT``).
+    """
+    best = (0, 0, 1, 1)
+    for nv in (1, 2):
+        if f_blocks % nv:
+            continue
+        xt = choose_factor(x_ext, max(1, accumulators // nv), minimum=1)
+        best = max(best, (nv * xt, -(nv + xt), nv, xt))
+    return best[2], best[3]
 
 
 def schedule_int8_conv2d(
@@ -224,7 +234,8 @@ def schedule_int8_conv2d(
     lb, lf, ly, lx, lc = (loop_of(v) for v in (match.b, match.f, match.y, match.x, match.c))
     others = [loop_of(r) for r in con.reduce if not (match.c is not None and r.same_as(match.c))]
     others = [lp for lp in others if lp is not None]
-    nv, xt = _tiles(round_up(f_ext, lanes) // lanes, con.extent(match.x) or 1)
+    nv, xt = _tiles(round_up(f_ext, lanes) // lanes, con.extent(match.x) or 1,
+                    isa.accumulators)
     fo, fi = sch.split(lf, [None, lanes], disable_predication=bool(f_ext % lanes))
     foo, foi = sch.split(fo, [None, nv])
     if lc is not None:
@@ -252,15 +263,17 @@ def schedule_int8_conv2d(
 
 
 class Int8Conv2d(CPUScheduleRule):
-    """u8×s8→s32 NCHW conv2d (not grouped) with a constant weight: VNNI-packed, tensorized.
+    """u8×s8→s32 NCHW conv2d (not grouped) with a constant weight: packed, tensorized.
 
-    Applies to targets with ``+avx512vnni``; returns None elsewhere and for grouped /
+    Applies to x86 targets with an integer dot product (:func:`.int8_common.dot_isa`; the
+    ``vpmaddubsw`` pair only when the weight's pairs fit int16); returns None elsewhere and
+    for grouped /
     depthwise convs, non-constant weights, int8 activations and single-channel inputs.
     """
 
     def pack_plan(self, func: tirx.PrimFunc, target: tvm.target.Target) -> WeightPack | None:
         """Plan to pack an int8 ``[F, C, KH, KW]`` weight into ``[F/16, C/4, KH, KW, 16, 4]``."""
-        isa = dot_isa(target)
+        isa = dot_isa(target, allow_saturating=True)
         if isa is None:
             return None
         sch = s_tir.Schedule(func)
@@ -280,12 +293,14 @@ class Int8Conv2d(CPUScheduleRule):
             return vnni_pack_conv(w, lanes)
 
         block = sch.get(match.con.block)
-        return WeightPack(block.name_hint, r_idx, idx, index_map, pack, pad_value=0)
+        accepts = (lambda w: pairs_fit_int16(w, 1)) if isa.saturates else None
+        return WeightPack(block.name_hint, r_idx, idx, index_map, pack, pad_value=0,
+                          accepts=accepts)
 
     def apply(
         self, func: tirx.PrimFunc, target: tvm.target.Target, tunable: bool
     ) -> s_tir.Schedule | None:
-        isa = dot_isa(target)
+        isa = dot_isa(target, allow_saturating=True)
         if isa is None:
             return None
         sch = s_tir.Schedule(func)

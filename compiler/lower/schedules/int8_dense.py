@@ -33,6 +33,7 @@ from .int8_common import (
     K_BLOCK,
     DotISA,
     dot_isa,
+    pairs_fit_int16,
     finish_tensorized,
     last_dim_blocked,
     pad_accumulator,
@@ -144,17 +145,23 @@ def vnni_pack(w: np.ndarray, layout: str, lanes: int) -> np.ndarray:
     )
 
 
-def _tiles(m_ext: int | None, n_blocks: int, num_cores: int) -> tuple[int, int]:
-    """Register tile ``(MR, NV)``: ``MR`` rows by ``NV`` 16-lane vectors, ~24 accumulators."""
+def _tiles(m_ext: int | None, n_blocks: int, num_cores: int,
+           accumulators: int) -> tuple[int, int]:
+    """Register tile ``(MR, NV)``: ``MR`` rows by ``NV`` vectors, ~``accumulators`` of them.
+
+    ``accumulators`` comes from the ISA (:attr:`.int8_common.DotISA.accumulators`: 24 of 32
+    zmm for VNNI, 8 of 16 ymm for the AVX2 pair), so AVX2 tiles are sized for its register
+    file rather than narrowed from AVX-512 ones.
+    """
     if m_ext is None:
         m_ext = 1 << 20
-    max_nv = 4 if m_ext >= 4 else 8
+    max_nv = max(1, accumulators // 6) if m_ext >= 4 else max(1, accumulators // 3)
     nv = 1
     for cand in range(min(max_nv, n_blocks), 0, -1):
         if n_blocks % cand == 0 and (m_ext > 8 or n_blocks // cand >= 2 * num_cores or cand == 1):
             nv = cand
             break
-    mr = max(1, 24 // nv)
+    mr = max(1, accumulators // nv)
     mr = choose_factor(m_ext, mr, minimum=max(1, mr // 2))
     return mr, nv
 
@@ -199,7 +206,7 @@ def schedule_int8_matmul(
     fold = bool(match.batch) and m_ext == 1 and all(
         con.extent(v) is not None for v in match.batch)  # m_ext None: symbolic rows
     rows = int(np.prod([con.extent(v) for v in match.batch])) if fold else m_ext
-    mr, nv = _tiles(rows, round_up(n_ext, lanes) // lanes, num_cores)
+    mr, nv = _tiles(rows, round_up(n_ext, lanes) // lanes, num_cores, isa.accumulators)
     if rows is not None and rows % mr:
         # a row predicate on the tensorized block would not match the dot intrinsic
         mr = choose_factor(rows, mr, minimum=1)
@@ -238,15 +245,17 @@ def schedule_int8_matmul(
 
 
 class Int8Dense(CPUScheduleRule):
-    """u8×s8→s32 matmul / dense with a constant weight: VNNI-packed and tensorized.
+    """u8×s8→s32 matmul / dense with a constant weight: packed and tensorized.
 
-    Applies to targets with ``+avx512vnni``; returns None elsewhere (and for non-constant
-    weights, int8×int8 activations, symbolic extents), leaving the block to later rules.
+    Applies to x86 targets with an integer dot product (:func:`.int8_common.dot_isa`: VNNI,
+    AVX-VNNI, or the ``vpmaddubsw`` pair of AVX2 / AVX-512BW when the weight's pairs fit
+    int16); returns None elsewhere (and for non-constant weights, int8×int8 activations,
+    symbolic extents), leaving the block to later rules.
     """
 
     def pack_plan(self, func: tirx.PrimFunc, target: tvm.target.Target) -> WeightPack | None:
-        """Plan to pack a 2-D int8 parameter weight into ``[N/16, K/4, 16, 4]`` (zero padded)."""
-        isa = dot_isa(target)
+        """Plan to pack a 2-D int8 parameter weight into ``[N/L, K/4, L, 4]`` (zero padded)."""
+        isa = dot_isa(target, allow_saturating=True)
         if isa is None:
             return None
         sch = s_tir.Schedule(func)
@@ -273,12 +282,15 @@ class Int8Dense(CPUScheduleRule):
             return vnni_pack(w, layout, lanes)
 
         block = sch.get(match.con.block)
-        return WeightPack(block.name_hint, r_idx, idx, index_map, pack, pad_value=0)
+        k_axis = 0 if layout == "kn" else 1
+        accepts = (lambda w: pairs_fit_int16(w, k_axis)) if isa.saturates else None
+        return WeightPack(block.name_hint, r_idx, idx, index_map, pack, pad_value=0,
+                          accepts=accepts)
 
     def apply(
         self, func: tirx.PrimFunc, target: tvm.target.Target, tunable: bool
     ) -> s_tir.Schedule | None:
-        isa = dot_isa(target)
+        isa = dot_isa(target, allow_saturating=True)
         if isa is None:
             return None
         sch = s_tir.Schedule(func)

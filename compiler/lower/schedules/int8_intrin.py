@@ -2,17 +2,20 @@
 
 ``tvm.s_tir.tensor_intrin`` registers TVM's x86 VNNI intrinsic, but importing it parses every
 intrinsic of every target with TVMScript (~45 s here: the parser's ``inspect`` calls scan all of
-``sys.modules``). The int8 rules need only a few, so they are defined here (copied from
+``sys.modules``). The int8 rules need only a few, so they are defined here (after
 ``tvm/s_tir/tensor_intrin/x86.py``) and parsed on first use, with ``inspect.getmodule``
-memoised (:func:`compiler.tuning.tune.fast_tvmscript_import`): well under a second.
+memoised (:func:`compiler.lower.tvmscript.fast_tvmscript_import`): well under a second.
 
-Intrinsics (names are hwcc's own, so that importing TVM's registry later does not clash):
+Every intrinsic computes ``C[L] += A[4] (u8) . B[L, 4] (s8)`` (``L`` int32 lanes, the four u8
+activations broadcast to every lane). Names are hwcc's own (``hwcc_<family>_<L>x4_<scope>``),
+so that importing TVM's registry later does not clash:
 
-* ``hwcc_vnni_16x4_<scope>``: ``C[16] += A[4] (u8) . B[16, 4] (s8)`` with one ``vpdpbusd``
-  (``llvm.x86.avx512.vpdpbusd.512``), TVM's ``dot_16x4_vnni``.
-* ``hwcc_avx2_8x4_<scope>``: ``C[8] += A[4] (u8) . B[8, 4] (s8)`` with ``vpmaddubsw`` (u8×s8
-  pairs summed into int16, **saturating**) then ``vpmaddwd`` against int16 ones. Exact only
-  when ``2 * 255 * max|B| <= 32767``, i.e. ``|B| <= 64``; the rules check the constant weights.
+* ``vpdpbusd``: one ``vpdpbusd`` (``llvm.x86.avx512.vpdpbusd.512`` on AVX-512 VNNI, ``L = 16``;
+  ``.256`` on AVX-VNNI or AVX-512 VNNI+VL, ``L = 8``). Exact.
+* ``vpmaddubsw``: ``vpmaddubsw`` (u8×s8 pairs summed into int16, **saturating**) then
+  ``vpmaddwd`` against int16 ones and an add (AVX2: 256 bits, ``L = 8``; AVX-512BW: 512 bits,
+  ``L = 16``). Exact only when every weight pair fits (:func:`.int8_common.pairs_fit_int16`);
+  the rules check the constant weights before they use it.
 
 ``<scope>`` is the accumulator's storage scope (``global`` or ``local``): tensorize requires the
 intrinsic's buffer scopes to match the block's.
@@ -34,18 +37,27 @@ _LOCK = threading.Lock()
 _REGISTERED: set[str] = set()
 
 
-def vnni_intrin(scope: str) -> str:
-    """Name of the registered VNNI 16×4 u8·s8→s32 intrinsic for accumulator ``scope``."""
-    name = f"hwcc_vnni_16x4_{scope}"
-    _ensure(name, lambda: _vnni_funcs(scope))
+def dot_intrin(kind: str, vector_bits: int, scope: str) -> str:
+    """Name of the registered ``kind`` (``vpdpbusd``/``vpmaddubsw``) intrinsic, registering it.
+
+    ``vector_bits`` is 512 or 256; ``scope`` the accumulator's storage scope.
+    """
+    if kind not in _LLVM or vector_bits not in _LLVM[kind]:
+        raise ValueError(f"no {vector_bits}-bit {kind} intrinsic")
+    lanes = vector_bits // 32
+    name = f"hwcc_{kind}_{lanes}x4_{scope}"
+    _ensure(name, lambda: (_desc(lanes, scope), _impl(kind, vector_bits, scope)))
     return name
 
 
-def avx2_intrin(scope: str) -> str:
-    """Name of the registered AVX2 8×4 u8·s8→s32 intrinsic for accumulator ``scope``."""
-    name = f"hwcc_avx2_8x4_{scope}"
-    _ensure(name, lambda: _avx2_funcs(scope))
-    return name
+#: LLVM intrinsics of each family and width.
+_LLVM = {
+    "vpdpbusd": {512: ("llvm.x86.avx512.vpdpbusd.512",), 256: ("llvm.x86.avx512.vpdpbusd.256",)},
+    "vpmaddubsw": {
+        512: ("llvm.x86.avx512.pmaddubs.w.512", "llvm.x86.avx512.pmaddw.d.512"),
+        256: ("llvm.x86.avx2.pmadd.ub.sw", "llvm.x86.avx2.pmadd.wd"),
+    },
+}
 
 
 def _ensure(name: str, make) -> None:
@@ -81,63 +93,67 @@ def _desc(lanes: int, scope: str):
     return desc
 
 
-def _vnni_funcs(scope: str):
+def _impl(kind: str, vector_bits: int, scope: str):
     from tvm.script import tirx as T
+
+    lanes = vector_bits // 32
+    nbytes = vector_bits // 8
+    names = _LLVM[kind][vector_bits]
+    acc_t, u8_t, i8_t, i16_t = (f"int32x{lanes}", f"uint8x{nbytes}", f"int8x{nbytes}",
+                                f"int16x{nbytes // 2}")
+
+    if kind == "vpdpbusd":
+
+        @T.prim_func(s_tir=True)
+        def impl(
+            A: T.Buffer((4,), "uint8", offset_factor=1),
+            B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+            C: T.Buffer((lanes,), "int32", offset_factor=1, scope=scope),
+        ) -> None:
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+                T.writes(C[0:lanes])
+                A_u8x4 = A.vload([0], "uint8x4")
+                A_i32 = T.reinterpret(A_u8x4, dtype="int32")
+                A_bytes = T.reinterpret(T.broadcast(A_i32, lanes), dtype=u8_t)
+                B_bytes = B.vload([0, 0], dtype=i8_t)
+                C_acc = C.vload([0], dtype=acc_t)
+                # LLVM >= 20 declares the byte operands <N x i8> (TVM's own intrinsic passes
+                # <16 x i32> and fails LLVM's verifier with the LLVM 22 of the 0.27 wheel)
+                C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(names[0]),
+                    C_acc,
+                    A_bytes,
+                    B_bytes,
+                    dtype=acc_t,
+                )
+
+        return impl
 
     @T.prim_func(s_tir=True)
     def impl(
         A: T.Buffer((4,), "uint8", offset_factor=1),
-        B: T.Buffer((16, 4), "int8", offset_factor=1),
-        C: T.Buffer((16,), "int32", offset_factor=1, scope=scope),
+        B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1, scope=scope),
     ) -> None:
         with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
             A_u8x4 = A.vload([0], "uint8x4")
             A_i32 = T.reinterpret(A_u8x4, dtype="int32")
-            A_u8x64 = T.reinterpret(T.broadcast(A_i32, 16), dtype="uint8x64")
-            B_i8x64 = B.vload([0, 0], dtype="int8x64")
-            C_i32x16 = C.vload([0], dtype="int32x16")
-            # LLVM >= 20 declares the byte operands <64 x i8> (TVM's own intrinsic passes
-            # <16 x i32> and fails LLVM's verifier with the LLVM 22 of the 0.27 wheel)
-            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                C_i32x16,
-                A_u8x64,
-                B_i8x64,
-                dtype="int32x16",
-            )
-
-    return _desc(16, scope), impl
-
-
-def _avx2_funcs(scope: str):
-    from tvm.script import tirx as T
-
-    @T.prim_func(s_tir=True)
-    def impl(
-        A: T.Buffer((4,), "uint8", offset_factor=1),
-        B: T.Buffer((8, 4), "int8", offset_factor=1),
-        C: T.Buffer((8,), "int32", offset_factor=1, scope=scope),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-            T.writes(C[0:8])
-            A_u8x4 = A.vload([0], "uint8x4")
-            A_i32 = T.reinterpret(A_u8x4, dtype="int32")
-            A_u8x32 = T.reinterpret(T.broadcast(A_i32, 8), dtype="uint8x32")
-            B_i8x32 = B.vload([0, 0], dtype="int8x32")
+            A_bytes = T.reinterpret(T.broadcast(A_i32, lanes), dtype=u8_t)
+            B_bytes = B.vload([0, 0], dtype=i8_t)
             pairs = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
-                A_u8x32,
-                B_i8x32,
-                dtype="int16x16",
+                T.llvm_lookup_intrinsic_id(names[0]),
+                A_bytes,
+                B_bytes,
+                dtype=i16_t,
             )
-            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+            C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], dtype=acc_t) + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(names[1]),
                 pairs,
-                T.broadcast(T.int16(1), 16),
-                dtype="int32x8",
+                T.broadcast(T.int16(1), lanes * 2),
+                dtype=acc_t,
             )
 
-    return _desc(8, scope), impl
+    return impl

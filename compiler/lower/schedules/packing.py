@@ -41,6 +41,10 @@ class WeightPack:
     pad_value : int or float or None
         When ``index_map`` pads (int8 VNNI layouts round dimensions up), the value ``pack``
         writes into the padding (passed to ``transform_layout``); None: no padding allowed.
+    accepts : Callable[[np.ndarray], bool] or None
+        A check of the constant's values (before packing); the function is packed only when
+        every call's constant passes. The ``vpmaddubsw`` int8 kernels are exact only for
+        weights whose pairs fit int16, so they pack (and so apply) only to those.
     """
 
     block: str
@@ -49,6 +53,7 @@ class WeightPack:
     index_map: Callable
     pack: Callable[[np.ndarray], np.ndarray]
     pad_value: int | float | None = None  # int8 rules: zero padding of rounded-up dims
+    accepts: Callable[[np.ndarray], bool] | None = None
 
 
 PackPlanner = Callable[[tirx.PrimFunc, tvm.target.Target], "WeightPack | None"]
@@ -157,6 +162,11 @@ def pack_weights(
             and isinstance(args[plan.param_index], tvm.ir.expr.Constant)
             for args in calls
         ):
+            continue
+        if plan.accepts is not None and not all(
+            plan.accepts(args[plan.param_index].value.numpy()) for args in calls
+        ):
+            logger.info("%s: weight not packed (its values do not suit the kernel)", name)
             continue
         try:
             sch = s_tir.Schedule(func)

@@ -1,17 +1,21 @@
 """int8 kernels (compiler.lower.schedules Int8Dense / Int8Conv2d): bit-exact vs numpy, tensorized.
 
 The integer results (int32 accumulators and the float epilogue the quantize pass fuses after
-them) must equal numpy's integer math exactly, for sizes that are not multiples of the VNNI
-blocks (16 output channels, 4 reduction elements). Every case is scheduled and built for an
-AVX-512 VNNI target, and its TIR must be tensorized (``vpdpbusd``) on any host; the VNNI module
-runs where this machine has AVX-512 VNNI, else the same model is built and run for the widest
-target this machine runs (``tests.hostcpu``; on AVX2 the int8 rules do not apply and results
-must still be exact). The tensorization property test only compiles, so it runs anywhere.
+them) must equal numpy's integer math exactly, for sizes that are not multiples of the dot
+blocks (16 or 8 output lanes, 4 reduction elements). Each x86 dot-product family is covered:
+AVX-512 VNNI (``vpdpbusd`` on zmm), AVX-VNNI (``{vex} vpdpbusd`` on ymm), AVX-512BW without VNNI
+and AVX2 (the saturating ``vpmaddubsw`` + ``vpmaddwd`` pair, 7-bit weights as the quantize pass
+makes them for those targets). Every case is scheduled and built for its family's target and
+its TIR must hold that family's intrinsic on any host; the module runs where this machine runs
+the target, else the same model is built and run for the widest target this machine runs
+(``tests.hostcpu.execution_target``), where results must still be exact.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 
 os.environ.setdefault("TVM_NUM_THREADS", "2")
 
@@ -22,6 +26,7 @@ from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 
 from compiler.lower.schedules import apply_default_schedules, is_scheduled
+from compiler.lower.schedules.int8_common import pairs_fit_int16
 from tests import hostcpu
 
 #: AVX-512 VNNI, 2 cores: every case is scheduled and built for it, run only where it runs.
@@ -32,9 +37,34 @@ RUN_TARGET = hostcpu.execution_target(VNNI)
 SCALE = np.float32(0.01)
 
 
-def _dense_mod(m: int, k: int, n: int, transposed: bool, epilogue: bool, seed: int):
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """An x86 int8 dot-product family: its target, its LLVM intrinsic, the weights it takes."""
+
+    name: str
+    target: tvm.target.Target
+    intrinsic: str
+    asm: str  # a regular expression for an instruction the inner loop must hold
+    wmax: int  # weights drawn from [-wmax, wmax)
+
+
+FAMILIES = {
+    f.name: f
+    for f in (
+        Family("vnni512", VNNI, "llvm.x86.avx512.vpdpbusd.512", r"vpdpbusd\s+%zmm", 128),
+        Family("avxvnni", hostcpu.tvm_target(hostcpu.AVX2_FEATURES + ("+avxvnni",)),
+               "llvm.x86.avx512.vpdpbusd.256", r"\{vex\}\s*vpdpbusd\s+%ymm", 128),
+        Family("avx512bw", hostcpu.tvm_target(hostcpu.AVX512_FEATURES + ("+avx512bw",)),
+               "llvm.x86.avx512.pmaddubs.w.512", r"vpmaddubsw\s+%zmm", 64),
+        Family("avx2", AVX2, "llvm.x86.avx2.pmadd.ub.sw", r"vpmaddubsw\s+%ymm", 64),
+    )
+}
+
+
+def _dense_mod(m: int, k: int, n: int, transposed: bool, epilogue: bool, seed: int,
+               wmax: int = 128):
     rng = np.random.default_rng(seed)
-    w = rng.integers(-128, 128, size=(n, k) if transposed else (k, n)).astype("int8")
+    w = rng.integers(-wmax, wmax, size=(n, k) if transposed else (k, n)).astype("int8")
     bias = rng.integers(-5000, 5000, size=(n,)).astype("int32")
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((m, k), "uint8"))
@@ -57,7 +87,7 @@ def _dense_mod(m: int, k: int, n: int, transposed: bool, epilogue: bool, seed: i
     return bb.get(), {"x": xin}, want
 
 
-def _conv_mod(c, f, h, w_, k, stride, pad, pad_value, residual, seed):
+def _conv_mod(c, f, h, w_, k, stride, pad, pad_value, residual, seed, wmax=128):
     """conv2d (explicit pad with a zero point, like the quantize pass) + bias/scale/residual.
 
     With a residual add the scale is a power of two: LLVM contracts ``acc * s + r`` into an
@@ -65,7 +95,7 @@ def _conv_mod(c, f, h, w_, k, stride, pad, pad_value, residual, seed):
     """
     scale = np.float32(0.0625) if residual else SCALE
     rng = np.random.default_rng(seed)
-    w = rng.integers(-128, 128, size=(f, c, k, k)).astype("int8")
+    w = rng.integers(-wmax, wmax, size=(f, c, k, k)).astype("int8")
     bias = rng.integers(-5000, 5000, size=(1, f, 1, 1)).astype("int32")
     oh, ow = (h + 2 * pad - k) // stride + 1, (w_ + 2 * pad - k) // stride + 1
     bb = relax.BlockBuilder()
@@ -136,15 +166,28 @@ def _build(mod: tvm.IRModule, target):
     return tvm.compile(lowered, target=target, relax_pipeline=None), scheduled
 
 
-def _run(mod: tvm.IRModule, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, tvm.IRModule]:
-    """Build ``mod`` for VNNI; run it there, or where this machine lacks VNNI, run its build
-    for :data:`RUN_TARGET`. Returns the output and VNNI's scheduled module."""
-    ex, scheduled = _build(mod, VNNI)
-    if RUN_TARGET is not VNNI:
-        ex, _ = _build(mod, RUN_TARGET)
+def _run(mod: tvm.IRModule, feeds: dict[str, np.ndarray],
+         target: tvm.target.Target = VNNI) -> tuple[np.ndarray, tvm.IRModule]:
+    """Build ``mod`` for ``target``; run it there, or where this machine cannot, run its build
+    for the widest target this machine runs. Returns the output and ``target``'s scheduled
+    module."""
+    ex, scheduled = _build(mod, target)
+    run_target = hostcpu.execution_target(target)
+    if run_target is not target:
+        ex, _ = _build(mod, run_target)
     vm = relax.VirtualMachine(ex, tvm.cpu())
     out = vm["main"](*[tvm.runtime.tensor(v) for v in feeds.values()])
     return out.numpy(), scheduled
+
+
+def _constants(mod: tvm.IRModule) -> list[np.ndarray]:
+    """The constant tensors of ``mod``'s Relax functions."""
+    found: list[np.ndarray] = []
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, lambda e: found.append(e.value.numpy())
+                                            if isinstance(e, tvm.ir.expr.GenericConst) else None)
+    return found
 
 
 def _tir_text(mod: tvm.IRModule) -> str:
@@ -163,13 +206,16 @@ def _tir_text(mod: tvm.IRModule) -> str:
         (64, 64, 48, False, False),
     ],
 )
-def test_int8_dense_bit_exact(m, k, n, transposed, epilogue):
+@pytest.mark.parametrize("family", ["vnni512", "avx2"])
+def test_int8_dense_bit_exact(m, k, n, transposed, epilogue, family):
     """u8×s8→s32 matmul (+ fused bias/scale), N and K not multiples of 16 / 4."""
-    mod, feeds, want = _dense_mod(m, k, n, transposed, epilogue, seed=m * 100 + k)
-    got, scheduled = _run(mod, feeds)
+    fam = FAMILIES[family]
+    mod, feeds, want = _dense_mod(m, k, n, transposed, epilogue, seed=m * 100 + k,
+                                  wmax=fam.wmax)
+    got, scheduled = _run(mod, feeds, fam.target)
     assert got.dtype == want.dtype
     np.testing.assert_array_equal(got, want)
-    assert "vpdpbusd" in _tir_text(scheduled)
+    assert fam.intrinsic in _tir_text(scheduled)
 
 
 @pytest.mark.parametrize("rows", [37, 40])
@@ -215,34 +261,75 @@ def test_int8_sequence_first_dense_with_zero_point_correction_bit_exact(rows):
         (3, 8, 16, 16, 1, 2, 0, 0, False),  # 1x1 stride 2 (downsample)
     ],
 )
-def test_int8_conv2d_bit_exact(c, f, h, w, k, stride, pad, pad_value, residual):
+@pytest.mark.parametrize("family", ["vnni512", "avx2"])
+def test_int8_conv2d_bit_exact(c, f, h, w, k, stride, pad, pad_value, residual, family):
     """NCHW int8 conv + fused epilogue equals numpy integer math exactly."""
-    mod, feeds, want = _conv_mod(c, f, h, w, k, stride, pad, pad_value, residual, seed=c + f)
-    got, scheduled = _run(mod, feeds)
+    fam = FAMILIES[family]
+    mod, feeds, want = _conv_mod(c, f, h, w, k, stride, pad, pad_value, residual, seed=c + f,
+                                 wmax=fam.wmax)
+    got, scheduled = _run(mod, feeds, fam.target)
     np.testing.assert_array_equal(got, want)
-    assert "vpdpbusd" in _tir_text(scheduled)
+    assert fam.intrinsic in _tir_text(scheduled)
 
 
-def test_vnni_target_emits_vpdpbusd():
-    """For a VNNI target the int8 kernels are tensorized: TIR and assembly hold vpdpbusd."""
-    dense, _, _ = _dense_mod(4, 64, 32, False, True, seed=1)
-    conv, _, _ = _conv_mod(8, 32, 8, 8, 3, 1, 1, 0, False, seed=2)
+@pytest.mark.parametrize("family", ["avxvnni", "avx512bw"])
+def test_other_dot_families_bit_exact(family):
+    """AVX-VNNI and AVX-512BW kernels (odd sizes, conv with a zero-point pad and residual,
+    dense with epilogue) equal numpy's integer math."""
+    fam = FAMILIES[family]
+    for mod, feeds, want in (
+        _conv_mod(5, 20, 10, 9, 3, 1, 1, 7, True, seed=11, wmax=fam.wmax),
+        _dense_mod(7, 30, 37, False, True, seed=12, wmax=fam.wmax),
+    ):
+        got, scheduled = _run(mod, feeds, fam.target)
+        np.testing.assert_array_equal(got, want)
+        assert fam.intrinsic in _tir_text(scheduled)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_each_family_emits_its_dot_instruction(family):
+    """Each family's int8 kernels are tensorized: every function scheduled, TIR holding the
+    family's LLVM intrinsic and the assembly its instruction on its register width."""
+    fam = FAMILIES[family]
+    dense, _, _ = _dense_mod(4, 64, 32, False, True, seed=1, wmax=fam.wmax)
+    conv, _, _ = _conv_mod(8, 32, 8, 8, 3, 1, 1, 0, False, seed=2, wmax=fam.wmax)
     for mod in (dense, conv):
-        ex, scheduled = _build(mod, VNNI)
+        ex, scheduled = _build(mod, fam.target)
         funcs = [f for _, f in scheduled.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
         assert funcs and all(is_scheduled(f) for f in funcs)
-        assert "llvm.x86.avx512.vpdpbusd.512" in _tir_text(scheduled)
-        assert "vpdpbusd" in ex.mod.imports[0].inspect_source("asm")
+        assert fam.intrinsic in _tir_text(scheduled)
+        assert re.search(fam.asm, ex.mod.imports[0].inspect_source("asm"))
 
 
-def test_avx2_target_leaves_int8_untensorized_but_scheduled():
-    """Without VNNI the int8 rules do not apply (no vpmaddubsw saturation risk) and the
-    kernels still get a schedule from the later rules."""
-    dense, _, _ = _dense_mod(4, 64, 32, False, True, seed=3)
-    scheduled = _schedule(dense, AVX2)
-    assert "vpdpbusd" not in _tir_text(scheduled)
-    funcs = [f for _, f in scheduled.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
-    assert all(is_scheduled(f) for f in funcs)
+@pytest.mark.parametrize("family", ["avx2", "avx512bw"])
+def test_saturating_pair_declines_weights_that_overflow_int16(family):
+    """``vpmaddubsw`` sums u8·s8 pairs into saturating int16: a weight pair past the bound
+    (here 127 + 127: 255 * 254 > 32767) keeps the kernel off it (not packed, not tensorized),
+    and the result is still exact; the same kernel with 7-bit weights is tensorized."""
+    fam = FAMILIES[family]
+    mod, feeds, want = _conv_mod(8, 16, 6, 6, 3, 1, 1, 0, False, seed=4, wmax=128)
+    w = next(c for c in _constants(mod) if c.dtype == np.int8)
+    assert not pairs_fit_int16(w, 1)
+    got, scheduled = _run(mod, feeds, fam.target)
+    np.testing.assert_array_equal(got, want)
+    assert "pmadd" not in _tir_text(scheduled)
+    small = _conv_mod(8, 16, 6, 6, 3, 1, 1, 0, False, seed=4, wmax=64)
+    assert fam.intrinsic in _tir_text(_schedule(small[0], fam.target))
+
+
+def test_pairs_fit_int16_is_the_exact_bound():
+    """The check admits exactly the pairs whose extreme u8 sums stay in int16."""
+    ok = [[64, 64], [-128, 0], [127, -128], [0, 128 - 1]]
+    bad = [[127, 2], [-128, -1], [100, 29]]
+    for pair in ok:
+        assert pairs_fit_int16(np.array([pair], np.int8), 1), pair
+        assert max(255 * sum(max(v, 0) for v in pair), -255 * sum(min(v, 0) for v in pair)) \
+            <= 32768
+    for pair in bad:
+        assert not pairs_fit_int16(np.array([pair], np.int8), 1), pair
+    # an odd reduction length pairs the last element with zero padding
+    assert pairs_fit_int16(np.array([[1, 1, 127]], np.int8), 1)
+    assert pairs_fit_int16(np.array([[1], [1], [127]], np.int8), 0)
 
 
 def test_quantized_digits_cnn_keeps_float_accuracy(tmp_path):
