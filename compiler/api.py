@@ -147,6 +147,9 @@ def _manifest(imported: Any, tgt: Target, pass_reports: list[dict[str, Any]], mo
         "lowering": options.to_dict(),
         "compressed": stats.relax_weights(mod),
         "kernels": {**built.stats.to_dict(), "tuning_log": str(db_path) if db_path else None},
+        # per kernel name: flops per call, ops (float / int8), how it was scheduled; read by
+        # ``hwcc bench --per-layer`` (compiler.artifact.profile)
+        "kernel_info": built.stats.kernel_info,
         "library": package.LIBRARY,
         "source_model": package.SOURCE_MODEL,
         "versions": package.tool_versions(),

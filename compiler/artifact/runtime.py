@@ -12,7 +12,7 @@ import logging
 import os
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,7 @@ class Artifact:
         self.outputs = [TensorSpec.from_dict(d) for d in manifest["outputs"]]
         self._vm: Any = None
         self._device: Any = None
+        self._lib: Any = None
 
     @property
     def target(self) -> str:
@@ -179,6 +180,35 @@ class Artifact:
             raise ArtifactError(f"cannot load module {lib_path}: "
                                 f"{str(err).strip()[:300]}") from None
         self._device = device
+        self._lib = lib
+
+    def instrument_kernels(self, callback: Callable[[str, bool], None] | None) -> None:
+        """Call ``callback(kernel, before)`` right before and right after the VM calls each
+        kernel of the compiled library (its PrimFuncs, not the VM's builtins), the device
+        synchronized first, so that the time between the two calls is the kernel's; None
+        stops it. TVM 0.27's Relax VM has no profiler: this uses its ``set_instrument``."""
+        import tvm
+
+        self._ensure_loaded()
+        if callback is None:
+            self._vm.set_instrument(None)
+            return
+        kernels: dict[str, bool] = {}
+        sync = (None if self._device.dlpack_device_type() == tvm.cpu(0).dlpack_device_type()
+                else self._device.sync)
+
+        def hook(_func: Any, symbol: str, before: bool, *_rest: Any) -> int:
+            is_kernel = kernels.get(symbol)
+            if is_kernel is None:  # kernels live in the executable's imported library
+                is_kernel = kernels[symbol] = any(m.implements_function(symbol, True)
+                                                  for m in self._lib.imports)
+            if is_kernel:
+                if sync is not None:
+                    sync()
+                callback(symbol, bool(before))
+            return 0  # VMInstrumentReturnKind.NO_OP: run the call
+
+        self._vm.set_instrument(hook)
 
     # -- inputs ---------------------------------------------------------------------------
     def check_inputs(self, inputs: Mapping[str, Any] | Sequence[Any]) -> list[np.ndarray]:

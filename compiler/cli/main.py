@@ -21,9 +21,11 @@ import numpy as np
 
 from compiler import api, stats
 from compiler.artifact.compare import compare_onnxruntime
+from compiler.artifact.package import write_json_atomic
+from compiler.artifact.profile import KernelProfile, profile_kernels, short_name, write_chart
 from compiler.artifact.runtime import Artifact, read_manifest, use_all_cores, verify_files
 from compiler.data import load_npz, save_npz_atomic, split_samples
-from compiler.errors import HwccError, RuntimeInputError
+from compiler.errors import ConfigError, HwccError, RuntimeInputError
 from compiler.evaluate import evaluate_artifact
 from compiler.frontend import model_opset, parse_input_shapes, read_model, unsupported_nodes
 from targets import parse_target, target_table
@@ -206,6 +208,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    # --json alone prints the JSON object; --json PATH writes it there (and prints the text)
+    if args.artifact is None:
+        if not isinstance(args.json, str):
+            raise ConfigError("hwcc bench: give the artifact directory (hwcc bench DIR)")
+        args.artifact, args.json = args.json, True  # `hwcc bench --json DIR`
+    json_path = Path(args.json) if isinstance(args.json, str) else None
+    if json_path is not None and not json_path.parent.is_dir():
+        raise ConfigError(f"--json {json_path}: directory {json_path.parent} does not exist")
     art = Artifact.load(args.artifact)
     feeds = art.random_inputs(seed=0)
     result = art.benchmark(feeds, repeat=args.repeat, warmup=args.warmup)
@@ -214,7 +224,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         ref = compare_onnxruntime(art, feeds, repeat=args.repeat, warmup=args.warmup,
                                   hwcc_median_ms=result["median_ms"])
         result["compare"] = ref
-    if args.json:
+    profile = None
+    if args.per_layer:
+        profile = profile_kernels(art, feeds, repeat=args.repeat, warmup=args.warmup)
+        result["per_layer"] = profile.to_dict()
+    if args.json is True:
         _emit_json(result)
         return EXIT_OK
     print(f"{art.path}  ({result['target']}, {result['threads']} threads)")
@@ -226,7 +240,40 @@ def cmd_bench(args: argparse.Namespace) -> int:
               f"max {r['max_ms']:.4f}  ({r['threads']} threads)")
         print(f"  ratio        hwcc is {r['speedup']:.2f}x onnxruntime's speed "
               f"(onnxruntime median / hwcc median)")
+    if profile is not None:
+        _print_per_layer(profile)
+    if json_path is not None:
+        write_json_atomic(json_path, result)
+        wrote = [str(json_path)]
+        if profile is not None:
+            try:
+                wrote.append(str(write_chart(profile, json_path.with_suffix(".png"))))
+            except ImportError:
+                logger.warning("no chart: matplotlib is not installed "
+                               "(pip install 'hwcc[bench]')")
+        print(f"  wrote        {', '.join(wrote)}")
     return EXIT_OK
+
+
+def _print_per_layer(p: KernelProfile) -> None:
+    """The per-kernel table of ``hwcc bench --per-layer``, slowest first."""
+    peak = "unknown"
+    if p.peak_gflops:
+        peak = f"{p.peak_gflops:g} GFLOP/s fp32, ~{p.peak_int8_gops:g} GOP/s int8"
+    count = len(p.kernels)
+    print(f"  per kernel   {count} kernel{'s' * (count != 1)}, {p.kernel_ms:.4f} ms per run "
+          f"(median of {p.repeat} instrumented runs on {p.host_cpu}; timing adds ~1 us a call)")
+    print(f"  peak         {peak} (the target's capabilities)")
+    names = [short_name(k.kernel) for k in p.kernels]  # full names in the JSON
+    w = max([len("kernel")] + [len(name) for name in names])
+    print(f"    {'kernel':<{w}}  {'calls':>5}  {'total ms':>9}  {'share':>6}  "
+          f"{'rate':>14}  {'% peak':>6}  schedule")
+    for name, k in zip(names, p.kernels):
+        unit = "GOP/s" if k.ops == "int8" else "GFLOP/s"
+        rate = f"{k.gflops:.2f} {unit}" if k.gflops is not None else "-"
+        frac = f"{k.peak_fraction:.1%}" if k.peak_fraction is not None else "-"
+        print(f"    {name:<{w}}  {k.calls:>5}  {k.total_ms:>9.4f}  {k.share:>6.1%}  "
+              f"{rate:>14}  {frac:>6}  {k.schedule}")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -358,12 +405,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     b = sub.add_parser("bench", help="time an artifact")
-    b.add_argument("artifact", help="artifact directory")
+    # nargs="?": `hwcc bench --json DIR` (flag before the directory) still means DIR
+    b.add_argument("artifact", nargs="?", help="artifact directory")
     b.add_argument("--repeat", type=int, default=50, help="timed runs (default 50)")
     b.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
     b.add_argument("--compare", choices=["onnxruntime"], help="also time the same ONNX model "
                    "in onnxruntime, same inputs, same run")
-    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.add_argument("--per-layer", action="store_true", help="also time every fused kernel: "
+                   "calls, time, share, GFLOP/s, %% of the target's peak, how it was "
+                   "scheduled; slowest first")
+    b.add_argument("--json", nargs="?", const=True, default=None, metavar="PATH",
+                   help="print one JSON object; with PATH, write it there and print the text "
+                   "as usual (with --per-layer, also a bar chart beside it: same stem, .png)")
     b.set_defaults(func=cmd_bench)
 
     e = sub.add_parser("eval", help="accuracy and agreement of an artifact on a data file")

@@ -8,6 +8,11 @@ single fused PrimFuncs):
 
 CUDA uses TVM's CUDA pipeline (DLight GPU rules). The embedded target emits C with
 vectorization disabled.
+
+What each kernel is and how it was scheduled is recorded per kernel name
+(:attr:`LowerStats.kernel_info`, the manifest's ``kernel_info``, read by
+``hwcc bench --per-layer``): TVM's FLOP estimate of the fused TIR, and the schedule, read
+from the :data:`~compiler.lower.schedules.SCHEDULE_ATTR` attribute of the kernel.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from .rewrites.conv_transpose import conv_transpose_as_conv
 from .rewrites.expand_depthwise import fuse_expand_depthwise
 from .rewrites.resize_taps import resize_linear_as_taps
 from .rewrites.winograd import winograd_conv2d
-from .schedules import apply_default_schedules
+from .schedules import SCHEDULE_ATTR, apply_default_schedules
+from .schedules.analysis import region_buffer
 
 DEFAULT_OPTIONS = LowerOptions()
 
@@ -38,12 +44,22 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class LowerStats:
-    """What the lowering did to the kernels of a module."""
+    """What the lowering did to the kernels of a module.
+
+    ``kernel_info`` maps each kernel (PrimFunc) name of the built module to ``flops`` (one
+    call's floating-point or integer operations, TVM's ``estimate_tir_flops`` of the fused TIR
+    before the default schedules pack or tile it, of the tuned TIR for tuned kernels; None
+    where it cannot tell), ``ops`` (``"int8"`` for kernels whose reductions multiply 8-bit
+    integers into 32-bit sums, else ``"float"``) and ``schedule`` (``"tuned"``,
+    ``"default rule: <Rule>"``, ``"hand-scheduled"`` or ``"unscheduled"``).
+    It is not part of :meth:`to_dict`: the manifest keeps it under its own key.
+    """
 
     kernels: int = 0
     tuned: int = 0
     default_scheduled: int = 0
     unscheduled: list[str] = field(default_factory=list)
+    kernel_info: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kernels": self.kernels, "tuned": self.tuned,
@@ -70,6 +86,64 @@ def _is_scheduled(func) -> bool:
         return False
     return any(key in func.attrs and bool(func.attrs[key])
                for key in ("tirx.is_scheduled", "tir.is_scheduled"))
+
+
+def _flops(func) -> int | None:
+    """TVM's estimate of one call's operations (a multiply-add counts 2), None if it fails
+    (e.g. symbolic loop extents)."""
+    from tvm import s_tir
+
+    try:
+        return round(float(s_tir.analysis.estimate_tir_flops(tvm.IRModule({"main": func}))))
+    except Exception as err:  # noqa: BLE001 - an estimate is optional, never a build failure
+        logger.debug("no FLOP estimate: %s", _last_line(err))
+        return None
+
+
+_INT8 = ("int8", "uint8")
+
+
+def _is_int8(func) -> bool:
+    """Whether a reduction block of ``func`` reads 8-bit integers into a 32-bit integer sum."""
+    import tvm_ffi
+    from tvm import s_tir, tirx
+
+    found: list[bool] = []
+
+    def note(block):
+        if (any(int(iv.iter_type) == tirx.IterVar.CommReduce for iv in block.iter_vars)
+                and any(str(region_buffer(w).dtype) == "int32" for w in block.writes)
+                and any(str(region_buffer(r).dtype) in _INT8 for r in block.reads)):
+            found.append(True)
+        return block
+
+    tvm_ffi.structural_map(func, [(s_tir.SBlock, note)])
+    return bool(found)
+
+
+def _schedule_of(func, unattributed: str) -> str:
+    """How ``func`` was scheduled, from its :data:`SCHEDULE_ATTR` attribute; a scheduled
+    kernel without one is ``unattributed`` (a hand-written kernel, or DLight's on CUDA)."""
+    how = func.attrs.get(SCHEDULE_ATTR, None) if func.attrs is not None else None
+    if how is not None:
+        return "tuned" if str(how) == "tuned" else f"default rule: {how}"
+    return unattributed if _is_scheduled(func) else "unscheduled"
+
+
+def kernel_info(fused: dict[str, Any], built: dict[str, Any],
+                unattributed: str = "hand-scheduled", count_flops: bool = True
+                ) -> dict[str, dict[str, Any]]:
+    """Per kernel of ``built`` (name -> PrimFunc after scheduling): its FLOP estimate and kind
+    from the TIR of the same name in ``fused`` (before the default schedules: packed code
+    would count padding and layout work; ``built``'s own where ``fused`` lacks the name), and
+    how it was scheduled. ``count_flops=False`` records None for every kernel."""
+    info = {}
+    for name, func in sorted(built.items()):
+        source = fused.get(name, func)
+        info[name] = {"flops": _flops(source) if count_flops else None,
+                      "ops": "int8" if _is_int8(source) else "float",
+                      "schedule": _schedule_of(func, unattributed)}
+    return info
 
 
 def pass_context(target: Target):
@@ -208,6 +282,9 @@ def _apply_records(mod, database) -> tuple[Any, int]:
     tuned = {n for n, f in funcs.items() if _is_scheduled(f)} - before
     if not tuned:
         return mod, 0
+    for gv, f in list(applied.functions_items()):
+        if gv.name_hint in tuned:  # say so, for the manifest's kernel_info
+            applied[gv] = f.with_attr(SCHEDULE_ATTR, "tuned")
     split = {n for n in tuned if _rewrites_layout(funcs[n])}
     if split:
         # those records re-lay-out a weight inside the kernel (MetaSchedule's RewriteLayout):
@@ -239,6 +316,7 @@ def lower_cpu(mod, target: Target, database: Any = None, finalize: bool = True,
         stats.kernels = len(_primfuncs(mod))
         if database is not None:
             mod, stats.tuned = _apply_records(mod, database)
+        fused = _primfuncs(mod)  # FLOPs of the unpacked kernels, under their final names
         if target.kind == "llvm":
             # defaults for the rest; already-scheduled kernels are left alone
             mod = apply_default_schedules(mod, tvm_target)
@@ -246,12 +324,12 @@ def lower_cpu(mod, target: Target, database: Any = None, finalize: bool = True,
         scheduled = {n for n, f in funcs.items() if _is_scheduled(f)}
         stats.default_scheduled = len(scheduled) - stats.tuned
         stats.unscheduled = sorted(set(funcs) - scheduled)
-        if not finalize:
-            return mod, stats
-        mod = tvm.transform.Sequential(
-            cpu_generic.dataflow_lower_passes(tvm_target)
-            + cpu_generic.finalize_passes(tvm_target)
-        )(mod)
+        if finalize:
+            mod = tvm.transform.Sequential(
+                cpu_generic.dataflow_lower_passes(tvm_target)
+                + cpu_generic.finalize_passes(tvm_target)
+            )(mod)
+        stats.kernel_info = kernel_info(fused, _primfuncs(mod))
     return mod, stats
 
 
@@ -273,8 +351,13 @@ def build(mod, target: Target, database: Any = None,
             with tvm_target, pass_context(target):
                 lowered = relax.pipeline.get_default_pipeline(tvm_target)(mod)
                 ex = tvm.compile(lowered, target=tvm_target, relax_pipeline=None)
-            stats = LowerStats(kernels=len(_primfuncs(lowered)))
-            stats.default_scheduled = sum(_is_scheduled(f) for f in _primfuncs(lowered).values())
+            funcs = _primfuncs(lowered)
+            stats = LowerStats(kernels=len(funcs))
+            stats.default_scheduled = sum(_is_scheduled(f) for f in funcs.values())
+            # TVM's pipeline schedules as it lowers: only GPU-scheduled TIR is left, whose
+            # thread tiles the FLOP estimate over-counts (7x on a small conv), so none
+            stats.kernel_info = kernel_info(funcs, funcs, unattributed="default rule: DLight",
+                                            count_flops=False)
         else:
             lowered, stats = lower_cpu(mod, target, database, options=options)
             with pass_context(target):

@@ -8,7 +8,9 @@ FuseOps, FuseTIR`` (and optionally ``MetaScheduleApplyDatabase``). It
 2. replaces float32 ``erf`` / ``exp`` calls by vectorizable arithmetic (see
    :mod:`compiler.lower.schedules.fast_math`), then
 3. schedules every PrimFunc not yet marked ``tirx.is_scheduled`` with the first rule that
-   matches, in the order of :data:`DEFAULT_RULES`, like DLight's ``ApplyDefaultSchedule``.
+   matches, in the order of :data:`DEFAULT_RULES`, like DLight's ``ApplyDefaultSchedule``, and
+   names that rule in the function's :data:`SCHEDULE_ATTR` attribute (read into the
+   artifact's manifest, for ``hwcc bench --per-layer``).
 
 A rule that raises is skipped (logged), so a function is never left half-scheduled; the
 fallback rule matches everything.
@@ -41,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_RULES",
+    "SCHEDULE_ATTR",
     "CPUInfo",
     "Conv2d",
     "DepthwiseConv2d",
@@ -69,6 +72,10 @@ DEFAULT_RULES: tuple[ScheduleRule, ...] = (
 )
 
 _SCHEDULED_ATTRS = ("tirx.is_scheduled", "tir.is_scheduled")
+
+#: PrimFunc attribute saying how a kernel was scheduled: the class name of the default rule
+#: (``"Conv2d"``), or ``"tuned"`` where a tuning record scheduled it (set by the lowering).
+SCHEDULE_ATTR = "hwcc.schedule"
 
 
 def is_scheduled(func: tirx.PrimFunc) -> bool:
@@ -103,7 +110,8 @@ def _schedule(
             sch = sch[0]
         assert isinstance(sch, s_tir.Schedule)
         logger.debug("%s scheduled with %s", name, type(rule).__name__)
-        return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+        return (sch.mod["main"].with_attr("tirx.is_scheduled", True)
+                .with_attr(SCHEDULE_ATTR, type(rule).__name__))
     return None
 
 
@@ -122,7 +130,8 @@ def apply_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm
     Returns
     -------
     tvm.IRModule
-        The module with scheduled PrimFuncs (attribute ``tirx.is_scheduled``) and, where a
+        The module with scheduled PrimFuncs (attributes ``tirx.is_scheduled`` and
+        :data:`SCHEDULE_ATTR`, the rule's name) and, where a
         matmul/conv weight is a constant, packed weight constants. Functions already marked as
         scheduled are left untouched.
     """

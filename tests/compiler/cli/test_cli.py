@@ -92,6 +92,9 @@ def test_bench_json_fields(artifact: Path, capsys: pytest.CaptureFixture[str]) -
     for key in ("median_ms", "min_ms", "max_ms", "repeat", "target"):
         assert key in data
     assert data["repeat"] == 5 and data["min_ms"] <= data["median_ms"] <= data["max_ms"]
+    # the flag before the directory means the same
+    assert main(["bench", "--json", str(artifact), "--repeat", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["repeat"] == 3
 
 
 def test_bench_compare_onnxruntime(artifact: Path, capsys: pytest.CaptureFixture[str]) -> None:
