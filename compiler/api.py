@@ -6,6 +6,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from targets import Target, parse_target
 
 from .errors import CompileError
 from .lower.options import LowerOptions
+from .lower.timing import time_module
 from .pipeline import CompressionOptions, PassSpec, run_passes
 
 logger = logging.getLogger(__name__)
@@ -89,11 +91,17 @@ def compile(
     compression = compression or CompressionOptions()
     imported = frontend.load_model(model, input_shapes)
 
+    # the quantize pass keeps the float model where it is faster: timed here when the target
+    # runs on this machine, else the target's cost model decides
+    # (with the tuning records the build uses: the float model as `hwcc compile` makes it)
+    database, db_path = _open_database(tuning_log, tgt)
+    timer = None
+    if compression.quantize is not None and tgt.kind == "llvm" and tgt.runs_on_this_machine():
+        timer = partial(time_module, target=tgt, options=options, database=database)
     pipeline = [*_import_passes(imported.mod),
-                *compression.passes(imported.inputs, tgt.capabilities), *passes]
+                *compression.passes(imported.inputs, tgt.capabilities, timer=timer), *passes]
     mod, pass_reports = run_passes(imported.mod, pipeline) if pipeline else (imported.mod, [])
 
-    database, db_path = _open_database(tuning_log, tgt)
     built = lower.build(mod, tgt, database=database, options=options)
 
     manifest = _manifest(imported, tgt, pass_reports, mod, built, db_path, options)

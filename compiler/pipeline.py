@@ -117,6 +117,9 @@ class CompressionOptions:
         ``int8``, ``int8-dynamic`` or ``fp16``.
     calib_method : str
         Activation range observer for static int8.
+    quantize_always : bool
+        Keep the quantized model even where it is slower than float (measured when the target
+        runs here, else the target's cost model); default False: never slower than float.
     calibration : mapping or None
         Calibration arrays keyed by input name, one sample or a leading sample axis (as read
         from an ``.npz``); split against the model's inputs when the passes are built.
@@ -131,6 +134,7 @@ class CompressionOptions:
     sparse_block: str = "auto"
     quantize: str | None = None
     calib_method: str = "minmax"
+    quantize_always: bool = False
     calibration: Mapping[str, np.ndarray] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -144,8 +148,10 @@ class CompressionOptions:
         return any(x is not None for x in (self.prune, self.low_rank, self.sparsity,
                                            self.quantize))
 
-    def passes(self, input_specs: Sequence[Any], capabilities: Any) -> list[PassSpec]:
-        """The pass specs, in pipeline order, for a model's inputs and a target."""
+    def passes(self, input_specs: Sequence[Any], capabilities: Any,
+               timer: Callable[[Any], float] | None = None) -> list[PassSpec]:
+        """The pass specs, in pipeline order, for a model's inputs and a target (``timer``:
+        module -> ms on that target, when it runs here)."""
         if not self.wanted:
             return []
         calib = None
@@ -157,7 +163,8 @@ class CompressionOptions:
                             low_rank=self.low_rank, sparsity=self.sparsity,
                             sparse_block=self.sparse_block, quantize=self.quantize,
                             calib_method=self.calib_method, calibration=calib,
-                            lanes=capabilities.fp32_lanes, capabilities=capabilities)
+                            lanes=capabilities.fp32_lanes, capabilities=capabilities,
+                            quantize_always=self.quantize_always, timer=timer)
 
     def first_sample(self, input_specs: Sequence[Any]) -> dict[str, np.ndarray] | None:
         """The first calibration sample (real data to verify the compiled module on)."""
@@ -173,11 +180,14 @@ def build_passes(*, prune: float | None = None, prune_method: str = "l1",
                  sparsity: float | None = None, sparse_block: str = "auto",
                  quantize: str | None = None, calib_method: str = "minmax",
                  calibration: Mapping[str, np.ndarray] | None = None,
-                 lanes: int = 8, capabilities: Any = None) -> list[PassSpec]:
+                 lanes: int = 8, capabilities: Any = None, quantize_always: bool = False,
+                 timer: Callable[[Any], float] | None = None) -> list[PassSpec]:
     """The compression pipeline for the given options (shared by the CLI, API and search).
 
     ``calibration`` holds arrays with a leading sample axis; ``lanes`` is the target's fp32
-    vector lanes (kept channel counts are multiples of it).
+    vector lanes (kept channel counts are multiples of it). The quantize pass keeps the float
+    model where it is faster (``timer``: module -> ms on the target; None: the cost model),
+    unless ``quantize_always``.
     """
     specs: list[PassSpec] = []
     if not any(x is not None for x in (prune, low_rank, sparsity, quantize)):
@@ -210,7 +220,8 @@ def build_passes(*, prune: float | None = None, prune_method: str = "l1",
             raise ConfigError("--quantize int8 calibrates activation ranges: give --calib "
                               "FILE.npz (or use --quantize int8-dynamic)")
         specs.append(PassSpec("quantize", quantize_config_from_args(
-            quantize, calibration, calib_method, capabilities)))
+            quantize, calibration, calib_method, capabilities, always=quantize_always,
+            timer=timer)))
     return specs
 
 

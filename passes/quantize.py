@@ -47,14 +47,18 @@ Options: see :class:`QuantizeConfig`.
 Report (``report`` attribute after the pass ran): mode, scheme, method, number of quantized
 layers per kind, skipped layers with the reason, and (``measure=True``, static mode) the
 agreement with the float model on the calibration data: max/mean absolute error, relative
-error and top-1 agreement of the first output.
+error and top-1 agreement of the first output. ``speed`` says whether the quantized or the
+float model was kept and why (never slower than float, see ``keep_float_if_slower``):
+``kept``, ``decided_by`` (measured / cost model / user), the two times when measured, and a
+``reason`` when float was kept (its layers then read 0, the quantized ones are under
+``discarded_layers``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,6 +124,17 @@ class QuantizeConfig:
     measure
         Static mode: run the float and the quantized model on the calibration data and report
         their agreement (one extra compilation). Default True.
+    keep_float_if_slower
+        Never return a model slower than the float one (default True): with ``timer``, both
+        are timed and the faster kept; without, the target's cost model decides
+        (``int8_dot``: a target without an integer dot-product instruction keeps int8 modes
+        in float). False: always the quantized model (``hwcc compile --quantize-always``).
+    timer
+        ``module -> milliseconds`` on the target (e.g. :func:`compiler.lower.timing.time_module`
+        for a target this machine runs), or None: the cost model decides.
+    int8_dot
+        Whether the target has an integer dot-product instruction hwcc's int8 kernels use
+        (``Capabilities.int8_dot`` non-empty), or None when unknown (no cost-model decision).
     """
 
     mode: str = "int8"
@@ -132,6 +147,9 @@ class QuantizeConfig:
     exclude: tuple[str, ...] = ()
     skip_grouped: bool = False
     measure: bool = True
+    keep_float_if_slower: bool = True
+    timer: Callable[[tvm.IRModule], float] | None = field(default=None, compare=False)
+    int8_dot: bool | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -149,6 +167,8 @@ class QuantizeConfig:
             )
         if self.weight_bits not in (7, 8):
             raise ConfigError(f"weight_bits must be 7 or 8; got {self.weight_bits!r}")
+        if self.timer is not None and not callable(self.timer):
+            raise ConfigError("QuantizeConfig.timer must be a timer (module -> ms) or None")
         if self.requantize not in REQUANTIZE:
             raise ConfigError(
                 f"requantize must be one of {list(REQUANTIZE)}; got '{self.requantize}'"
@@ -176,8 +196,12 @@ def quantize_config_from_args(
     calib: Mapping[str, np.ndarray] | None,
     method: str,
     target_capabilities: Any,
+    *,
+    always: bool = False,
+    timer: Callable[[tvm.IRModule], float] | None = None,
 ) -> QuantizeConfig:
-    """Build a :class:`QuantizeConfig` from the CLI's ``--quantize/--calib/--calib-method``.
+    """Build a :class:`QuantizeConfig` from the CLI's ``--quantize/--calib/--calib-method``
+    (and ``--quantize-always``: ``always``; ``timer`` times modules on the target).
 
     Parameters
     ----------
@@ -211,6 +235,9 @@ def quantize_config_from_args(
         # hwcc has no integer depthwise kernel yet: on CPUs with float, int8 depthwise convs
         # would be slower than float ones (MobileNetV2: 3x); integer-only targets need them
         skip_grouped=has_float and mode.startswith("int8"),
+        int8_dot=bool(dots) if target_capabilities is not None else None,
+        keep_float_if_slower=not always,
+        timer=timer,
     )
 
 
@@ -1032,9 +1059,46 @@ class Quantize:
             if cfg.method == "percentile":
                 report["percentile"] = cfg.percentile
         out = _MODES[cfg.mode](mod, cfg, report)
+        if cfg.mode != "qdq":
+            out = _float_unless_faster(mod, out, cfg, report)
         self.report = report
         logger.info("quantize (%s): %s", cfg.mode, report.get("layers"))
         return out
+
+
+def _float_unless_faster(float_mod: tvm.IRModule, quantized: tvm.IRModule, cfg: QuantizeConfig,
+                         report: dict) -> tvm.IRModule:
+    """``quantized``, or ``float_mod`` where that is faster on the target; ``report["speed"]``
+    says which was kept and why (measured times, or the cost model's reason)."""
+    if not cfg.keep_float_if_slower:
+        report["speed"] = {"kept": "quantized", "decided_by": "user (always quantize)"}
+        return quantized
+    if cfg.requantize == "fixed_point":
+        report["speed"] = {"kept": "quantized", "decided_by": "integer-only target"}
+        return quantized
+    if cfg.timer is not None:
+        float_ms, quant_ms = cfg.timer(float_mod), cfg.timer(quantized)
+        kept = "quantized" if quant_ms < float_ms else "float"
+        report["speed"] = {"kept": kept, "decided_by": "measured on this machine",
+                           "float_ms": round(float_ms, 4), "quantized_ms": round(quant_ms, 4)}
+        if kept == "float":
+            report["speed"]["reason"] = (
+                f"the quantized model ran {quant_ms:.3g} ms, the float one {float_ms:.3g} ms")
+    elif cfg.int8_dot is False and cfg.mode.startswith("int8"):
+        kept = "float"
+        report["speed"] = {"kept": kept, "decided_by": "cost model",
+                           "reason": "the target has no integer dot-product instruction: "
+                                     "int8 kernels would run slower than float ones"}
+    else:
+        report["speed"] = {"kept": "quantized", "decided_by": "cost model"}
+        return quantized
+    if kept == "float":
+        report["discarded_layers"] = report.get("layers")
+        report["layers"] = {"conv2d": 0, "matmul": 0}
+        logger.warning("quantize: kept the float model (%s); --quantize-always keeps the "
+                       "quantized one", report["speed"]["reason"])
+        return float_mod
+    return quantized
 
 
 def has_qdq(mod: tvm.IRModule) -> bool:

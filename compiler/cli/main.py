@@ -114,6 +114,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
           f"{_kib(m['model']['weight_bytes'])} of weights")
     for p in m["passes"]:
         print(f"  pass         {p['name']}: {_pass_summary(p)}")
+        speed = (p.get("report") or {}).get("speed")
+        if speed:
+            print(f"  kept         {_speed_summary(speed)}")
     if m["passes"]:
         print(f"  compressed   {m['compressed']['params']:,} params, "
               f"{_kib(m['compressed']['weight_bytes'])} of weights")
@@ -162,6 +165,17 @@ def _summary_warnings_shown(in_summary: bool) -> Iterator[None]:
         yield
     finally:
         api_logger.removeFilter(flt)
+
+
+def _speed_summary(speed: dict[str, Any]) -> str:
+    """One line on whether the quantized or the float model was kept, and why."""
+    line = f"the {speed['kept']} model ({speed['decided_by']}"
+    if "float_ms" in speed:
+        line += f": quantized {speed['quantized_ms']:.4g} ms, float {speed['float_ms']:.4g} ms"
+    line += ")"
+    if speed["kept"] == "float":
+        line += "; --quantize-always keeps the quantized one"
+    return line
 
 
 def _pass_summary(p: dict[str, Any]) -> str:

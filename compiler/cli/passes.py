@@ -52,6 +52,11 @@ def add_pass_arguments(parser: argparse.ArgumentParser) -> None:
                    "at run time, for MatMul/Gemm), or fp16 weights")
     g.add_argument("--calib-method", choices=["minmax", "percentile", "entropy"],
                    default="minmax", help="activation range observer for --quantize int8")
+    g.add_argument("--quantize-always", action="store_true",
+                   help="keep the quantized model even where it runs slower than the float "
+                   "one (by default the float model is kept then: timed here when the target "
+                   "runs on this machine, else by the target's cost model; the manifest's "
+                   "quantize report says which and why)")
 
 
 def options_from_args(args: argparse.Namespace) -> CompressionOptions:
@@ -60,5 +65,5 @@ def options_from_args(args: argparse.Namespace) -> CompressionOptions:
         prune=args.prune, prune_method=args.prune_method, prune_scope=args.prune_scope,
         recover=not args.no_recover, low_rank=args.low_rank, sparsity=args.sparsity,
         sparse_block=args.sparse_block, quantize=args.quantize,
-        calib_method=args.calib_method,
+        calib_method=args.calib_method, quantize_always=args.quantize_always,
         calibration=load_npz(args.calib) if args.calib else None)

@@ -334,7 +334,8 @@ def test_quantized_model_requantization_is_isa_independent(tmp_path: Path) -> No
     ran = {}
     for key, target in TARGETS.items():
         art = _build(model, target, tmp_path / key,
-                     compression=CompressionOptions(quantize="int8", calibration=calib))
+                     compression=CompressionOptions(quantize="int8", calibration=calib,
+                                                      quantize_always=True))
         report = next(p for p in art.manifest["passes"] if p["name"] == "quantize")
         assert "requantized_to_int" in str(report), report
         if not runnable(target):
@@ -484,8 +485,9 @@ def test_every_float_to_int_cast_is_clamped() -> None:
                     helper.make_tensor("z", T.INT8, [], [3])], opset=21)
     # (model, compression, at least this many float -> integer conversions in its kernels)
     models = [(_cast_model(x.size)[0], None, 40), (quant, None, 3),
-              (mlp, CompressionOptions(quantize="int8", calibration=calib), 2),
-              (mlp, CompressionOptions(quantize="int8-dynamic"), 2)]
+              (mlp, CompressionOptions(quantize="int8", calibration=calib,
+                                       quantize_always=True), 2),
+              (mlp, CompressionOptions(quantize="int8-dynamic", quantize_always=True), 2)]
     vnni = TARGETS["avx512"] + ",+avx512vnni"  # the int8 kernels' vpdpbusd path as well
     for spec in [*TARGETS.values(), vnni]:
         tgt = parse_target(spec)

@@ -80,12 +80,21 @@ def test_calibration_file_that_does_not_fit(tmp_path: Path,
 
 
 def test_quantize_int8_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """--quantize int8 --calib: scheme and calibration agreement in the manifest; accuracy."""
+    """--quantize int8 --calib: scheme and calibration agreement in the manifest; accuracy.
+    By default the faster of the quantized and the float model is kept (timed here: the
+    target runs on this machine); --quantize-always keeps the int8 one."""
+    m = _compile(tmp_path, capsys, "--quantize", "int8", "--calib", CALIB)
+    speed = [p for p in m["passes"] if p["name"] == "quantize"][0]["report"]["speed"]
+    assert speed["decided_by"] == "measured on this machine"
+    faster = "quantized" if speed["quantized_ms"] < speed["float_ms"] else "float"
+    assert speed["kept"] == faster
+    small = m["compressed"]["weight_bytes"] < 0.4 * m["model"]["weight_bytes"]
+    assert small == (faster == "quantized")
     m = _compile(tmp_path, capsys, "--quantize", "int8", "--calib", CALIB,
-                 "--calib-method", "percentile")
+                 "--calib-method", "percentile", "--quantize-always")
     q = [p for p in m["passes"] if p["name"] == "quantize"][0]
     assert q["config"]["mode"] == "int8" and q["config"]["method"] == "percentile"
-    assert "int8" in q["report"]["scheme"]
+    assert "int8" in q["report"]["scheme"] and q["report"]["speed"]["kept"] == "quantized"
     assert m["compressed"]["weight_bytes"] < 0.4 * m["model"]["weight_bytes"]
     assert _accuracy(tmp_path, capsys) > 0.95
 
