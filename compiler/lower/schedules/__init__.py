@@ -29,6 +29,7 @@ from .depthwise import DepthwiseConv2d
 from .expand_depthwise import ExpandDepthwise
 from .fallback import Fallback
 from .fast_math import vectorizable_math
+from .select_scalars import hoist_scalar_select_operands
 from .int8_conv2d import Int8Conv2d  # int8 rules (VNNI): first, only integer kernels match
 from .int8_dense import Int8Dense
 from .matmul import Matmul
@@ -150,7 +151,7 @@ def apply_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm
         rewritten = vectorizable_math(func)  # libm erf/exp calls would scalarize vector loops
         new_func = _schedule(gv.name_hint, rewritten, func_target or target, rules)
         if new_func is not None:
-            updates[gv] = new_func
+            updates[gv] = hoist_scalar_select_operands(new_func)
         elif rewritten is not func:
             updates[gv] = rewritten
     for gv, func in updates.items():
