@@ -4,9 +4,10 @@ The quantize pass (``passes/quantize.py``) legalizes to blocks of the form::
 
     C[s...] = C[s...] + T.Cast("int32", A[...]) * T.Cast("int32", B[...])   # init C = 0
 
-with ``A`` the ``uint8`` (x86) or ``int8`` activation and ``B`` the ``int8`` weight. This module
-matches that block (returning the same :class:`~.analysis.Contraction` the float rules use, so
-their helpers apply) and decides which dot-product instruction a target offers.
+with ``A`` the ``uint8`` (x86) or ``int8`` activation (ARM) and ``B`` the ``int8`` weight. This
+module matches that block (returning the same :class:`~.analysis.Contraction` the float rules
+use, so their helpers apply) and decides, from the target's capabilities, which dot-product
+instruction it offers (:class:`DotISA`: its activation dtype, tile shape and register budget).
 """
 
 from __future__ import annotations
@@ -35,22 +36,38 @@ logger = logging.getLogger(__name__)
 
 _CAST = type(tirx.Cast("int32", tirx.IntImm("int8", 0)))
 
-#: Reduction elements one dot-product instruction sums per output lane.
+#: Reduction elements one dot-product instruction sums per output lane (``smmla``: 8).
 K_BLOCK = 4
 
 #: Largest activation value of the u8 operand (the pair-sum bound of ``vpmaddubsw``).
 _U8_MAX = 255
 
 
+#: Dot-product families whose activation operand is signed (AArch64: s8×s8).
+_SIGNED_LHS = ("sdot", "smmla")
+#: The ``sdot``/``smmla`` intrinsics are AArch64's (``llvm.aarch64.neon.*``), whose 32 vector
+#: registers tell it from 32-bit ARM (16 Q registers; ``llvm.arm.neon.sdot``, not written yet:
+#: its int8 blocks stay on the generic rules).
+_AARCH64_REGISTERS = 32
+
+
 @dataclass(frozen=True)
 class DotISA:
-    """The u8×s8 integer dot product a target gets, and the register budget it tiles for.
+    """The integer dot product a target gets, and the register budget it tiles for.
 
-    ``kind`` is the instruction family: ``"vpdpbusd"`` (VNNI: four u8·s8 products summed into
-    each int32 lane, exact) or ``"vpmaddubsw"`` (the AVX2 / AVX-512BW pair ``vpmaddubsw`` then
-    ``vpmaddwd`` against ones: two u8·s8 products summed into **saturating** int16 first, so
-    exact only for weights whose pairs fit; see :func:`pairs_fit_int16`).
-    ``vector_bits`` is 512 or 256; ``registers`` the vector registers the tiles are sized for.
+    ``kind`` is the instruction family:
+
+    * ``"vpdpbusd"`` (x86 VNNI: four u8·s8 products summed into each int32 lane, exact);
+    * ``"vpmaddubsw"`` (the AVX2 / AVX-512BW pair ``vpmaddubsw`` then ``vpmaddwd`` against
+      ones: two u8·s8 products summed into **saturating** int16 first, so exact only for
+      weights whose pairs fit; see :func:`pairs_fit_int16`);
+    * ``"sdot"`` (AArch64 +dotprod: four s8·s8 products summed into each of 4 int32 lanes,
+      exact);
+    * ``"smmla"`` (AArch64 +i8mm: a 2x8 by 8x2 s8 matrix product into a 2x2 int32 tile, exact;
+      two activation rows per call, so only the matmul rule uses it).
+
+    ``vector_bits`` is 512 or 256 on x86, 128 on NEON; ``registers`` the vector registers the
+    tiles are sized for (:attr:`targets.base.Capabilities.vector_registers`).
     """
 
     kind: str
@@ -59,8 +76,24 @@ class DotISA:
 
     @property
     def lanes(self) -> int:
-        """int32 outputs per instruction (16 on 512-bit vectors, 8 on 256-bit)."""
-        return self.vector_bits // 32
+        """Output columns per call: the int32 lanes of a vector (16 on 512-bit vectors, 8 on
+        256-bit, 4 on NEON), 2 for ``smmla``'s 2x2 tile."""
+        return 2 if self.kind == "smmla" else self.vector_bits // 32
+
+    @property
+    def rows(self) -> int:
+        """Activation rows per call: 2 for ``smmla``, else 1 (one row broadcast)."""
+        return 2 if self.kind == "smmla" else 1
+
+    @property
+    def k_block(self) -> int:
+        """Reduction elements per call and output: 8 for ``smmla``, else :data:`K_BLOCK`."""
+        return 8 if self.kind == "smmla" else K_BLOCK
+
+    @property
+    def lhs_dtype(self) -> str:
+        """dtype of the activation operand: ``int8`` on AArch64, ``uint8`` on x86."""
+        return "int8" if self.kind in _SIGNED_LHS else "uint8"
 
     @property
     def saturates(self) -> bool:
@@ -69,14 +102,14 @@ class DotISA:
 
     @property
     def accumulators(self) -> int:
-        """Vector accumulators of one register tile.
+        """Vector accumulators of one register tile (each one call's output).
 
-        VNNI needs, besides the accumulators, one broadcast activation and the weight vectors
-        of the tile: three quarters of the file (24 of 32 zmm, 12 of 16 ymm). The
-        ``vpmaddubsw`` pair also holds the int16 products and the ones vector: half (8 of 16
-        ymm, 16 of 32 zmm).
+        VNNI, ``sdot`` and ``smmla`` need, besides the accumulators, one broadcast activation
+        (``smmla``: one activation pair) and the weight vectors of the tile: three quarters of
+        the file (24 of 32 zmm or NEON registers, 12 of 16 ymm). The ``vpmaddubsw`` pair also
+        holds the int16 products and the ones vector: half (8 of 16 ymm, 16 of 32 zmm).
         """
-        return self.registers * 3 // 4 if self.kind == "vpdpbusd" else self.registers // 2
+        return self.registers // 2 if self.kind == "vpmaddubsw" else self.registers * 3 // 4
 
     def intrin(self, scope: str) -> str:
         """Register (on first use) and return the tensor intrinsic for accumulator ``scope``."""
@@ -84,11 +117,13 @@ class DotISA:
 
 
 def dot_isa(target: tvm.target.Target | None, allow_saturating: bool = False) -> DotISA | None:
-    """The best u8×s8 dot product of an LLVM x86 target, or None, from its capabilities.
+    """The best one-row dot product of an LLVM CPU target, or None, from its capabilities.
 
-    In order of preference: ``vpdpbusd`` on 512 bits (AVX-512 VNNI with F and BW), on 256
-    bits (AVX-VNNI), then, only when ``allow_saturating`` (the caller checks the weights with
-    :func:`pairs_fit_int16`), ``vpmaddubsw`` on 512 bits (AVX-512BW) or 256 bits (AVX2).
+    x86 (u8×s8), in order of preference: ``vpdpbusd`` on 512 bits (AVX-512 VNNI with F and
+    BW), on 256 bits (AVX-VNNI), then, only when ``allow_saturating`` (the caller checks the
+    weights with :func:`pairs_fit_int16`), ``vpmaddubsw`` on 512 bits (AVX-512BW) or 256 bits
+    (AVX2). AArch64 (s8×s8): ``sdot`` (+dotprod). Plain NEON has none: its int8 blocks are
+    left to the generic rules (LLVM widens them to ``smull``/``sadalp``-like code).
     """
     if not is_cpu_target(target):
         return None
@@ -103,6 +138,19 @@ def dot_isa(target: tvm.target.Target | None, allow_saturating: bool = False) ->
         return DotISA("vpmaddubsw", 512, regs)
     if allow_saturating and "vpmaddubsw" in dots:
         return DotISA("vpmaddubsw", 256, regs)
+    if "sdot" in dots and regs >= _AARCH64_REGISTERS:
+        return DotISA("sdot", caps.vector_bits or 128, regs)
+    return None
+
+
+def matrix_isa(target: tvm.target.Target | None) -> DotISA | None:
+    """The two-row int8 matrix multiply of an LLVM CPU target (``smmla``, AArch64 +i8mm), or
+    None. Only matmuls with at least two activation rows use it (:mod:`.int8_dense`)."""
+    if not is_cpu_target(target):
+        return None
+    caps = capabilities_of(target)
+    if "smmla" in caps.int8_dot and caps.vector_registers >= _AARCH64_REGISTERS:
+        return DotISA("smmla", caps.vector_bits or 128, caps.vector_registers)
     return None
 
 

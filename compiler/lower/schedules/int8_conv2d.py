@@ -1,20 +1,23 @@
-"""Default CPU schedule for int8 NCHW conv2d blocks: packed weights, ``vpdpbusd`` tensorized.
+"""Default CPU schedule for int8 NCHW conv2d blocks: packed weights, dot product tensorized.
 
 Matches what the quantize pass emits for ``R.nn.conv2d(x_q, w_q, out_dtype="int32")`` (not
 grouped)::
 
     out[b, f, y, x] += i32(data[b, c, y*s + ry*d, x*s + rx*d]) * i32(W[f, c, ry, rx])
 
-with ``data`` the uint8 input or its explicit padding block. Without im2col, as a matmul over
-``(c, ry, rx)`` that reads the input in place:
+with ``data`` the uint8 (x86) or int8 (AArch64) input or its explicit padding block. Without
+im2col, as a matmul over ``(c, ry, rx)`` that reads the input in place (``L`` the int32 lanes of
+the target's one-row dot product, :class:`.int8_common.DotISA`: 16 for VNNI on zmm, 8 on ymm,
+4 for NEON ``sdot``):
 
-* the constant weight is packed at compile time to ``[F/16, C/4, KH, KW, 16, 4]`` (zero padded);
+* the constant weight is packed at compile time to ``[F/L, C/4, KH, KW, L, 4]`` (zero padded);
 * the (padded) input is laid out ``[b, C/4, H, W, 4]`` (channels blocked by 4 for the
-  intrinsic's 4 u8 operands; a copy of the input when the conv has no padding block), the
+  intrinsic's 4 8-bit operands; a copy of the input when the conv has no padding block), the
   padding channels read zero weights;
-* each parallel task computes a ``XT`` columns × ``16·NV`` channels register tile of one output
-  row over all of ``(c, ry, rx)``; the inner ``16 x 4`` is one ``vpdpbusd``;
-* the int32 accumulator is a per-tile local buffer ``[.., F/16, .., 16]`` and the fused epilogue
+* each parallel task computes a ``XT`` columns × ``L·NV`` channels register tile of one output
+  row over all of ``(c, ry, rx)``; the inner ``L x 4`` is one ``vpdpbusd`` / ``sdot`` (or the
+  ``vpmaddubsw`` pair);
+* the int32 accumulator is a per-tile local buffer ``[.., F/L, .., L]`` and the fused epilogue
   (bias, requantize, clamp, residual add, cast) is computed per tile.
 """
 
@@ -39,8 +42,8 @@ from .int8_common import (
     K_BLOCK,
     DotISA,
     dot_isa,
-    pairs_fit_int16,
     finish_tensorized,
+    pairs_fit_int16,
     read_index,
     round_up,
     single_int_contraction,
@@ -91,14 +94,15 @@ def _weight_packed(
     return not any(f in weight.used[i] or (c is not None and c in weight.used[i]) for i in (2, 3))
 
 
-def match_int8_conv2d(sch: s_tir.Schedule, lanes: int) -> Int8ConvMatch | None:
-    """Find the single u8×s8→s32 NCHW (not grouped) convolution of the function, or None.
+def match_int8_conv2d(sch: s_tir.Schedule, isa: DotISA) -> Int8ConvMatch | None:
+    """Find the single 8-bit NCHW (not grouped) convolution of the function ``isa`` computes.
 
     Requirements: one integer contraction with a 4-D output ``[b, f, y, x]`` (``f`` not unit),
-    static extents; a uint8 *data* operand ``[b, c, h(y, ry), w(x, rx)]`` that does not use
-    ``f``; an int8 *weight* ``[f, c, ry, rx]`` (or VNNI-packed) that uses neither ``y`` nor
+    static extents; a *data* operand ``[b, c, h(y, ry), w(x, rx)]`` of the ISA's activation
+    dtype (:attr:`.DotISA.lhs_dtype`: uint8 on x86, int8 on AArch64) that does not use ``f``;
+    an int8 *weight* ``[f, c, ry, rx]`` (or packed for ``isa``) that uses neither ``y`` nor
     ``x``; the input channel ``c`` (a reduction iterator, absent when there is one channel)
-    indexes only dimension 1 of both.
+    indexes only dimension 1 of both. None otherwise.
     """
     infos = block_infos(sch)
     if infos is None:
@@ -117,7 +121,8 @@ def match_int8_conv2d(sch: s_tir.Schedule, lanes: int) -> Int8ConvMatch | None:
             data = op
     if weight is None or data is None or weight is data:
         return None
-    if data.buffer.dtype != "uint8" or weight.buffer.dtype != "int8" or len(data.indices) != 4:
+    if (data.buffer.dtype != isa.lhs_dtype or weight.buffer.dtype != "int8"
+            or len(data.indices) != 4):
         return None
     if b is not None and weight.uses(b):
         return None
@@ -138,7 +143,7 @@ def match_int8_conv2d(sch: s_tir.Schedule, lanes: int) -> Int8ConvMatch | None:
         return None
     f_ext = con.extent(f)
     c_ext = con.extent(c) if c is not None else 1
-    packed = _weight_packed(weight, f, c, f_ext, c_ext, lanes)
+    packed = _weight_packed(weight, f, c, f_ext, c_ext, isa.lanes)
     if not packed:
         if len(weight.indices) != 4 or not is_plain(weight.indices[0], f):
             return None
@@ -159,15 +164,24 @@ def vnni_pack_conv(w: np.ndarray, lanes: int) -> np.ndarray:
     return np.ascontiguousarray(blocked.transpose(0, 2, 4, 5, 1, 3))
 
 
-def _tiles(f_blocks: int, x_ext: int, accumulators: int) -> tuple[int, int]:
+def max_channel_vectors(lanes: int) -> int:
+    """Channel vectors a conv tile may span: 2 on x86 (16 or 32 channels), 4 on NEON's 4-lane
+    ``sdot`` (16 channels: 4 weight loads and XT = 6 broadcasts per step feed 24
+    accumulators, instead of 2 and 12 with NV = 2)."""
+    return max(2, 16 // lanes)
+
+
+def _tiles(f_blocks: int, x_ext: int, accumulators: int, max_nv: int = 2) -> tuple[int, int]:
     """``(NV, XT)``: channel vectors and output columns per tile, at most ``accumulators``.
 
     ``XT`` divides the row (a tail predicate would keep the block from matching the dot
-    intrinsic); ``NV`` is 1 or 2 (2 when the channel blocks pair up). The tile holding the
-    most accumulators wins; among equals, the one with fewer loads per step (``NV + XT``).
+    intrinsic); ``NV`` is a power of two up to ``max_nv`` dividing the channel blocks. The
+    tile holding the most accumulators wins; among equals, the one with fewer loads per step
+    (``NV + XT``).
     """
     best = (0, 0, 1, 1)
-    for nv in (1, 2):
+    nvs = [1 << i for i in range(max_nv.bit_length()) if 1 << i <= max_nv]
+    for nv in nvs:
         if f_blocks % nv:
             continue
         xt = choose_factor(x_ext, max(1, accumulators // nv), minimum=1)
@@ -235,7 +249,7 @@ def schedule_int8_conv2d(
     others = [loop_of(r) for r in con.reduce if not (match.c is not None and r.same_as(match.c))]
     others = [lp for lp in others if lp is not None]
     nv, xt = _tiles(round_up(f_ext, lanes) // lanes, con.extent(match.x) or 1,
-                    isa.accumulators)
+                    isa.accumulators, max_channel_vectors(lanes))
     fo, fi = sch.split(lf, [None, lanes], disable_predication=bool(f_ext % lanes))
     foo, foi = sch.split(fo, [None, nv])
     if lc is not None:
@@ -263,21 +277,21 @@ def schedule_int8_conv2d(
 
 
 class Int8Conv2d(CPUScheduleRule):
-    """u8×s8→s32 NCHW conv2d (not grouped) with a constant weight: packed, tensorized.
+    """8-bit NCHW conv2d (not grouped) with a constant weight: packed, tensorized.
 
-    Applies to x86 targets with an integer dot product (:func:`.int8_common.dot_isa`; the
-    ``vpmaddubsw`` pair only when the weight's pairs fit int16); returns None elsewhere and
-    for grouped /
-    depthwise convs, non-constant weights, int8 activations and single-channel inputs.
+    Applies to targets with a one-row integer dot product (:func:`.int8_common.dot_isa`: x86
+    u8×s8, the ``vpmaddubsw`` pair only when the weight's pairs fit int16; AArch64 s8×s8
+    ``sdot``); returns None elsewhere and for grouped / depthwise convs, non-constant weights,
+    activations of the other signedness and single-channel inputs.
     """
 
     def pack_plan(self, func: tirx.PrimFunc, target: tvm.target.Target) -> WeightPack | None:
-        """Plan to pack an int8 ``[F, C, KH, KW]`` weight into ``[F/16, C/4, KH, KW, 16, 4]``."""
+        """Plan to pack an int8 ``[F, C, KH, KW]`` weight into ``[F/L, C/4, KH, KW, L, 4]``."""
         isa = dot_isa(target, allow_saturating=True)
         if isa is None:
             return None
         sch = s_tir.Schedule(func)
-        match = match_int8_conv2d(sch, isa.lanes)
+        match = match_int8_conv2d(sch, isa)
         if match is None or match.packed or match.c is None:
             return None
         idx = param_index(func, match.weight.buffer)
@@ -304,7 +318,7 @@ class Int8Conv2d(CPUScheduleRule):
         if isa is None:
             return None
         sch = s_tir.Schedule(func)
-        match = match_int8_conv2d(sch, isa.lanes)
+        match = match_int8_conv2d(sch, isa)
         if match is None or not match.packed:
             return None
         return schedule_int8_conv2d(sch, match, isa, cpu_info(target).num_cores)

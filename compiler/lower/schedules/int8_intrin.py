@@ -19,6 +19,10 @@ so that importing TVM's registry later does not clash:
 
 ``<scope>`` is the accumulator's storage scope (``global`` or ``local``): tensorize requires the
 intrinsic's buffer scopes to match the block's.
+
+The AArch64 families (s8×s8, :mod:`.int8_intrin_arm`) are registered through the same
+function: ``sdot`` (``hwcc_sdot_4x4_<scope>``, ``C[4] += A[4] . B[4, 4]``) and ``smmla``
+(``hwcc_smmla_2x2x8_<scope>``, ``C[2, 2] += A[2, 8] . B[2, 8]^T``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from tvm.s_tir import TensorIntrin
 
 from compiler.lower.tvmscript import fast_tvmscript_import
 
+from .int8_intrin_arm import sdot_intrin, smmla_intrin
+
 logger = logging.getLogger(__name__)
 
 SCOPES = ("global", "local")
@@ -38,10 +44,19 @@ _REGISTERED: set[str] = set()
 
 
 def dot_intrin(kind: str, vector_bits: int, scope: str) -> str:
-    """Name of the registered ``kind`` (``vpdpbusd``/``vpmaddubsw``) intrinsic, registering it.
+    """Name of the registered ``kind`` intrinsic, registering it on first use.
 
-    ``vector_bits`` is 512 or 256; ``scope`` the accumulator's storage scope.
+    ``kind`` is ``vpdpbusd``/``vpmaddubsw`` (x86; ``vector_bits`` 512 or 256) or
+    ``sdot``/``smmla`` (AArch64 NEON; ``vector_bits`` 128); ``scope`` the accumulator's
+    storage scope.
     """
+    if kind in _ARM:
+        if vector_bits != 128:
+            raise ValueError(f"no {vector_bits}-bit {kind} intrinsic")
+        shape, make = _ARM[kind]
+        name = f"hwcc_{kind}_{shape}_{scope}"
+        _ensure(name, lambda: make(scope))
+        return name
     if kind not in _LLVM or vector_bits not in _LLVM[kind]:
         raise ValueError(f"no {vector_bits}-bit {kind} intrinsic")
     lanes = vector_bits // 32
@@ -58,6 +73,9 @@ _LLVM = {
         256: ("llvm.x86.avx2.pmadd.ub.sw", "llvm.x86.avx2.pmadd.wd"),
     },
 }
+
+#: AArch64 families: name suffix of the tile shape, ``scope -> (desc, impl)``.
+_ARM = {"sdot": ("4x4", sdot_intrin), "smmla": ("2x2x8", smmla_intrin)}
 
 
 def _ensure(name: str, make) -> None:
