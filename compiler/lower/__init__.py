@@ -16,5 +16,11 @@ from .lowering import (
     pass_context,
 )
 
+from .vector_ops import declare_vectorizable
+
+# every build in this process (hwcc's, the tests' and tuning's own tvm.compile calls) keeps
+# isnan/nearbyint loops vectorized; see vector_ops
+declare_vectorizable()
+
 __all__ = ["BuildResult", "LowerStats", "build", "export_library", "legalize_and_fuse",
            "lower_cpu", "mark_layout_free", "pass_context"]

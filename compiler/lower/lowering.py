@@ -36,6 +36,7 @@ from .rewrites.resize_taps import resize_linear_as_taps
 from .rewrites.winograd import winograd_conv2d
 from .schedules import SCHEDULE_ATTR, apply_default_schedules
 from .schedules.analysis import region_buffer
+from .vector_ops import declare_vectorizable
 
 DEFAULT_OPTIONS = LowerOptions()
 
@@ -343,6 +344,7 @@ def build(mod, target: Target, database: Any = None,
     CompileError
         When TVM fails to lower or generate code; the message keeps TVM's last line.
     """
+    declare_vectorizable()  # isnan/nearbyint loops stay vectorized (vector_ops)
 
     try:
         if target.kind == "cuda":
