@@ -30,7 +30,7 @@ from .expand_depthwise import ExpandDepthwise
 from .fallback import Fallback
 from .fast_math import vectorizable_math
 from .select_scalars import hoist_scalar_select_operands
-from .int8_conv2d import Int8Conv2d  # int8 rules (VNNI): first, only integer kernels match
+from .int8_conv2d import Int8Conv2d  # int8 rules: first, only integer kernels match
 from .int8_dense import Int8Dense
 from .matmul import Matmul
 from .packing import pack_weights
@@ -64,7 +64,8 @@ __all__ = [
 
 #: Rules tried in order; the first that returns a schedule wins.
 DEFAULT_RULES: tuple[ScheduleRule, ...] = (
-    # int8 rules first (u8xs8->s32 blocks only; their pack_plan packs weights to VNNI layout)
+    # int8 rules first (8-bit x 8-bit -> int32 blocks only; their pack_plan packs the weights for
+    # the target's dot product: vpdpbusd, vpmaddubsw, sdot, smmla)
     Int8Dense(), Int8Conv2d(),
     # Winograd and the fused expansion+depthwise kernel before the others: their blocks would
     # otherwise match as a matmul / conv
