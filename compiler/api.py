@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from compiler import evaluate, frontend, lower, stats
+from compiler import evaluate, frontend, lower, stats, tempdirs
 from compiler.artifact import package
 from compiler.artifact.runtime import Artifact, random_inputs, read_manifest
 from compiler.tuning.database import open_database
@@ -182,7 +182,7 @@ def _verify_staged(manifest: dict[str, Any], writers: dict[str, Callable[[Path],
                    ) -> dict[str, Any]:
     """Write a staging copy of the artifact, load it and compare it with the reference, before
     the artifact is published."""
-    staging = Path(tempfile.mkdtemp(prefix="hwcc-verify-"))
+    staging = tempdirs.mkdtemp("hwcc-verify-")
     try:
         staged = package.write_artifact(staging / "a", manifest, writers)
         return _verify(Artifact.load(staged), model, inputs)

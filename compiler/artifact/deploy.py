@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from compiler import tempdirs
 from compiler.errors import HwccError
 from targets import host_arch, parse_target
 
@@ -153,6 +154,7 @@ def make_bundle(artifact_dir: str | Path, out_dir: str | Path) -> Path:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tempdirs.remove_on_exit(tmp)  # SIGTERM mid-write: no half-written bundle left
     try:
         library = str(manifest["library"])
         shutil.copy2(artifact / library, tmp / "module.so")
@@ -197,6 +199,8 @@ def make_bundle(artifact_dir: str | Path, out_dir: str | Path) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        tempdirs.forget(tmp)
     logger.info("wrote bundle %s for %s (%s runtime)", out, arch, runtime.source)
     return out
 

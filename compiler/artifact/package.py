@@ -2,7 +2,8 @@
 
 The directory is assembled under a temporary name beside the destination and renamed into
 place, so an interrupted compile never leaves a half-written artifact. Every file is listed
-in the manifest with its SHA-256, which :mod:`compiler.artifact.runtime` checks before loading.
+in the manifest with its SHA-256, and the manifest carries the SHA-256 of its own canonical
+JSON (:func:`seal_manifest`); :mod:`compiler.artifact.runtime` checks both before loading.
 """
 
 from __future__ import annotations
@@ -18,13 +19,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from compiler import tempdirs
 from compiler.errors import ArtifactError
 
 MANIFEST = "manifest.json"
 LIBRARY = "module.so"
 SOURCE_MODEL = "model.onnx"
 FORMAT = "hwcc-artifact"
-FORMAT_VERSION = 1
+#: 2: the manifest carries its own hash (:data:`MANIFEST_HASH`); 1: it does not.
+FORMAT_VERSION = 2
+#: The first format version whose manifests must carry :data:`MANIFEST_HASH`.
+SEALED_SINCE = 2
+#: The manifest's field holding the SHA-256 of the manifest itself (:func:`manifest_digest`).
+MANIFEST_HASH = "manifest_sha256"
 
 
 def sha256_file(path: Path) -> str:
@@ -33,6 +40,33 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """SHA-256 of the manifest's canonical JSON, without its :data:`MANIFEST_HASH` field.
+
+    Canonical: keys sorted, no whitespace, ASCII escapes, computed on the JSON round trip of
+    the dict (tuples become lists, keys strings), so the digest of a manifest as written
+    equals the digest of the same manifest as read back. Any edit of a value, a key or the
+    structure changes it; reformatting the file (indentation, key order) does not.
+    """
+    body = {k: v for k, v in json.loads(json.dumps(manifest)).items() if k != MANIFEST_HASH}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def seal_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``manifest`` with :data:`MANIFEST_HASH` set to its :func:`manifest_digest`.
+
+    The file hashes are inside the manifest, so the seal covers the module and every other
+    file too: replacing ``module.so`` and its recorded SHA-256 breaks the seal. It detects
+    accidents and careless edits, not an attacker, who can recompute it (see the README: an
+    artifact is native code, only a signature from a key the user trusts protects against
+    a deliberate replacement).
+    """
+    sealed = {k: v for k, v in manifest.items() if k != MANIFEST_HASH}
+    sealed[MANIFEST_HASH] = manifest_digest(sealed)
+    return sealed
 
 
 def tool_versions() -> dict[str, str]:
@@ -70,7 +104,8 @@ def write_artifact(out_dir: Path, manifest: dict[str, Any],
     out_dir
         Destination; replaced if it exists and is an hwcc artifact (or empty).
     manifest
-        Manifest fields; ``files`` (name → sha256, size) and ``created`` are added here.
+        Manifest fields; ``files`` (name → sha256, size), ``created`` and the manifest's own
+        hash (:data:`MANIFEST_HASH`, :func:`seal_manifest`) are added here.
     writers
         File name → function writing that file at the given path.
     """
@@ -80,21 +115,24 @@ def write_artifact(out_dir: Path, manifest: dict[str, Any],
                             "refusing to overwrite it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        files: dict[str, dict[str, Any]] = {}
-        for name, write in writers.items():
-            write(tmp / name)
-            files[name] = {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
-        manifest = dict(manifest)
-        manifest["format"] = FORMAT
-        manifest["format_version"] = FORMAT_VERSION
-        manifest["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        manifest["files"] = files
-        write_json_atomic(tmp / MANIFEST, manifest)
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with tempdirs.removed_on_exit(tmp):  # SIGTERM mid-write: no half-written folder left
+        try:
+            files: dict[str, dict[str, Any]] = {}
+            for name, write in writers.items():
+                write(tmp / name)
+                files[name] = {"sha256": sha256_file(tmp / name),
+                               "bytes": (tmp / name).stat().st_size}
+            manifest = dict(manifest)
+            manifest["format"] = FORMAT
+            manifest["format_version"] = FORMAT_VERSION
+            manifest["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(
+                timespec="seconds")
+            manifest["files"] = files
+            write_json_atomic(tmp / MANIFEST, seal_manifest(manifest))
+            replace_dir(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return out_dir
 
 

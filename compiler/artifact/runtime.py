@@ -22,7 +22,7 @@ from compiler.errors import ArtifactError, HwccError, RuntimeInputError
 from targets import host_arch, missing_features, parse_target
 
 from . import tensors as narrow
-from .package import FORMAT, MANIFEST, sha256_file
+from .package import FORMAT, MANIFEST, MANIFEST_HASH, SEALED_SINCE, manifest_digest, sha256_file
 from .tensors import TensorSpec
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,21 @@ def use_all_cores() -> int:
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
-    """Read and sanity-check ``manifest.json`` of an artifact directory."""
+    """Read and check ``manifest.json`` of an artifact directory.
+
+    The manifest's own SHA-256 (``manifest_sha256``, over its canonical JSON without that
+    field: :func:`compiler.artifact.package.manifest_digest`) must match, so that any edit of
+    the manifest (an output shape, the target, a reported figure, a file's recorded hash) is
+    refused here with one line. Artifacts written before the field existed (format version
+    1, hwcc before issue #27) have none: they are read with a warning saying their manifest
+    is unchecked. From format version 2 on, a manifest without the field is refused.
+
+    Raises
+    ------
+    ArtifactError
+        No such directory, no or unreadable manifest, a missing field, or a manifest that
+        does not match its own hash.
+    """
     path = Path(path)
     if not path.is_dir():
         raise ArtifactError(f"artifact directory not found: {path}")
@@ -58,10 +72,28 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise ArtifactError(f"unreadable manifest {mpath}: {err}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"{mpath} is not an hwcc manifest")
+    _check_manifest_hash(mpath, manifest)
     for key in ("inputs", "outputs", "target", "files", "library"):
         if key not in manifest:
             raise ArtifactError(f"manifest {mpath} lacks '{key}'")
     return manifest
+
+
+def _check_manifest_hash(mpath: Path, manifest: dict[str, Any]) -> None:
+    recorded = manifest.get(MANIFEST_HASH)
+    version = manifest.get("format_version", 1)
+    if recorded is None and (not isinstance(version, int) or version >= SEALED_SINCE):
+        # a sealed format without its seal: the field was removed or renamed
+        raise ArtifactError(f"artifact {mpath.parent} was modified after it was built: "
+                            f"{MANIFEST} (format {version}) lacks its own SHA-256 "
+                            f"({MANIFEST_HASH})")
+    if recorded is None:
+        logger.warning("%s has no %s (written by an older hwcc): its contents are not "
+                       "checked; recompile to seal it", mpath, MANIFEST_HASH)
+        return
+    if not isinstance(recorded, str) or recorded != manifest_digest(manifest):
+        raise ArtifactError(f"artifact {mpath.parent} was modified after it was built: "
+                            f"{MANIFEST} does not match its own SHA-256 ({MANIFEST_HASH})")
 
 
 #: Per architecture, a target whose artifacts run on every CPU hwcc supports there
@@ -135,14 +167,19 @@ class Artifact:
 
     @classmethod
     def load(cls, path: str | Path) -> Artifact:
-        """Check the manifest, the file hashes, the architecture and the CPU features, then
-        load the module.
+        """Check the manifest (its own hash: :func:`read_manifest`), the file hashes, the
+        architecture and the CPU features, then load the module.
+
+        These checks catch accidents and careless edits. An artifact is native code: someone
+        who replaces the module can rewrite the manifest and its hash as well, and only a
+        signature from a key you trust protects against that.
 
         Raises
         ------
         ArtifactError
-            Missing or tampered files, a module built for another machine, or for CPU
-            features this machine lacks (checked before the module is loaded).
+            An edited manifest, missing or tampered files, a module built for another
+            machine, or for CPU features this machine lacks (checked before the module is
+            loaded).
         """
         use_all_cores()
         path = Path(path)

@@ -33,7 +33,6 @@ import logging
 import math
 import shutil
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -42,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from compiler import api
+from compiler import api, tempdirs
 from compiler.data import split_samples
 from compiler.errors import CompileError, ConfigError, HwccError, TargetError
 from compiler.evaluate import evaluate_artifact
@@ -179,7 +178,7 @@ def search(
     if prior:
         logger.info("resuming: %d candidates already measured in %s", len(prior), log_path)
 
-    workdir = Path(tempfile.mkdtemp(prefix="hwcc-search-"))
+    workdir = tempdirs.mkdtemp("hwcc-search-")
     t_start = time.perf_counter()
     quiet = _Once("without teacher-guided recovery")  # said once above, not per candidate
     logging.getLogger("compiler.pipeline").addFilter(quiet)

@@ -18,9 +18,14 @@ What makes a run dependable:
   takes close to a minute and every builder worker times out (0 valid trials, silently).
   Here the main process imports it with ``inspect.getmodule`` memoised for files that do
   not exist, and builder workers use :func:`build_kernel`, which does not import it at all.
-* **Nothing measured is lost.** The JSON database appends (and flushes) one line per
-  record, so Ctrl-C or a crash keeps every record committed so far; a corrupted line is
+* **Nothing measured is lost.** Each measured batch is appended to the log as soon as it is
+  joined, so Ctrl-C or a crash keeps every record committed so far; a corrupted line is
   dropped (with a warning, the original kept as ``*.bak``) before a run appends to the log.
+* **Shared logs.** The search reads a private copy of the log and each batch is appended
+  under the log's advisory lock (:class:`compiler.tuning.database.SharedLog`), so two runs
+  (two models, or two processes) may tune into one log at once.
+* **No temporaries left.** Candidates are built and the search works in this process's
+  temporary directory (:mod:`compiler.tempdirs`), removed however the run ends.
 * **Resume.** ``trials`` is the model's total: records already in the log count towards it,
   tasks that have their share are skipped and the rest continue from the best records found.
 * **Honest numbers.** Builder and runner failures are counted; a run that measures no valid
@@ -49,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compiler import frontend, lower
+from compiler import frontend, lower, tempdirs
 from compiler.artifact.runtime import random_inputs, use_all_cores
 from compiler.errors import ConfigError, HwccError, TargetError, TuningError
 from compiler.lower import build
@@ -230,11 +235,19 @@ def build_kernel(mod: Any, target: Any, _params: Any = None) -> Any:
     return tvm_build(mod, target=target)
 
 
-def export_kernel(mod: Any, cross_cc: str | None = None) -> str:
-    """Export a built kernel as a shared library (cross-linked when ``cross_cc`` is given)."""
+def export_kernel(mod: Any, cross_cc: str | None = None, tmp_dir: str | None = None) -> str:
+    """Export a built kernel as a shared library (cross-linked when ``cross_cc`` is given).
+
+    Runs in a builder worker: ``tmp_dir`` is a folder of the tuning process's own temporary
+    directory (:mod:`compiler.tempdirs`), where the runner finds the kernel and which goes
+    away with that process however it ends. The worker's other temporary files (the linker's
+    objects) go there too.
+    """
     from tvm.support import cc
 
-    path = os.path.join(tempfile.mkdtemp(prefix="hwcc-tune-"), "kernel.so")
+    if tmp_dir is not None:
+        tempfile.tempdir = tmp_dir  # this worker process builds kernels and nothing else
+    path = os.path.join(tempfile.mkdtemp(prefix="hwcc-tune-", dir=tmp_dir), "kernel.so")
     if cross_cc:
         mod.export_library(path, fcompile=cc.cross_compiler(cross_cc))
     else:
@@ -340,10 +353,12 @@ class _Session:
         self.first_run_error: str | None = None
         self.best: dict[int, float] = {}
         self.draining = False
+        self.kernel_dir = tempdirs.mkdtemp("hwcc-kernels-")  # built candidates, until measured
         self.builder = ms.builder.LocalBuilder(
             max_workers=max(1, os.cpu_count() or 1), timeout_sec=BUILD_TIMEOUT_S,
             f_build=build_kernel,
-            f_export=functools.partial(export_kernel, cross_cc=target.cross_cc))
+            f_export=functools.partial(export_kernel, cross_cc=target.cross_cc,
+                                       tmp_dir=str(self.kernel_dir)))
         evaluator = ms.runner.EvaluatorConfig(number=3, repeat=3, min_repeat_ms=30,
                                               enable_cpu_cache_flush=False)
         if remote is None:
@@ -435,6 +450,7 @@ class _Session:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        shutil.rmtree(self.kernel_dir, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -580,8 +596,9 @@ def _make_bounded_search(inner: Any, session: _Session) -> Any:
     return _Bounded(inner)
 
 
-def _make_recorder(database: Any) -> Any:
-    """MetaSchedule's AddToDatabase, except for candidates that were never measured."""
+def _make_recorder(database: Any, shared: tuning_db.SharedLog) -> Any:
+    """MetaSchedule's AddToDatabase, except for candidates that were never measured: each
+    batch goes to the search's own database, then in one locked append to the shared log."""
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.database import TuningRecord
     from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
@@ -598,6 +615,7 @@ def _make_recorder(database: Any) -> Any:
                 secs = list(res.run_secs) if res.run_secs is not None else [_FAILED_SECS * 10]
                 database.commit_tuning_record(TuningRecord(
                     cand.sch.trace, workload, secs, ctx.target, cand.args_info))
+            shared.sync()
 
     return _Record()
 
@@ -761,11 +779,14 @@ def tune(
         DEFAULT_TRIALS_PER_TASK * len(tasks) if time_budget_s is None else 10_000 * len(tasks))
     report.trials_requested = total
     report.tasks = [t.report for t in tasks]
-    database, todo, need = _resume_plan(path, tasks, total)
+    database, shared, todo, need = _resume_plan(path, tasks, total)
 
     session = _Session(tasks, tgt, remote, time_budget_s, sum(need.values()) if todo else 0,
                        progress and bool(todo), t_start)
-    _run_session(session, tasks, todo, need, default_mod, database, tvm_target)
+    try:
+        _run_session(session, tasks, todo, need, default_mod, database, shared, tvm_target)
+    finally:
+        shutil.rmtree(shared.private, ignore_errors=True)
     report.stopped = "interrupted" if session.interrupted else session.stop_reason
     report.first_build_error = session.first_build_error
     report.first_run_error = session.first_run_error
@@ -828,20 +849,31 @@ def _extract_tasks(mod: Any, tgt: Target, options: LowerOptions, source: str
 
 
 def _resume_plan(path: Path, tasks: list[_Task], total: int
-                 ) -> tuple[Any, list[_Task], dict[str, int]]:
+                 ) -> tuple[Any, tuning_db.SharedLog, list[_Task], dict[str, int]]:
     """Open (and repair) the log; the tasks still short of their share of ``total`` trials,
     and how many trials each needs. A kernel short of its share continues; one with no valid
-    record starts over."""
+    record starts over.
+
+    The search reads a private copy of the log (a ``JSONDatabase`` in this process's
+    temporary directory: the records found so far seed it); new records go to the log
+    through a :class:`~compiler.tuning.database.SharedLog`, so that other tuners may append
+    to the same log at the same time.
+    """
     from tvm.s_tir import meta_schedule as ms
 
     share = max(1, math.ceil(total / len(tasks)))
     path.mkdir(parents=True, exist_ok=True)
-    bad = repair_log(path)
+    private = tempdirs.mkdtemp("hwcc-db-")
+    with tuning_db.log_lock(path):
+        bad = repair_log(path)
+        for name in (tuning_db.WORKLOADS, tuning_db.RECORDS):
+            if (path / name).exists():
+                shutil.copy(path / name, private / name)
+        before = read_log(path)
     if bad:
         logger.warning("%s: %d corrupted lines dropped (originals kept as *.bak)", path, bad)
-    database = ms.database.JSONDatabase(work_dir=str(path), module_equality="structural")
+    database = ms.database.JSONDatabase(work_dir=str(private), module_equality="structural")
     todo: list[_Task] = []
-    before = read_log(path)
     for t in tasks:
         entry = before.get(t.shash, _LogEntry())
         t.report.records = entry.records
@@ -854,14 +886,15 @@ def _resume_plan(path: Path, tasks: list[_Task], total: int
     if todo and len(todo) < len(tasks):
         logger.info("resuming: %d of %d tasks already have %d records each",
                     len(tasks) - len(todo), len(tasks), share)
-    return database, todo, need
+    return database, tuning_db.SharedLog(path, private), todo, need
 
 
 def _run_session(session: _Session, tasks: list[_Task], todo: list[_Task],
-                 need: dict[str, int], default_mod: Any, database: Any, tvm_target: Any) -> None:
+                 need: dict[str, int], default_mod: Any, database: Any,
+                 shared: tuning_db.SharedLog, tvm_target: Any) -> None:
     """Measure the default schedules, then search the kernels of ``todo``; a stop (budget,
     Ctrl-C) ends it with every measured record kept (``session`` says why it stopped)."""
-    work_dir = Path(tempfile.mkdtemp(prefix="hwcc-tune-"))
+    work_dir = tempdirs.mkdtemp("hwcc-tune-")
     try:
         with fast_tvmscript_import(), _stop_on_sigint(session):
             import tvm.s_tir.tensor_intrin  # noqa: F401 - what each TuneContext imports
@@ -874,7 +907,7 @@ def _run_session(session: _Session, tasks: list[_Task], todo: list[_Task],
             todo.sort(key=lambda t: -t.weight * (t.report.default_ms or 0.0))
             if todo:
                 session.check_stop()
-                _run_search(session, todo, database, tvm_target, work_dir, need)
+                _run_search(session, todo, database, shared, tvm_target, work_dir, need)
     except _StopTuning:
         pass
     except KeyboardInterrupt:
@@ -905,6 +938,12 @@ def _settle_log(path: Path, tasks: list[_Task]) -> None:
     kernels whose default this run measured are judged; other kernels in the log keep their
     earlier verdict.
     """
+    with tuning_db.log_lock(path):  # other tuners may append meanwhile: read and move at once
+        repair_log(path)
+        _settle_locked(path, tasks)
+
+
+def _settle_locked(path: Path, tasks: list[_Task]) -> None:
     entries = read_log(path)
     slower = set()
     for t in tasks:
@@ -947,8 +986,9 @@ def _has_design_space(t: _Task, tvm_target: Any) -> bool:
     return True
 
 
-def _run_search(session: _Session, todo: list[_Task], database: Any, tvm_target: Any,
-                work_dir: Path, need: Mapping[str, int]) -> None:
+def _run_search(session: _Session, todo: list[_Task], database: Any,
+                shared: tuning_db.SharedLog, tvm_target: Any, work_dir: Path,
+                need: Mapping[str, int]) -> None:
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.utils import fork_seed
 
@@ -962,7 +1002,7 @@ def _run_search(session: _Session, todo: list[_Task], database: Any, tvm_target:
         weights.append(float(t.weight))
     per_task = max(need.values())
     callbacks = [
-        _make_recorder(database),
+        _make_recorder(database, shared),
         ms.measure_callback.RemoveBuildArtifact(),
         ms.measure_callback.UpdateCostModel(),
         _make_callback(session),

@@ -11,6 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import compiler
+from compiler.artifact.package import seal_manifest
 from compiler.errors import (
     ArtifactError,
     InputShapeError,
@@ -136,7 +137,7 @@ def test_artifact_for_another_architecture(mlp_artifact: compiler.Artifact,
     d = _copy(mlp_artifact, tmp_path / "t3")
     m = json.loads((d / "manifest.json").read_text())
     m["target"]["machine"] = "aarch64" if m["target"]["machine"] != "aarch64" else "x86_64"
-    (d / "manifest.json").write_text(json.dumps(m))
+    (d / "manifest.json").write_text(json.dumps(seal_manifest(m)))
     with pytest.raises(ArtifactError, match="is built for"):
         compiler.Artifact.load(d)
 

@@ -23,6 +23,7 @@ import pytest
 
 import compiler
 from compiler.artifact.deploy import file_stem, make_bundle
+from compiler.artifact.package import seal_manifest
 from compiler.artifact.runtime import Artifact, required_cpu_features
 from compiler.cli.main import main
 from compiler.errors import ArtifactError
@@ -109,7 +110,7 @@ def test_old_manifest_without_cpu_features_reads_the_target(
     shutil.copytree(art.path, old)
     m = json.loads((old / "manifest.json").read_text())
     del m["target"]["cpu_features"]
-    (old / "manifest.json").write_text(json.dumps(m))
+    (old / "manifest.json").write_text(json.dumps(seal_manifest(m)))
     assert required_cpu_features(m) == ("+avx2", "+fma", f"+{LACKING}")
     with pytest.raises(ArtifactError, match=f"needs CPU features this machine lacks: {LACKING} "):
         Artifact.load(old)

@@ -28,6 +28,7 @@ from compiler.artifact.deploy import (
     file_stem,
     make_bundle,
 )
+from compiler.artifact.package import seal_manifest
 from tests import models
 
 A64_TARGET = "aarch64-linux-gnu -mattr=+neon"
@@ -188,7 +189,7 @@ def _fake_artifact(src: Path, dst: Path, **target: str) -> Path:
     shutil.copytree(src, dst)
     manifest = json.loads((dst / "manifest.json").read_text())
     manifest["target"].update(target)
-    (dst / "manifest.json").write_text(json.dumps(manifest))
+    (dst / "manifest.json").write_text(json.dumps(seal_manifest(manifest)))
     return dst
 
 

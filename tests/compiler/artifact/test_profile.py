@@ -17,6 +17,7 @@ import onnx
 import pytest
 
 import compiler
+from compiler.artifact.package import seal_manifest
 from compiler.artifact.profile import INT8_DOT_OPS, peaks
 from compiler.cli.main import main
 from compiler.lower.schedules import DEFAULT_RULES
@@ -147,7 +148,7 @@ def test_an_old_manifest_still_profiles(artifact: Path, profiled: tuple[dict, Pa
     shutil.copytree(artifact, old)
     manifest = _manifest(old)
     del manifest["kernel_info"]
-    (old / "manifest.json").write_text(json.dumps(manifest))
+    (old / "manifest.json").write_text(json.dumps(seal_manifest(manifest)))
     assert main(["bench", str(old), "--repeat", "3", "--warmup", "0", "--per-layer",
                  "--json"]) == 0
     kernels = json.loads(capsys.readouterr().out)["per_layer"]["kernels"]
@@ -176,7 +177,7 @@ def test_refuses_an_artifact_for_cpu_features_this_host_lacks(
     shutil.copytree(artifact, foreign)
     manifest = _manifest(foreign)
     manifest["target"]["cpu_features"] = [*manifest["target"]["cpu_features"], f"+{lacking}"]
-    (foreign / "manifest.json").write_text(json.dumps(manifest))
+    (foreign / "manifest.json").write_text(json.dumps(seal_manifest(manifest)))
     assert main(["bench", str(foreign), "--per-layer", "--json", str(tmp_path / "p.json")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and lacking in err[0] and err[0].startswith("hwcc: error:")
