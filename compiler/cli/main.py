@@ -30,6 +30,7 @@ from compiler.evaluate import evaluate_artifact
 from compiler.frontend import model_opset, parse_input_shapes, read_model, unsupported_nodes
 from targets import parse_target, target_table
 
+from . import paths
 from .deploy import add_bundle_parser
 from .passes import (
     add_lowering_arguments,
@@ -87,7 +88,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
 def cmd_compile(args: argparse.Namespace) -> int:
     shapes = parse_input_shapes(args.input_shape or [])
     compression = options_from_args(args)
-    out = args.output or str(Path("out") / Path(args.model).stem)
+    out = args.output or str(paths.default_output(args.model))
     with _summary_warnings_shown(not args.json):
         art = api.compile(args.model, args.target, output_dir=out, input_shapes=shapes,
                           compression=compression, tuning_log=args.tune_log,
@@ -465,6 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     use_all_cores()  # before TVM's runtime starts its thread pool
     try:
+        paths.check_outputs(args)  # an unwritable output is refused before the work starts
         return int(args.func(args) or EXIT_OK)
     except HwccError as err:
         if args.debug:
@@ -474,13 +476,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hwcc: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as err:  # permission, disk full, a file where a directory belongs...
+        if args.debug:
+            raise
+        line = paths.os_error_message(err, args)
+        if line is None:  # not the user's file system: a bug, reported as one below
+            return _internal_error(err)
+        print(f"hwcc: error: {line}", file=sys.stderr)
+        return EXIT_ERROR
     except Exception as err:  # a bug in hwcc or TVM: still one line unless --debug
         if args.debug:
             raise
-        msg = str(err).strip().splitlines()
-        print(f"hwcc: internal error: {type(err).__name__}: {msg[-1] if msg else ''} "
-              "(run with --debug for the traceback)", file=sys.stderr)
-        return EXIT_ERROR
+        return _internal_error(err)
+
+
+def _internal_error(err: BaseException) -> int:
+    msg = str(err).strip().splitlines()
+    print(f"hwcc: internal error: {type(err).__name__}: {msg[-1] if msg else ''} "
+          "(run with --debug for the traceback)", file=sys.stderr)
+    return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -323,3 +323,364 @@ GUARDS = {
                                    "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSum",
                                    "ReduceLogSumExp", "ReduceMean")},
 }
+
+
+# ----------------------------------------------------------------------------------------
+# consistency checks: models onnxruntime refuses at run time, refused before import
+# ----------------------------------------------------------------------------------------
+# ONNX's strict shape inference checks attribute lengths and ranks, but not whether an
+# attribute agrees with a weight (a Conv's kernel_shape 5x3 over a 3x3 weight), whether a
+# group divides the channels, or whether a constant index or shape fits its tensor.
+# onnxruntime refuses such models when it runs them; TVM's importer quietly follows one of
+# the two and compiles. Each check below takes the node and a :class:`_Facts` view of the
+# model and returns the reason the node is invalid, or None.
+
+class _Facts:
+    """Static shapes and constant values of a model's main graph, by value name."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        from .graph import value_types
+
+        self.types = value_types(model)
+        self.consts: dict[str, object] = {}  # TensorProto / Constant node, then decoded
+        for t in model.graph.initializer:
+            self.consts[t.name] = t
+        for node in model.graph.node:
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.output:
+                self.consts[node.output[0]] = node
+
+    def dims(self, name: str) -> tuple[int | None, ...] | None:
+        """The value's dims (None where unknown), or None when even its rank is unknown."""
+        tp = self.types.get(name)
+        if tp is None or tp.WhichOneof("value") != "tensor_type" or \
+                not tp.tensor_type.HasField("shape"):
+            return None
+        return tuple(int(d.dim_value) if d.HasField("dim_value") else None
+                     for d in tp.tensor_type.shape.dim)
+
+    def const(self, name: str) -> np.ndarray | None:
+        """The value of an initializer or a Constant node's output (decoded on demand)."""
+        src = self.consts.get(name)
+        if src is None or isinstance(src, np.ndarray):
+            return src
+        try:
+            if isinstance(src, onnx.TensorProto):
+                value = numpy_helper.to_array(src)
+            else:
+                a = {x.name: helper.get_attribute_value(x) for x in src.attribute}
+                if "value" in a:
+                    value = numpy_helper.to_array(a["value"])
+                elif "value_ints" in a or "value_int" in a:
+                    value = np.array(a.get("value_ints", a.get("value_int")), np.int64)
+                else:
+                    return None
+        except Exception:  # noqa: BLE001 - an undecodable constant is not this check's business
+            return None
+        self.consts[name] = value
+        return value
+
+
+def _input(node: onnx.NodeProto, i: int) -> str:
+    return node.input[i] if len(node.input) > i else ""
+
+
+def _fmt(values) -> str:
+    return "[" + ", ".join("?" if v is None else str(v) for v in values) + "]"
+
+
+def _window(a: dict, spatial: int | None, kernel: list[int] | None) -> str | None:
+    """strides, dilations, pads (and their lengths) of a conv or pooling node."""
+    for key in ("strides", "dilations"):
+        if key in a:
+            v = list(a[key])
+            if spatial is not None and len(v) != spatial:
+                return f"{key} {v} has {len(v)} values; the input has {spatial} spatial axes"
+            if any(x < 1 for x in v):
+                return f"{key} {v} must be positive"
+    if "pads" in a:
+        v = list(a["pads"])
+        if spatial is not None and len(v) != 2 * spatial:
+            return f"pads {v} has {len(v)} values; expected {2 * spatial} (begin and end " \
+                   f"of {spatial} spatial axes)"
+        if any(x < 0 for x in v):
+            return f"pads {v} must not be negative"
+    if kernel is not None:
+        if spatial is not None and len(kernel) != spatial:
+            return f"kernel_shape {kernel} has {len(kernel)} values; the input has " \
+                   f"{spatial} spatial axes"
+        if any(k < 1 for k in kernel):
+            return f"kernel_shape {kernel} must be positive"
+    return None
+
+
+def _auto_pad(a: dict) -> str:
+    v = a.get("auto_pad", b"NOTSET")
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _too_small(a: dict, x: tuple, kernel: list[int], what: str) -> str | None:
+    """The (dilated) kernel must fit the explicitly padded input on every spatial axis."""
+    if _auto_pad(a) != "NOTSET" or len(x) < 3:
+        return None
+    sp = len(x) - 2
+    pads = list(a.get("pads", [0] * 2 * sp))
+    dil = list(a.get("dilations", [1] * sp))
+    for i in range(min(sp, len(kernel))):
+        if x[2 + i] is None:
+            continue
+        span = x[2 + i] + pads[i] + pads[i + sp]
+        reach = dil[i] * (kernel[i] - 1) + 1
+        if reach > span:
+            return f"the {what} spans {reach} on spatial axis {i} but the padded input has " \
+                   f"only {span}: the output would be empty"
+    return None
+
+
+def check_conv(node: onnx.NodeProto, facts: _Facts) -> str | None:
+    """Conv: kernel_shape equals the weight's kernel dims; the input has weight channels x
+    group channels; group divides the output channels; bias has one value per output channel;
+    strides, dilations, pads have one value per spatial axis (pads two) and are in range."""
+    a = _attrs(node)
+    x, w = facts.dims(_input(node, 0)), facts.dims(_input(node, 1))
+    spatial = len(w) - 2 if w is not None else (len(x) - 2 if x is not None else None)
+    if spatial is not None and spatial < 1:
+        return f"weight '{_input(node, 1)}' has rank {len(w)}; a Conv weight is " \
+               "[M, C/group, k1, ...] (rank >= 3)"
+    kernel = list(a["kernel_shape"]) if "kernel_shape" in a else None
+    why = _window(a, spatial, kernel)
+    if why:
+        return why
+    group = int(a.get("group", 1))
+    if group < 1:
+        return f"group {group} must be positive"
+    if w is None:
+        return None
+    if kernel is not None and all(k is not None for k in w[2:]) and kernel != list(w[2:]):
+        return f"kernel_shape {kernel} disagrees with weight '{_input(node, 1)}' of shape " \
+               f"{_fmt(w)} (kernel {_fmt(w[2:])})"
+    if w[0] is not None and w[0] % group:
+        return f"group {group} does not divide the {w[0]} output channels of weight " \
+               f"'{_input(node, 1)}' {_fmt(w)}"
+    if x is not None and len(x) > 1 and x[1] is not None and w[1] is not None \
+            and x[1] != w[1] * group:
+        return f"input '{_input(node, 0)}' has {x[1]} channels but weight " \
+               f"'{_input(node, 1)}' {_fmt(w)} with group {group} expects {w[1] * group}"
+    b = facts.dims(_input(node, 2)) if _input(node, 2) else None
+    if b is not None and (len(b) != 1 or None not in (b[0], w[0]) and b[0] != w[0]):
+        return f"bias '{_input(node, 2)}' has shape {_fmt(b)}; expected [{w[0]}] " \
+               "(one value per output channel)"
+    if x is not None and len(x) == len(w) and None not in w[2:]:
+        return _too_small(a, x, list(w[2:]), "kernel")
+    return None
+
+
+def check_conv_transpose(node: onnx.NodeProto, facts: _Facts) -> str | None:
+    """ConvTranspose: kernel_shape equals the weight's kernel dims; the input has as many
+    channels as the weight's first axis, which group divides; bias has M values."""
+    a = _attrs(node)
+    x, w = facts.dims(_input(node, 0)), facts.dims(_input(node, 1))
+    spatial = len(w) - 2 if w is not None else (len(x) - 2 if x is not None else None)
+    if spatial is not None and spatial < 1:
+        return f"weight '{_input(node, 1)}' has rank {len(w)}; a ConvTranspose weight is " \
+               "[C, M/group, k1, ...] (rank >= 3)"
+    kernel = list(a["kernel_shape"]) if "kernel_shape" in a else None
+    why = _window(a, spatial, kernel)
+    if why:
+        return why
+    for key in ("output_padding", "output_shape"):
+        if key in a and spatial is not None and len(a[key]) not in (spatial, spatial + 2):
+            return f"{key} {list(a[key])} has {len(a[key])} values; the input has " \
+                   f"{spatial} spatial axes"
+    group = int(a.get("group", 1))
+    if group < 1:
+        return f"group {group} must be positive"
+    if w is None:
+        return None
+    if kernel is not None and all(k is not None for k in w[2:]) and kernel != list(w[2:]):
+        return f"kernel_shape {kernel} disagrees with weight '{_input(node, 1)}' of shape " \
+               f"{_fmt(w)} (kernel {_fmt(w[2:])})"
+    if x is not None and len(x) > 1 and None not in (x[1], w[0]) and x[1] != w[0]:
+        return f"input '{_input(node, 0)}' has {x[1]} channels but weight " \
+               f"'{_input(node, 1)}' {_fmt(w)} expects {w[0]}"
+    if w[0] is not None and w[0] % group:
+        return f"group {group} does not divide the {w[0]} input channels of weight " \
+               f"'{_input(node, 1)}' {_fmt(w)}"
+    b = facts.dims(_input(node, 2)) if _input(node, 2) else None
+    m = w[1] * group if w[1] is not None else None
+    if b is not None and m is not None and (len(b) != 1 or b[0] not in (None, m)):
+        return f"bias '{_input(node, 2)}' has shape {_fmt(b)}; expected [{m}] " \
+               "(one value per output channel)"
+    return None
+
+
+def check_gemm(node: onnx.NodeProto, facts: _Facts) -> str | None:
+    """Gemm: A and B are matrices whose inner dims agree; C broadcasts to [M, N]."""
+    a = _attrs(node)
+    ma, mb = facts.dims(_input(node, 0)), facts.dims(_input(node, 1))
+    for name, m in ((_input(node, 0), ma), (_input(node, 1), mb)):
+        if m is not None and len(m) != 2:
+            return f"input '{name}' has rank {len(m)} ({_fmt(m)}); Gemm takes matrices"
+    if ma is None or mb is None:
+        return None
+    rows, k1 = (ma[1], ma[0]) if a.get("transA", 0) else ma
+    k2, cols = (mb[1], mb[0]) if a.get("transB", 0) else mb
+    if None not in (k1, k2) and k1 != k2:
+        return f"inner dims disagree: A '{_input(node, 0)}' {_fmt(ma)} (transA=" \
+               f"{a.get('transA', 0)}) and B '{_input(node, 1)}' {_fmt(mb)} (transB=" \
+               f"{a.get('transB', 0)}) give K = {k1} and {k2}"
+    c = facts.dims(_input(node, 2)) if _input(node, 2) else None
+    if c is not None:
+        if len(c) > 2:
+            return f"C '{_input(node, 2)}' has rank {len(c)}; it must broadcast to " \
+                   f"[{rows}, {cols}]"
+        for have, want in zip(reversed(c), (cols, rows)):
+            if None not in (have, want) and have not in (1, want):
+                return f"C '{_input(node, 2)}' of shape {_fmt(c)} does not broadcast to " \
+                       f"[{rows}, {cols}]"
+    return None
+
+
+def check_matmul(node: onnx.NodeProto, facts: _Facts) -> str | None:
+    """MatMul: the inner dims agree when both are static."""
+    ma, mb = facts.dims(_input(node, 0)), facts.dims(_input(node, 1))
+    if ma is None or mb is None:
+        return None
+    if not ma or not mb:
+        return "MatMul does not take scalars"
+    k1 = ma[-1]
+    k2 = mb[0] if len(mb) == 1 else mb[-2]
+    if None not in (k1, k2) and k1 != k2:
+        return f"inner dims disagree: '{_input(node, 0)}' {_fmt(ma)} and " \
+               f"'{_input(node, 1)}' {_fmt(mb)} ({k1} vs {k2})"
+    return None
+
+
+def check_pool(node: onnx.NodeProto, facts: _Facts) -> str | None:
+    """MaxPool / AveragePool / LpPool: kernel_shape given, positive, one per spatial axis;
+    pads smaller than the kernel; the kernel fits the padded input."""
+    a = _attrs(node)
+    x = facts.dims(_input(node, 0))
+    if "kernel_shape" not in a:
+        return "kernel_shape is required"
+    kernel = list(a["kernel_shape"])
+    if x is not None and len(x) < 3:
+        return f"input '{_input(node, 0)}' has rank {len(x)}; pooling needs [N, C, D1, ...]"
+    spatial = len(x) - 2 if x is not None else len(kernel)
+    why = _window(a, spatial, kernel)
+    if why:
+        return why
+    pads = list(a.get("pads", []))
+    for i, k in enumerate(kernel):
+        if pads and (pads[i] >= k or pads[i + len(kernel)] >= k):
+            return f"pads {pads} must be smaller than kernel_shape {kernel}"
+    return _too_small(a, x, kernel, "kernel") if x is not None else None
+
+
+def check_global_pool(node: onnx.NodeProto, facts: _Facts) -> str | None:
+    """GlobalAveragePool / GlobalMaxPool / GlobalLpPool: an [N, C, D1, ...] input."""
+    x = facts.dims(_input(node, 0))
+    if x is not None and len(x) < 3:
+        return f"input '{_input(node, 0)}' has rank {len(x)}; pooling needs [N, C, D1, ...]"
+    return None
+
+
+def check_reshape(node: onnx.NodeProto, facts: _Facts) -> str | None:
+    """Reshape with a constant shape: at most one -1, nothing below -1, and the element count
+    of the input when it is static."""
+    shape = facts.const(_input(node, 1))
+    if shape is None:
+        return None
+    target = [int(v) for v in np.asarray(shape).reshape(-1)]
+    if any(v < -1 for v in target):
+        return f"shape {target} holds a value below -1"
+    if target.count(-1) > 1:
+        return f"shape {target} holds more than one -1"
+    allowzero = int(_attrs(node).get("allowzero", 0))
+    if allowzero and 0 in target and -1 in target:
+        return f"shape {target} holds both 0 and -1 with allowzero=1"
+    x = facts.dims(_input(node, 0))
+    if x is None:
+        return None
+    dims: list[int | None] = []
+    for i, v in enumerate(target):
+        if v == 0 and not allowzero:
+            if i >= len(x):
+                return f"shape {target} copies axis {i} (a 0) but input " \
+                       f"'{_input(node, 0)}' has rank {len(x)}"
+            dims.append(x[i])
+        else:
+            dims.append(v)
+    if None in x or None in dims:
+        return None
+    size = int(np.prod(x, dtype=np.int64))
+    known = int(np.prod([d for d in dims if d != -1], dtype=np.int64))
+    if -1 in dims:
+        if (known == 0 and size != 0) or (known and size % known):
+            return f"input '{_input(node, 0)}' {_fmt(x)} ({size} elements) cannot be " \
+                   f"reshaped to {target}"
+    elif known != size:
+        return f"input '{_input(node, 0)}' {_fmt(x)} has {size} elements; shape {target} " \
+               f"holds {known}"
+    return None
+
+
+def check_gather(node: onnx.NodeProto, facts: _Facts) -> str | None:
+    """Gather: axis within the data's rank; constant indices within the axis."""
+    x = facts.dims(_input(node, 0))
+    if x is None:
+        return None
+    axis = int(_attrs(node).get("axis", 0))
+    if not -len(x) <= axis < len(x):
+        return f"axis {axis} is out of range for input '{_input(node, 0)}' of rank {len(x)}"
+    size = x[axis]
+    idx = facts.const(_input(node, 1))
+    if size is None or idx is None or idx.size == 0 or idx.dtype.kind not in "iu":
+        return None
+    lo, hi = int(idx.min()), int(idx.max())
+    if lo < -size or hi >= size:
+        bad = lo if lo < -size else hi
+        return f"index {bad} of '{_input(node, 1)}' is out of range [{-size}, {size - 1}] " \
+               f"for axis {axis} of '{_input(node, 0)}' {_fmt(x)}"
+    return None
+
+
+CHECKS: dict[str, Callable[[onnx.NodeProto, _Facts], str | None]] = {
+    "Conv": check_conv,
+    "ConvTranspose": check_conv_transpose,
+    "Gemm": check_gemm,
+    "MatMul": check_matmul,
+    "MaxPool": check_pool,
+    "AveragePool": check_pool,
+    "LpPool": check_pool,
+    "GlobalAveragePool": check_global_pool,
+    "GlobalMaxPool": check_global_pool,
+    "GlobalLpPool": check_global_pool,
+    "Reshape": check_reshape,
+    "Gather": check_gather,
+}
+
+
+def node_label(node: onnx.NodeProto, index: int) -> str:
+    """How an error names a node: ``Conv node 'name'``, or its position when unnamed."""
+    if node.name:
+        return f"{node.op_type} node '{node.name}'"
+    return f"{node.op_type} node #{index} (unnamed)"
+
+
+def check_consistency(model: onnx.ModelProto, source: str) -> None:
+    """Refuse a model whose attributes, weights or constant inputs contradict each other
+    (see :data:`CHECKS`); shapes should be inferred first.
+
+    Raises
+    ------
+    ModelLoadError
+        Naming the model, the op, the node and what disagrees.
+    """
+    from compiler.errors import ModelLoadError
+
+    facts = _Facts(model)
+    for i, node in enumerate(model.graph.node):
+        check = CHECKS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        why = check(node, facts) if check else None
+        if why:
+            raise ModelLoadError(f"invalid ONNX model {source}: {node_label(node, i)}: {why}")

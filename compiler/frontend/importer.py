@@ -26,6 +26,7 @@ from compiler.errors import HwccError, InputShapeError, ModelLoadError, Unsuppor
 from . import int_casts
 from . import narrow_types as narrow
 from .converters import CONVERTERS
+from .guards import check_consistency
 from .prep import prepare
 
 logger = logging.getLogger(__name__)
@@ -187,6 +188,51 @@ def _pin_shapes(model: onnx.ModelProto, specs: list[TensorSpec]) -> onnx.ModelPr
     return pinned
 
 
+#: Longest error detail quoted from ONNX or TVM (their messages can hold whole graphs).
+MAX_DETAIL = 600
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line: ONNX's checker puts the node's name and op type on
+    the lines after the first ("... input 'x' of node: \\nname: conv1 OpType: Conv\\n is not
+    ..."), so the lines are joined, not cut."""
+    text = " ".join(str(err).split())
+    if not text:
+        return type(err).__name__
+    return text if len(text) <= MAX_DETAIL else text[:MAX_DETAIL - 3] + "..."
+
+
+def check_model(proto: onnx.ModelProto, source: str) -> None:
+    """The ONNX checker with ``full_check`` (structure, then strict shape inference).
+
+    An exporter's stale intermediate shapes that contradict inference are dropped and the
+    model checked again (onnxruntime merges them leniently too).
+
+    Raises
+    ------
+    ModelLoadError
+        With the checker's whole message on one line (node name and op type included).
+    """
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+        return
+    except onnx.shape_inference.InferenceError as err:
+        if not len(proto.graph.value_info):
+            raise ModelLoadError(f"invalid ONNX model {source}: {one_line(err)}") from None
+        bare = onnx.ModelProto()
+        bare.CopyFrom(proto)
+        del bare.graph.value_info[:]
+        with contextlib.suppress(Exception):  # else: the error about the model as given
+            onnx.checker.check_model(bare, full_check=True)
+            return
+        raise ModelLoadError(f"invalid ONNX model {source}: {one_line(err)}") from None
+    except Exception as err:  # noqa: BLE001 - ValidationError, and odd / oversize protos
+        detail = one_line(err)
+        if not isinstance(err, onnx.checker.ValidationError):
+            detail = f"{type(err).__name__}: {detail}"
+        raise ModelLoadError(f"invalid ONNX model {source}: {detail}") from None
+
+
 def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Strict shape inference; on a conflict, retry without the exporter's intermediate shapes
     (they go stale when a pinned input shape replaces a symbolic one)."""
@@ -236,39 +282,31 @@ def load_model(model: str | Path | onnx.ModelProto,
     """
     proto, source = read_model(model)
     opset = model_opset(proto)
-    try:
-        onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "validation failed"
-        raise ModelLoadError(f"invalid ONNX model {source}: {first}") from None
-    except Exception as err:  # the checker can also fail on oversize / odd protos
-        raise ModelLoadError(f"invalid ONNX model {source}: {type(err).__name__}: {err}") from None
+    check_model(proto, source)
 
     specs = resolve_input_specs(proto, input_shapes)
     pinned = _pin_shapes(proto, specs)
     try:
         pinned = _infer_shapes(pinned)
     except Exception as err:
-        msg = str(err).strip().splitlines()
-        raise ModelLoadError(f"shape inference failed for {source}: "
-                             f"{msg[0] if msg else type(err).__name__}") from None
+        raise ModelLoadError(f"shape inference failed for {source}: {one_line(err)}") from None
+    check_consistency(pinned, source)  # what onnxruntime refuses only when it runs the model
 
     try:
         pinned = prepare(pinned)
     except HwccError:
         raise
     except Exception as err:  # noqa: BLE001 - shape inference / reference errors, one line
-        msg = str(err).strip().splitlines()
         raise ModelLoadError(f"graph preparation failed for {source}: "
-                             f"{msg[0] if msg else type(err).__name__}") from None
+                             f"{one_line(err)}") from None
+    check_consistency(pinned, source)  # shapes and indices folded to constants since
     try:  # float8/int4...: uint8 storage inside the module
         lowered = narrow.lower_narrow_types(pinned)
     except HwccError:
         raise
     except Exception as err:  # noqa: BLE001 - one line, naming the step
-        msg = str(err).strip().splitlines()
         raise ModelLoadError(f"narrow element types of {source} could not be lowered: "
-                             f"{msg[0] if msg else type(err).__name__}") from None
+                             f"{one_line(err)}") from None
     bad = unsupported_nodes(lowered)
     if bad:
         op, name, domain = bad[0]

@@ -157,7 +157,7 @@ def test_unsupported_dtype_is_a_clear_error(tmp_path: Path) -> None:
          helper.make_node("Cast", ["w"], ["z"], to=TensorProto.FLOAT)],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, [4])], opset=19)
-    with pytest.raises(HwccError, match="square_f8.*float8_e4m3fn"):
+    with pytest.raises(HwccError, match="square_f8.*float8_?e4m3fn"):
         compiler.compile(model, "host", output_dir=tmp_path / "a", verify=False)
 
 
