@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import statistics
+import textwrap
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -288,9 +289,10 @@ def write_chart(profile: KernelProfile, path: str | Path) -> Path:
         ax.text(r.total_ms, yi, f"  {r.share:.1%}{rate}  {r.schedule}", va="center", fontsize=7)
     ax.set_xlabel("ms per run")
     ax.set_xlim(0, 1.6 * max([r.total_ms for r in rows] + [1e-6]))
-    ax.set_title(f"{Path(profile.artifact).name}: {profile.target}, {profile.host_cpu}, "
-                 f"{profile.threads} threads, {profile.kernel_ms:.3f} ms in kernels",
-                 fontsize=9)
+    # the target string can be long (every -mattr feature): wrapped, on lines of its own
+    target = textwrap.fill(profile.target, width=110, break_on_hyphens=False)
+    ax.set_title(f"{Path(profile.artifact).name}: {profile.host_cpu}, {profile.threads} "
+                 f"threads, {profile.kernel_ms:.3f} ms in kernels\n{target}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=100)
     return path
