@@ -104,7 +104,7 @@ def benchmark_target(spec: str | Target) -> Target:
         one that is not an LLVM CPU target of this machine's architecture, or one that needs
         CPU features this machine lacks (running it would die with SIGILL).
     """
-    from targets import host_arch, missing_features, parse_target
+    from targets import host_arch, parse_target
     from targets.errors import TargetError
 
     target = parse_target(spec)
@@ -114,29 +114,13 @@ def benchmark_target(spec: str | Target) -> Target:
     if target.arch != host_arch():
         raise TargetError(f"cannot benchmark target '{target}' on this {host_arch()} machine: "
                           f"benchmarks run what they compile, and its code is for {target.arch}")
-    lacks = target.missing_host_features() or missing_features(_cpu_features(target))
+    lacks = target.missing_host_features()  # -mcpu's features included
     if lacks:
         have = ",".join(parse_target("host").features) or "(none)"
         raise TargetError(
             f"cannot benchmark target '{target}' on this machine: it lacks "
             f"{', '.join(lacks)} (this CPU has {have})")
     return target
-
-
-def _cpu_features(target: Target) -> tuple[str, ...]:
-    """The features hwcc knows for the target's family that its ``-mcpu`` implies (LLVM's view
-    of that CPU); ``()`` without ``-mcpu``."""
-    if not target.cpu:
-        return ()
-    import tvm
-    from tvm.target import codegen
-
-    from targets import FAMILIES
-
-    known = FAMILIES[target.family][1]
-    implied = codegen.llvm_get_cpu_features(tvm.target.Target(
-        {"kind": "llvm", "mtriple": target.triple, "mcpu": target.cpu}))
-    return tuple(f for f in known if f[1:] in {str(x) for x in implied})
 
 
 def target_from_args(spec: str, prog: str) -> Target:

@@ -147,7 +147,7 @@ def _manifest(imported: Any, tgt: Target, pass_reports: list[dict[str, Any]], mo
             "arch": tgt.arch,
             # the -mattr features the module uses: Artifact.load and hwcc_run refuse a CPU
             # lacking one (instead of dying with SIGILL)
-            "cpu_features": list(tgt.features),
+            "cpu_features": list(tgt.cpu_features),  # -mcpu's features included
             "tvm_target": tgt.tvm_target_dict(),
             "capabilities": tgt.capabilities.to_dict(),
         },

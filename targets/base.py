@@ -73,6 +73,18 @@ class Capabilities:
         }
 
 
+def effective_features(implied: tuple[str, ...], features: tuple[str, ...]) -> tuple[str, ...]:
+    """``implied`` (``+f`` from ``-mcpu``) with ``features`` (``-mattr``: ``+f`` adds, ``-f``
+    removes) applied, in order, each once."""
+    out = list(implied)
+    for feat in features:
+        name = feat[1:]
+        out = [f for f in out if f[1:] != name]
+        if feat.startswith("+"):
+            out.append(feat)
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Target:
     """A compilation target named by a triple, optionally with a CPU, features and GPU arch.
@@ -94,6 +106,16 @@ class Target:
     description: str = ""
     abi: dict = field(default_factory=dict, compare=False, hash=False)
     capabilities: Capabilities = field(default_factory=Capabilities, compare=False)
+    #: Features of the family that ``-mcpu`` implies (LLVM's view of that CPU), before
+    #: ``-mattr`` adds or removes any; ``()`` without ``-mcpu``.
+    implied_features: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def cpu_features(self) -> tuple[str, ...]:
+        """Every ``+feature`` the generated code may use: those ``-mcpu`` implies, with
+        ``-mattr``'s additions and removals applied (what capabilities, the host check and
+        the manifest's ``cpu_features`` are made from)."""
+        return effective_features(self.implied_features, self.features)
 
     def __str__(self) -> str:
         parts = [self.triple]
@@ -143,7 +165,7 @@ class Target:
         of another architecture, CUDA and C: those never run in this process)."""
         if self.kind != "llvm" or self.arch != host_arch():
             return ()
-        return missing_features(self.features)
+        return missing_features(self.cpu_features)
 
     def runs_on_this_machine(self) -> bool:
         """Whether a module built for this target can be loaded and run in this process: the

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from targets.errors import TargetError
 
 from . import arm, cuda, embedded, host, riscv, x86
-from .base import Target
+from .base import Target, effective_features
 from .host import host_arch
+from .tvm_target import implied_features
 
 
 def _llvm_cpu(triple: str, cpu, features, gpu_arch, cores, family, arch, cross_cc, desc, caps,
@@ -146,8 +147,11 @@ def parse_target(spec: str | Target) -> Target:
     if cores is None:
         cores = host.host_cores() if family in ("x86", "arm", "riscv") and \
             FAMILIES[family][0].get(triple) and _native(triple) else default_cores
-    target = make(triple, cpu, tuple(features), gpu_arch, cores)
-    return dataclasses.replace(target, explicit_cores=explicit_cores)
+    implied = implied_features(triple, cpu, known_features) if cpu else ()
+    # capabilities (vector width, int8 instructions) from everything the code may use
+    target = make(triple, cpu, effective_features(implied, tuple(features)), gpu_arch, cores)
+    return dataclasses.replace(target, features=tuple(features), implied_features=implied,
+                               explicit_cores=explicit_cores)
 
 
 def _native(triple: str) -> bool:

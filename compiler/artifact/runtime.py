@@ -112,7 +112,7 @@ def required_cpu_features(manifest: Mapping[str, Any]) -> tuple[str, ...]:
     if "cpu_features" in tgt:
         return tuple(str(f) for f in tgt["cpu_features"])
     try:
-        return parse_target(str(tgt["target"])).features
+        return parse_target(str(tgt["target"])).cpu_features
     except HwccError:
         return tuple(str(f) for f in (tgt.get("tvm_target") or {}).get("mattr") or ())
 

@@ -103,3 +103,24 @@ def test_tvm_target_has_the_same_capabilities(spec: str) -> None:
     caps = capabilities_of(t.tvm_target())
     for field in ("vector_bits", "vector_registers", "int8_dot", "cores"):
         assert getattr(caps, field) == getattr(t.capabilities, field), field
+
+
+def test_mcpu_features_count_for_capabilities_and_the_host_check() -> None:
+    """``-mcpu=skylake-avx512`` alone means AVX-512: capabilities (and the schedules' view
+    through ``capabilities_of``) use the features it implies, ``-mattr=-f`` removes one,
+    the host check covers them, and the target still prints as given."""
+    from targets import capabilities_of
+    from targets.host import missing_features
+
+    skx = parse_target("x86_64-linux-gnu -mcpu=skylake-avx512")
+    assert str(skx) == "x86_64-linux-gnu -mcpu=skylake-avx512" and skx.features == ()
+    assert {"+avx512f", "+avx512bw", "+fma"} <= set(skx.cpu_features)
+    assert skx.capabilities.vector_bits == 512 and "vpmaddubsw512" in skx.capabilities.int8_dot
+    assert capabilities_of(skx.tvm_target()).vector_bits == 512
+    spr = parse_target("x86_64-linux-gnu -mcpu=sapphirerapids -mattr=-avx512fp16")
+    assert "+amx-int8" in spr.cpu_features and "+avx512fp16" not in spr.cpu_features
+    assert spr.missing_host_features() == missing_features(spr.cpu_features)
+    a76 = parse_target("aarch64-linux-gnu -mcpu=cortex-a76")
+    assert "+dotprod" in a76.cpu_features and a76.capabilities.int8_dot == ("sdot",)
+    with pytest.raises(TargetError, match="unknown -mcpu 'notacpu'.*skylake"):
+        parse_target("x86_64-linux-gnu -mcpu=notacpu")
