@@ -109,6 +109,8 @@ class Target:
     #: Features of the family that ``-mcpu`` implies (LLVM's view of that CPU), before
     #: ``-mattr`` adds or removes any; ``()`` without ``-mcpu``.
     implied_features: tuple[str, ...] = field(default=(), compare=False)
+    #: The embedded target's accelerator (:class:`targets.embedded.Accelerator`); None else.
+    accelerator: Any = None
 
     @property
     def cpu_features(self) -> tuple[str, ...]:
@@ -127,6 +129,8 @@ class Target:
             parts.append(f"-arch={self.gpu_arch}")
         if self.explicit_cores:
             parts.append(f"-cores={self.cores}")
+        if self.accelerator is not None:
+            parts.extend(f"{k}={v}" for k, v in self.accelerator.options)
         return " ".join(parts)
 
     # -- TVM ------------------------------------------------------------------------------
@@ -192,6 +196,7 @@ class Target:
             "cores": self.cores,
             "compiler": self.cross_cc or "host cc",
             "capabilities": self.capabilities.to_dict(),
+            **({"accelerator": self.accelerator.to_dict()} if self.accelerator else {}),
         }
 
 

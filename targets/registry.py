@@ -1,6 +1,7 @@
 """Parse target strings into :class:`~targets.base.Target` objects, dispatching by family.
 
-Syntax: ``TRIPLE [-mcpu=CPU] [-mattr=+f1,+f2] [-arch=sm_XX] [-cores=N]``. ``host`` stands for
+Syntax: ``TRIPLE [-mcpu=CPU] [-mattr=+f1,+f2] [-arch=sm_XX] [-cores=N]``, and for ``embedded``
+``-mac=RxC -spad=KiB -acc=KiB -dma=N`` (:mod:`targets.embedded`). ``host`` stands for
 this machine's triple with its detected features; ``cuda`` for ``nvptx64-nvidia-cuda``.
 """
 
@@ -53,10 +54,11 @@ def _make_cuda(triple, cpu, features, gpu_arch, cores):
                   capabilities=cuda.capabilities(arch))
 
 
-def _make_embedded(triple, cpu, features, gpu_arch, cores):
+def _make_embedded(triple, cpu, features, gpu_arch, cores, accelerator=None):
+    accelerator = accelerator or embedded.Accelerator()
     return Target(triple=triple, family="embedded", arch=embedded.ARCH, cores=cores, kind="c",
-                  description=embedded.TRIPLES[triple],
-                  capabilities=embedded.capabilities(cores))
+                  description=embedded.TRIPLES[triple], accelerator=accelerator,
+                  capabilities=embedded.capabilities(cores, accelerator))
 
 
 # family name -> (triples with descriptions, known features, default cores, constructor)
@@ -103,6 +105,7 @@ def parse_target(spec: str | Target) -> Target:
     features: list[str] = []
     gpu_arch: str | None = None
     cores: int | None = None
+    accel_opts: list[tuple[str, str]] = []
     for opt in opts:
         key, sep, value = opt.partition("=")
         if not sep or not value:
@@ -118,9 +121,12 @@ def parse_target(spec: str | Target) -> Target:
             if not value.isdigit() or int(value) < 1:
                 raise TargetError(f"-cores must be a positive integer; got '{value}' in '{spec}'")
             cores = int(value)
+        elif key in embedded.OPTIONS:
+            accel_opts.append((key, value))
         else:
             raise TargetError(f"unknown target option '{key}' in '{spec}'; "
-                              "known: -mcpu, -mattr, -arch, -cores")
+                              "known: -mcpu, -mattr, -arch, -cores, and for embedded "
+                              + ", ".join(f"{k}={v}" for k, v in embedded.OPTIONS.items()))
     if name == "host":
         triple = host.host_triple()
         if triple is None:
@@ -143,6 +149,13 @@ def parse_target(spec: str | Target) -> Target:
                 f"{', '.join(known_features) or '(none)'}")
     if gpu_arch is not None and family != "cuda":
         raise TargetError(f"-arch applies to CUDA targets only; got '{spec}'")
+    if accel_opts and family != "embedded":
+        raise TargetError(f"{accel_opts[0][0]} applies to the embedded target only; "
+                          f"got '{spec}'")
+    if family == "embedded":
+        target = _make_embedded(triple, cpu, tuple(features), gpu_arch, cores or 1,
+                                embedded.parse_accelerator(accel_opts, spec))
+        return dataclasses.replace(target, explicit_cores=cores is not None)
     explicit_cores = cores is not None and name != "host"
     if cores is None:
         cores = host.host_cores() if family in ("x86", "arm", "riscv") and \
