@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -20,7 +21,13 @@ from compiler.tuning.database import open_database
 from passes.quantize import QuantizeConfig, has_qdq
 from targets import Target, parse_target
 
-from .errors import CompileError
+from .embedded import compile as embedded_compile
+from .embedded import graph as graph_io
+from .embedded import tune as embedded_tune
+from .embedded.compile import build_embedded
+from .embedded.tune import TileRecords
+from .data import stack_samples
+from .errors import CompileError, ConfigError, UnsupportedOpError
 from .lower.options import LowerOptions
 from .lower.timing import time_module
 from .pipeline import CompressionOptions, PassSpec, run_passes
@@ -90,6 +97,9 @@ def compile(
     options = lower_options or LowerOptions()
     compression = compression or CompressionOptions()
     imported = frontend.load_model(model, input_shapes)
+    if tgt.family == "embedded":
+        return _compile_embedded(imported, tgt, compression, passes, output_dir, tuning_log,
+                                 verify)
 
     # the quantize pass keeps the float model where it is faster: timed here when the target
     # runs on this machine, else the target's cost model decides
@@ -123,6 +133,114 @@ def compile(
     path = package.write_artifact(out, manifest, writers)
     logger.info("wrote %s", path)
     return Artifact(path, read_manifest(path))
+
+
+def _compile_embedded(imported: Any, tgt: Target, compression: CompressionOptions,
+                      passes: Sequence[PassSpec | Any], output_dir: str | Path | None,
+                      tuning_log: str | Path | None | bool, verify: bool) -> Artifact:
+    """The embedded target: the compression passes but quantize, then the integer-only
+    lowering to standalone C (:mod:`compiler.embedded`), which quantizes every tensor itself
+    (the CPU quantize pass keeps float between layers; the device has none)."""
+    if compression.quantize != "int8" or compression.calibration is None:
+        raise ConfigError("the embedded target runs int8 only, calibrated: add --quantize int8 "
+                          "--calib FILE.npz (samples of the model's input)")
+    if has_qdq(imported.mod):
+        raise UnsupportedOpError("already-quantized (QDQ / QOperator) models are not supported "
+                                 "on the embedded target yet: give the float model with "
+                                 "--quantize int8 --calib FILE.npz")
+    float_opts = dataclasses.replace(compression, quantize=None)
+    pipeline = [PassSpec("canonicalize"), *float_opts.passes(imported.inputs, tgt.capabilities),
+                *passes]
+    mod, pass_reports = run_passes(imported.mod, pipeline)
+    calib = stack_samples(compression.calibration, imported.inputs)
+    records = None
+    if tuning_log is not False:
+        root = Path(tuning_log) if tuning_log not in (None, True) else None
+        records = TileRecords(embedded_tune.log_dir(tgt.accelerator, root))
+    built = build_embedded(mod, calib, tgt.accelerator, records)
+    pass_reports.append({"name": "integerize", "report": {
+        "mode": "int8", "scheme": "symmetric per-tensor activations, per-channel weights, "
+        "fixed-point requantization", "layers": len(built.graph.layers)}})
+    manifest = _manifest_base(imported, tgt, pass_reports)
+    e = built.report
+    manifest.update({
+        "embedded": {**e, "tile_records": str(records.path) if records else None},
+        "kernels": {"kernels": e["conv_layers"], "tuned": e["tuned_layers"],
+                    "default_scheduled": e["conv_layers"] - e["tuned_layers"],
+                    "unscheduled": [], "tuning_log": str(records.path) if records else None},
+        "kernel_info": {},
+        "compressed": {"params": int(sum(lay.params["weight"].size for lay in
+                                          built.graph.layers if lay.kind == "conv")),
+                       "weight_bytes": e["weight_bytes"]},
+        "library": "model.c",
+        "ir": "TVM Relax (tvm.relax.frontend.onnx) -> hwcc integer graph -> C99",
+    })
+    writers: dict[str, Callable[[Path], Any]] = {
+        name: (lambda p, text=text: p.write_text(text)) for name, text in built.files.items()}
+    writers[package.SOURCE_MODEL] = lambda p: p.write_bytes(
+        imported.onnx_model.SerializeToString())
+    writers[embedded_compile.GRAPH_JSON] = lambda p: graph_io.save_json(built.graph, p)
+    writers[embedded_compile.GRAPH_PARAMS] = lambda p: graph_io.save_params(built.graph, p)
+    if verify:
+        samples = [{s.name: calib[s.name][i] for s in imported.inputs}
+                   for i in range(min(64, len(next(iter(calib.values())))))]
+        manifest["verification"] = _verify_embedded(manifest, writers, imported.onnx_model,
+                                                    samples)
+    out = Path(output_dir) if output_dir is not None else Path(
+        tempfile.mkdtemp(prefix="hwcc-artifact-"))
+    path = package.write_artifact(out, manifest, writers)
+    logger.info("wrote %s", path)
+    return Artifact.load(path)
+
+
+def _verify_embedded(manifest: dict[str, Any], writers: dict[str, Callable[[Path], Any]],
+                     model: onnx.ModelProto, samples: list[dict[str, np.ndarray]]
+                     ) -> dict[str, Any]:
+    """Run the staged artifact's C on the simulator over calibration samples and compare
+    with the float model (onnxruntime / onnx.reference): the int8 model's error."""
+    staging = tempdirs.mkdtemp("hwcc-verify-")
+    try:
+        art = Artifact.load(package.write_artifact(staging / "a", manifest, writers))
+        backend = evaluate.reference_backend()
+        ours, ref = [], []
+        for feeds in samples:
+            ours.append(art.run(feeds)[art.outputs[0].name])
+            ref.append(evaluate.reference_outputs(model, feeds, backend)[0])
+        report = evaluate.compare([np.concatenate(ours)], [np.concatenate(ref)])
+        report.update(verified=True, reference=backend, inputs=f"{len(samples)} calibration "
+                      "samples", simulator=True)
+        return report
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _manifest_base(imported: Any, tgt: Target, pass_reports: list[dict[str, Any]]
+                   ) -> dict[str, Any]:
+    """Manifest fields every target shares."""
+    return {
+        "model": {
+            "source": imported.source,
+            "name": imported.onnx_model.graph.name or Path(imported.source).stem,
+            "opset": imported.opset,
+            "nodes": len(imported.onnx_model.graph.node),
+            "sha256": _sha256_bytes(imported.onnx_model.SerializeToString()),
+            **stats.onnx_weights(imported.onnx_model),
+        },
+        "inputs": [s.to_dict() for s in imported.inputs],
+        "outputs": [s.to_dict() for s in imported.outputs],
+        "target": {
+            "target": str(tgt),
+            "triple": tgt.triple,
+            "kind": tgt.kind,
+            "machine": tgt.machine,
+            "arch": tgt.arch,
+            "cpu_features": list(tgt.cpu_features),
+            "capabilities": tgt.capabilities.to_dict(),
+        },
+        "passes": pass_reports,
+        "source_model": package.SOURCE_MODEL,
+        "versions": package.tool_versions(),
+    }
 
 
 def _manifest(imported: Any, tgt: Target, pass_reports: list[dict[str, Any]], mod: Any,

@@ -128,6 +128,10 @@ def verify_files(path: Path, manifest: Mapping[str, Any]) -> None:
                                 f"{name} does not match its SHA-256 in the manifest")
 
 
+#: target kind -> Artifact subclass that runs it (registered by the subclass's module)
+ARTIFACT_KINDS: dict[str, type] = {}
+
+
 class Artifact:
     """A compiled model on disk, loaded into TVM's Relax virtual machine."""
 
@@ -185,7 +189,7 @@ class Artifact:
         path = Path(path)
         manifest = read_manifest(path)
         verify_files(path, manifest)
-        art = cls(path, manifest)
+        art = ARTIFACT_KINDS.get(manifest["target"].get("kind"), cls)(path, manifest)
         art._ensure_loaded()
         return art
 

@@ -95,6 +95,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
                           verify=not args.no_verify,
                           lower_options=lower_options_from_args(args))
     m = art.manifest
+    if "embedded" in m:
+        return _embedded_summary(args, art)
     latency = None
     v = m.get("verification")
     # timed only where it was verified, i.e. ran: never a module using instructions this
@@ -143,6 +145,47 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if latency:
         print(f"  latency      {latency['median_ms']:.3f} ms median over {latency['repeat']} "
               f"runs ({latency['threads']} threads)")
+    return EXIT_OK
+
+
+def _embedded_summary(args: argparse.Namespace, art: Any) -> int:
+    """What ``hwcc compile`` prints for the embedded target: the C, its memory, its cycles."""
+    m = art.manifest
+    e = m["embedded"]
+    sim = art.simulate() if args.bench_repeat > 0 else None
+    if args.json:
+        _emit_json({"artifact": str(art.path), "target": m["target"]["target"],
+                    "model": m["model"], "compressed": m["compressed"], "passes": m["passes"],
+                    "embedded": e, "verification": m.get("verification"),
+                    "simulation": sim})
+        return EXIT_OK
+    a = e["accelerator"]
+    convs = [r for r in e["layers"] if r["unit"] == "mac_array"]
+    print(f"compiled {m['model']['source']} -> {art.path}")
+    print(f"  target       {m['target']['target']}: {a['rows']}x{a['cols']} MAC array, "
+          f"{a['spad_kb']} KiB scratchpad, {a['acc_kb']} KiB accumulators, "
+          f"{a['dma_bytes']} B/cycle DMA")
+    print(f"  model        {m['model']['nodes']} ONNX nodes, {m['model']['params']:,} params, "
+          f"{_kib(m['model']['weight_bytes'])} of weights")
+    for p in m["passes"]:
+        print(f"  pass         {p['name']}: {_pass_summary(p)}")
+    print(f"  C            model.c, model.h + hwcc_kernels.c (no heap, no float); "
+          f"{len(e['layers'])} integer layers, {len(convs)} on the MAC array "
+          f"({e['tuned_layers']} with tuned tiles)")
+    print(f"  memory       arena {e['arena_bytes']:,} bytes (peak of live tensors "
+          f"{e['peak_live_bytes']:,}), weights {e['weight_bytes']:,} bytes")
+    v = m.get("verification")
+    if v and v.get("verified"):
+        top1 = f", top-1 agreement {v['top1_agreement']:.1%}" if "top1_agreement" in v else ""
+        print(f"  agreement    int8 on the simulator vs the float model ({v['reference']}) on "
+              f"{v['inputs']}: max abs err {v['max_abs_err']:.3g}{top1}")
+    else:
+        print("  agreement    not checked (--no-verify)")
+    if sim:
+        util = sim["conv_utilization"]
+        print(f"  cycles       {sim['cycles']:,} simulated cycles; MAC array "
+              f"{util:.1%} of its roofline on the conv layers" if util is not None else
+              f"  cycles       {sim['cycles']:,} simulated cycles")
     return EXIT_OK
 
 
@@ -233,6 +276,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ConfigError(f"--json {json_path}: directory {json_path.parent} does not exist")
     art = Artifact.load(args.artifact)
     feeds = art.random_inputs(seed=0)
+    if "embedded" in art.manifest:
+        return _bench_embedded(args, art, feeds, json_path)
     result = art.benchmark(feeds, repeat=args.repeat, warmup=args.warmup)
     result["artifact"] = str(art.path)
     if args.compare:
@@ -267,6 +312,47 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 logger.warning("no chart: matplotlib is not installed "
                                "(pip install 'hwcc[bench]')")
         print(f"  wrote        {', '.join(wrote)}")
+    return EXIT_OK
+
+
+def _bench_embedded(args: argparse.Namespace, art: Any, feeds: dict[str, np.ndarray],
+                    json_path: Path | None) -> int:
+    """``hwcc bench`` of an embedded artifact: the simulator's cycles, MAC-array utilization
+    and DMA bytes, in total and per layer (deterministic: one run is the measurement)."""
+    if args.compare:
+        raise ConfigError("--compare times against onnxruntime on this CPU; an embedded "
+                          "artifact's speed is the simulator's cycle count")
+    result = art.simulate(feeds)
+    result["artifact"] = str(art.path)
+    if args.json is True:
+        _emit_json(result)
+        return EXIT_OK
+    a = result["accelerator"]
+    util = result["conv_utilization"]
+    print(f"{art.path}  ({result['target']}: {a['rows']}x{a['cols']} MAC array, simulated)")
+    print(f"  cycles       {result['cycles']:,}  ({result['macs']:,} MACs; conv layers at "
+          f"{util:.1%} of the MAC-array roofline)" if util is not None else
+          f"  cycles       {result['cycles']:,}")
+    print(f"  DMA          {result['dma_load_bytes']:,} bytes in, "
+          f"{result['dma_store_bytes']:,} bytes out")
+    print(f"  memory       arena {result['arena_bytes']:,} bytes, weights "
+          f"{result['weight_bytes']:,} bytes")
+    print(f"    {'layer':<14} {'unit':<9} {'cycles':>9} {'MACs':>10} {'util':>6} "
+          f"{'DMA in':>8} {'DMA out':>8}  tile")
+    for r in result["layers"]:
+        t = r.get("tile")
+        tile = (f"{t['tile_h']}x{t['tile_w']}x{t['tile_ocb']}"
+                f"{' oc-outer' if t['oc_outer'] else ''}"
+                f"{' 2buf' if t['double_buffer'] else ''}"
+                f"{' (tuned)' if r.get('tuned') else ''}") if t else ""
+        u = f"{r['utilization']:.1%}" if r["utilization"] is not None else "-"
+        unit = "MAC" if r["unit"] == "mac_array" else "cpu"
+        print(f"    {r['name']:<14} {unit:<9} {r['cycles']:>9,} {r['macs']:>10,} {u:>6} "
+              f"{r['dma_load_bytes']:>8,} {r['dma_store_bytes']:>8,}  {tile}")
+    print("  (cpu layers run as plain integer C on the host core: not counted in cycles)")
+    if json_path is not None:
+        write_json_atomic(json_path, result)
+        print(f"  wrote        {json_path}")
     return EXIT_OK
 
 

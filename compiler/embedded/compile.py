@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -98,8 +97,3 @@ def build_embedded(mod: Any, calibration: Mapping[str, np.ndarray], acc: Acceler
                 weight_bytes)
     return EmbeddedBuild(graph, plan, acc, files, report)
 
-
-def write_graph(build: EmbeddedBuild, folder: Path) -> None:
-    from .graph import save
-
-    save(build.graph, folder / GRAPH_JSON, folder / GRAPH_PARAMS)

@@ -92,12 +92,23 @@ class IntGraph:
         }
 
 
-def save(graph: IntGraph, json_path: Path, npz_path: Path) -> None:
-    """Write the graph (JSON) and its integer parameters (``<layer>.<param>`` in an npz)."""
-    json_path.write_text(json.dumps(graph.to_json(), indent=1) + "\n")
+def save_json(graph: IntGraph, json_path: Path) -> None:
+    """Write the graph's structure, scales and attributes as JSON."""
+    Path(json_path).write_text(json.dumps(graph.to_json(), indent=1) + "\n")
+
+
+def save_params(graph: IntGraph, npz_path: Path) -> None:
+    """Write the integer parameters (``<layer>.<param>``: OIHW int8 weights, int32 bias and
+    multipliers, uint8 shifts) as an npz."""
     arrays = {f"{lay.name}.{k}": v for lay in graph.layers for k, v in lay.params.items()}
     with open(npz_path, "wb") as f:
         np.savez(f, **arrays)
+
+
+def save(graph: IntGraph, json_path: Path, npz_path: Path) -> None:
+    """Write the graph (JSON) and its integer parameters (npz)."""
+    save_json(graph, json_path)
+    save_params(graph, npz_path)
 
 
 def load(json_path: Path, npz_path: Path) -> IntGraph:
