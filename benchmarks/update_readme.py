@@ -28,7 +28,7 @@ from benchmarks.common import RESULTS, ROOT, machine_line, table
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 ORDER = ["models", "architectures", "kernels", "tuning", "quantize", "prune", "low_rank", "sparse",
-         "conformance"]
+         "embedded", "conformance"]
 
 
 def _key(path: Path) -> tuple[int, str, bool, str]:

@@ -25,6 +25,7 @@ from .embedded import compile as embedded_compile
 from .embedded import graph as graph_io
 from .embedded import tune as embedded_tune
 from .embedded.compile import build_embedded
+from .embedded.integerize import integerize as embedded_integerize
 from .embedded.tune import TileRecords
 from .data import stack_samples
 from .errors import CompileError, ConfigError, UnsupportedOpError
@@ -155,8 +156,9 @@ def _compile_embedded(imported: Any, tgt: Target, compression: CompressionOption
     calib = stack_samples(compression.calibration, imported.inputs)
     records = None
     if tuning_log is not False:
-        root = Path(tuning_log) if tuning_log not in (None, True) else None
-        records = TileRecords(embedded_tune.log_dir(tgt.accelerator, root))
+        # like a CPU target's --tune-log: the folder of the records themselves
+        records = TileRecords(Path(tuning_log) if tuning_log not in (None, True)
+                              else embedded_tune.log_dir(tgt.accelerator))
     built = build_embedded(mod, calib, tgt.accelerator, records)
     pass_reports.append({"name": "integerize", "report": {
         "mode": "int8", "scheme": "symmetric per-tensor activations, per-channel weights, "
@@ -191,6 +193,58 @@ def _compile_embedded(imported: Any, tgt: Target, compression: CompressionOption
     path = package.write_artifact(out, manifest, writers)
     logger.info("wrote %s", path)
     return Artifact.load(path)
+
+
+def tune_embedded(model: str | Path | onnx.ModelProto, target: str | Target = "embedded", *,
+                  trials: int = 200, log_dir: str | Path | None = None,
+                  input_shapes: Mapping[str, Sequence[int]] | None = None,
+                  progress: bool = False) -> dict[str, Any]:
+    """Tune the tiles of every conv layer of ``model`` for an embedded target against the
+    simulator; records go to ``<log_dir or tuning_logs>/embedded/<accelerator>/tiles.json``
+    after each layer (an interrupt keeps them: the report says ``stopped``).
+
+    Tiles depend on the layers' shapes only, so the model is lowered with seeded random
+    calibration inputs here."""
+    import time
+
+    tgt = parse_target(target)
+    if tgt.family != "embedded":
+        raise ConfigError(f"tune_embedded takes an embedded target; got '{tgt}'")
+    imported = frontend.load_model(model, input_shapes)
+    if has_qdq(imported.mod):
+        raise UnsupportedOpError("already-quantized (QDQ / QOperator) models are not supported "
+                                 "on the embedded target yet")
+    mod, _ = run_passes(imported.mod, [PassSpec("canonicalize")])
+    feeds = [random_inputs(imported.inputs, seed=i) for i in range(4)]
+    calib = {s.name: np.stack([f[s.name] for f in feeds]) for s in imported.inputs}
+    graph = embedded_integerize(mod, calib)
+    records = TileRecords(embedded_tune.log_dir(tgt.accelerator,
+                                                Path(log_dir) if log_dir else None))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(lay.kind == "conv" for lay in graph.layers), unit="layer",
+                   desc="tuning tiles")
+    rows: list[dict[str, Any]] = []
+    stopped = None
+    t0 = time.perf_counter()
+    try:
+        embedded_tune.tune_graph(graph, tgt.accelerator, records, trials=trials,
+                                 progress=(lambda done, total: bar.update(1)) if bar else None,
+                                 out=rows)
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+    finally:
+        if bar is not None:
+            bar.close()
+    before = sum(r["default_cycles"] for r in rows)
+    after = sum(r["cycles"] for r in rows)
+    return {"model": imported.source, "target": str(tgt), "log_dir": str(records.folder),
+            "records": str(records.path), "workloads": rows, "trials_per_layer": trials,
+            "before_cycles": before, "after_cycles": after,
+            "speedup": before / after if after else None, "stopped": stopped,
+            "seconds": time.perf_counter() - t0}
 
 
 def _verify_embedded(manifest: dict[str, Any], writers: dict[str, Callable[[Path], Any]],

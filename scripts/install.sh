@@ -4,12 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Cross compilers (aarch64, armv7, riscv64) link modules for non-host targets.
+# Cross compilers (aarch64, armv7, riscv64) link modules for non-host targets;
+# arm-none-eabi-gcc builds the embedded target's C for a Cortex-M (tests).
 need=()
 for pkg_cc in g++-aarch64-linux-gnu:aarch64-linux-gnu-g++ \
               libc6-dev-arm64-cross:/usr/aarch64-linux-gnu/lib/libc.so.6 \
               g++-arm-linux-gnueabihf:arm-linux-gnueabihf-g++ \
-              g++-riscv64-linux-gnu:riscv64-linux-gnu-g++; do
+              g++-riscv64-linux-gnu:riscv64-linux-gnu-g++ \
+              gcc-arm-none-eabi:arm-none-eabi-gcc; do
   tool="${pkg_cc#*:}"
   if [[ "$tool" == /* ]]; then [ -e "$tool" ] || need+=("${pkg_cc%%:*}")
   else command -v "$tool" >/dev/null 2>&1 || need+=("${pkg_cc%%:*}"); fi

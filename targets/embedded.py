@@ -19,7 +19,8 @@ Options on the triple, each printed back as typed::
     embedded -mac=8x8 -spad=64 -acc=16 -dma=8
 
 ``-mac=RxC`` array shape, ``-spad=KiB`` scratchpad, ``-acc=KiB`` accumulator buffer (int32),
-``-dma=N`` bytes per cycle.
+``-dma=N`` bytes per cycle, ``-ram=KiB`` the device memory the activation arena must fit
+(default: no limit).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ ARCH = "c"
 DEFAULT_CORES = 1
 KNOWN_FEATURES: tuple[str, ...] = ()
 #: target options of this family, with what they take
-OPTIONS = {"-mac": "RxC", "-spad": "KiB", "-acc": "KiB", "-dma": "bytes/cycle"}
+OPTIONS = {"-mac": "RxC", "-spad": "KiB", "-acc": "KiB", "-dma": "bytes/cycle",
+           "-ram": "KiB"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ class Accelerator:
         DMA bandwidth between main memory and the scratchpad, bytes per cycle.
     dma_latency, gemm_latency
         Fixed cycles added to every transfer / every GEMM instruction.
+    ram_kb
+        Device memory for the activation arena, KiB (None: no limit).
     options
         The options as typed on the triple (printed back by ``str(target)``).
     """
@@ -67,6 +71,7 @@ class Accelerator:
     dma_bytes: int = 16
     dma_latency: int = 32
     gemm_latency: int = 8
+    ram_kb: int | None = None
     options: tuple[tuple[str, str], ...] = ()
 
     @property
@@ -105,7 +110,7 @@ class Accelerator:
         return {"rows": self.rows, "cols": self.cols, "spad_kb": self.spad_kb,
                 "acc_kb": self.acc_kb, "acc_rows": self.acc_rows, "dma_bytes": self.dma_bytes,
                 "dma_latency": self.dma_latency, "gemm_latency": self.gemm_latency,
-                "macs_per_cycle": self.macs_per_cycle}
+                "macs_per_cycle": self.macs_per_cycle, "ram_kb": self.ram_kb}
 
 
 def _positive(key: str, value: str, spec: str, limit: int) -> int:
@@ -137,6 +142,8 @@ def parse_accelerator(options: list[tuple[str, str]], spec: str) -> Accelerator:
             kw["acc_kb"] = _positive(key, value, spec, 65536)
         elif key == "-dma":
             kw["dma_bytes"] = _positive(key, value, spec, 4096)
+        elif key == "-ram":
+            kw["ram_kb"] = _positive(key, value, spec, 1 << 24)
     acc = Accelerator(**kw, options=tuple(options))
     if acc.acc_rows < 1:
         raise TargetError(f"-acc={acc.acc_kb} KiB holds no accumulator row of "

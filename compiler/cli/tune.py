@@ -15,10 +15,12 @@ import re
 import sys
 from typing import Any
 
+from compiler.api import tune_embedded
 from compiler.errors import ConfigError
 from compiler.frontend import parse_input_shapes
 from compiler.tuning.database import compact_log
 from compiler.tuning.tune import TuningInterrupted, tune
+from targets import parse_target
 
 from .passes import add_lowering_arguments, lower_options_from_args
 
@@ -86,6 +88,8 @@ def add_tune_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """Run ``hwcc tune``; returns the exit code (130 when interrupted, after the report)."""
+    if parse_target(args.target).family == "embedded":
+        return _tune_embedded(args)
     budget = parse_duration(args.time_budget) if args.time_budget else None
     shapes = parse_input_shapes(args.input_shape or [])
     try:
@@ -106,6 +110,38 @@ def cmd_tune(args: argparse.Namespace) -> int:
             print(f"  compacted    {compacted[0]} -> {compacted[1]} records "
                   "(each kernel's fastest kept)")
     return code
+
+
+def _tune_embedded(args: argparse.Namespace) -> int:
+    """``hwcc tune -t embedded…``: tiles chosen against the simulator's cycle count."""
+    if args.time_budget or args.rpc_tracker or args.device:
+        raise ConfigError("the embedded target tunes against its simulator: --time-budget, "
+                          "--rpc-tracker and --device do not apply (use --trials, per layer)")
+    trials = args.trials if args.trials is not None else 200
+    report = tune_embedded(args.model, args.target, trials=trials, log_dir=args.log_dir,
+                           input_shapes=parse_input_shapes(args.input_shape or []),
+                           progress=not args.no_progress and not args.json
+                           and sys.stderr.isatty())
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_INTERRUPTED if report["stopped"] else EXIT_OK
+    print(f"tuned {report['model']} for {report['target']} (tiles, against the simulator)")
+    print(f"  {'layer':<12} {'trials':>6} {'default cycles':>14} {'tuned cycles':>12}  tile")
+    for r in report["workloads"]:
+        t = r.get("tile")
+        tile = (f"{t['tile_h']}x{t['tile_w']}x{t['tile_ocb']}"
+                f"{' oc-outer' if t['oc_outer'] else ''}{' 2buf' if t['double_buffer'] else ''}"
+                if t else r.get("skipped", ""))
+        print(f"  {r['layer']:<12} {r.get('trials', 0):>6} {r['default_cycles']:>14,} "
+              f"{r['cycles']:>12,}  {tile}")
+    if report["speedup"]:
+        print(f"  conv cycles  {report['before_cycles']:,} default -> "
+              f"{report['after_cycles']:,} tuned ({report['speedup']:.2f}x)")
+    if report["stopped"]:
+        print("  stopped      interrupted; every layer tuned so far is in the records")
+    print(f"  records      {report['records']}  ({report['seconds']:.1f} s)")
+    print("  'hwcc compile' for this target uses these records automatically")
+    return EXIT_INTERRUPTED if report["stopped"] else EXIT_OK
 
 
 def _ms(x: float | None) -> str:

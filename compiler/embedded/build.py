@@ -28,7 +28,7 @@ from .tiling import Tile
 
 #: the files every embedded artifact carries (device side, then simulator)
 LIBRARY_FILES = ("hwcc_acc.h", "hwcc_kernels.h", "hwcc_kernels.c")
-SIMULATOR_FILES = ("hwcc_sim.h", "hwcc_acc_sim.c")
+SIMULATOR_FILES = ("hwcc_sim.h", "hwcc_acc_sim.c", "hwcc_sim_main.c")
 CONFIG = "hwcc_acc_config.h"
 CFLAGS = ("-std=c99", "-O2", "-Wall", "-Werror")
 

@@ -60,17 +60,16 @@ def layer_table(graph: IntGraph, acc: Accelerator) -> list[dict[str, Any]]:
 
 
 def build_embedded(mod: Any, calibration: Mapping[str, np.ndarray], acc: Accelerator,
-                   records: TileRecords | None = None,
-                   max_arena_kb: int | None = None) -> EmbeddedBuild:
+                   records: TileRecords | None = None) -> EmbeddedBuild:
     """Lower ``mod`` (float, BatchNorm folded) for ``acc``; ``calibration``: input name →
     samples along a leading axis."""
     graph = integerize(mod, calibration)
     tuned = assign_tiles(graph, acc, records)
     plan = plan_arena(graph, acc)
-    if max_arena_kb is not None and plan.arena_bytes > max_arena_kb * 1024:
+    if acc.ram_kb is not None and plan.arena_bytes > acc.ram_kb * 1024:
         biggest = max(plan.sizes, key=plan.sizes.get)
         raise CompileError(f"the activation arena needs {plan.arena_bytes} bytes, over the "
-                           f"device's {max_arena_kb} KiB (largest tensor: '{biggest}', "
+                           f"device's -ram={acc.ram_kb} KiB (largest tensor: '{biggest}', "
                            f"{plan.sizes[biggest]} bytes)")
     files = {emit.HEADER: emit.header(graph, plan, acc),
              emit.SOURCE: emit.source(graph, plan, acc),

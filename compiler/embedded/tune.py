@@ -98,16 +98,17 @@ def assign_tiles(graph: IntGraph, acc: Accelerator, records: TileRecords | None)
         tile = records.tile_for(g, acc) if records is not None else None
         if tile is not None:
             tuned += 1
-        lay.tile = (tile or default_tile(g, acc, lay.name)).to_dict()
+        lay.tile = (tile or default_tile(g, acc, f"{lay.name} (binding '{lay.node}')")).to_dict()
         lay.attrs["tuned"] = tile is not None
     return tuned
 
 
 def tune_graph(graph: IntGraph, acc: Accelerator, records: TileRecords, trials: int = 200,
-               seed: int = 0, progress: Callable[[int, int], None] | None = None
-               ) -> list[dict[str, Any]]:
+               seed: int = 0, progress: Callable[[int, int], None] | None = None,
+               out: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Measure up to ``trials`` tiles per distinct conv workload of ``graph`` (the default
-    first) and record the fastest. Returns one summary per workload."""
+    first) and record the fastest. Returns one summary per workload (appended to ``out`` as
+    they finish, too, so an interrupted caller keeps them)."""
     if trials < 1:
         raise TuningError(f"trials must be at least 1; got {trials}")
     bench = conv_bench(acc)
@@ -118,7 +119,7 @@ def tune_graph(graph: IntGraph, acc: Accelerator, records: TileRecords, trials: 
             g = conv_geometry(graph, lay, acc)
             workloads.setdefault(workload_key(g), (g, lay.name))
     rng = random.Random(seed)
-    out = []
+    out = [] if out is None else out
     for i, (key, (g, name)) in enumerate(workloads.items()):
         default = default_tile(g, acc, name)
         base = bench.cycles(g, default)["cycles"]
