@@ -90,13 +90,19 @@ FORBIDDEN = {
     "compiler.pipeline": {"compiler.api", "compiler.tuning", "compiler.search", "compiler.cli",
                           "compiler.lower", "compiler.artifact"},
     "compiler.api": {"compiler.tuning.tune", "compiler.search", "compiler.cli"},
-    "compiler.tuning": {"compiler.api", "compiler.search", "compiler.cli"},
+    "compiler.tuning": {"compiler.api", "compiler.search", "compiler.cli",
+                        "compiler.embedded"},
+    # the embedded lowering: below the API, beside lower/ (it shares the tuning logs' lock)
+    "compiler.embedded": {"compiler.frontend", "compiler.lower", "compiler.pipeline",
+                          "compiler.api", "compiler.search", "compiler.cli",
+                          "compiler.artifact", "compiler.tuning.tune"},
     "compiler.search": {"compiler.cli", "compiler.tuning"},
 }
 
 # what passes/ may import of its own: only the IR helpers are shared by the compiler's rooms
 COMPILER_MAY_IMPORT_OF_PASSES = {
     "compiler.lower": {"passes._ir"},
+    "compiler.embedded": {"passes._ir", "passes.calibration"},
     "compiler.frontend": set(),
 }
 

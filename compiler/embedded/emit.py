@@ -17,8 +17,8 @@ import numpy as np
 from targets.embedded import Accelerator
 
 from .graph import IntGraph, Layer
-from .layout import conv_geometry, pack_weights, pad_channels, padded
-from .memory import ArenaPlan
+from .layout import conv_geometry, im2col_channels, pack_weights, pad_channels, padded
+from .memory import ArenaPlan, scratch_name
 from .tiling import Tile
 
 HEADER = "model.h"
@@ -110,6 +110,18 @@ def _conv(graph: IntGraph, index: int, lay: Layer, acc: Accelerator) -> str:
     return "".join(parts)
 
 
+def _im2col(graph: IntGraph, tag: str, lay: Layer, acc: Accelerator, k: int) -> str:
+    c, ih, iw = graph.tensors[lay.inputs[0]].chw
+    _, oh, ow = graph.tensors[lay.output].chw
+    w = lay.params["weight"]
+    s, p, d = lay.attrs["stride"], lay.attrs["pad"], lay.attrs["dilation"]
+    fields = dict(in_h=ih, in_w=iw, in_c=padded(c, acc), c=c, out_h=oh, out_w=ow,
+                  k_h=w.shape[2], k_w=w.shape[3], stride_h=s[0], stride_w=s[1], pad_t=p[0],
+                  pad_l=p[1], dil_h=d[0], dil_w=d[1], k_pad=k)
+    init = ", ".join(f".{key} = {v}" for key, v in fields.items())
+    return f"static const hwcc_im2col_params {tag}_i = {{{init}}};\n"
+
+
 def source(graph: IntGraph, plan: ArenaPlan, acc: Accelerator) -> str:
     decls: list[str] = []
     calls: list[str] = []
@@ -125,6 +137,11 @@ def source(graph: IntGraph, plan: ArenaPlan, acc: Accelerator) -> str:
         tag = f"l{i}"
         if lay.kind == "conv":
             decls.append(_conv(graph, i, lay, acc))
+            k = im2col_channels(graph, lay, acc)
+            if k is not None:
+                decls.append(_im2col(graph, tag, lay, acc, k))
+                calls.append(f"hwcc_im2col(&{tag}_i, {src}, {at(scratch_name(lay.name))});")
+                src = at(scratch_name(lay.name))
             calls.append(f"hwcc_conv2d(&{tag}_p, {src}, {dst});")
         elif lay.kind == "add":
             t = graph.tensors[lay.output]

@@ -55,10 +55,39 @@ class ConvGeometry:
     dil_w: int
 
 
+def im2col_channels(graph: IntGraph, lay: Layer, acc: Accelerator) -> int | None:
+    """Padded channels of the im2col input when this conv runs on one, else None.
+
+    A conv with few input channels (an image's 1 or 3) fills a fraction of the array's C
+    lanes per tap; gathering its ``k_h·k_w·Cin`` taps into the channel axis first (im2col on
+    the host core, CMSIS-NN style) makes it a 1×1 conv over ``pad(k_h·k_w·Cin)`` channels.
+    Done when that at least halves the array's work."""
+    if lay.kind != "conv" or len(graph.tensors[lay.inputs[0]].shape) != 4:
+        return None
+    _, cin, kh, kw = lay.params["weight"].shape
+    if kh * kw == 1:
+        return None
+    k = padded(cin * kh * kw, acc)
+    return k if 2 * k <= kh * kw * padded(cin, acc) else None
+
+
+def im2col_bytes(graph: IntGraph, lay: Layer, acc: Accelerator) -> int:
+    """Bytes of the im2col buffer of ``lay`` (0 when it runs without one)."""
+    k = im2col_channels(graph, lay, acc)
+    if k is None:
+        return 0
+    _, oh, ow = graph.tensors[lay.output].chw
+    return oh * ow * k
+
+
 def conv_geometry(graph: IntGraph, lay: Layer, acc: Accelerator) -> ConvGeometry:
     src, dst = graph.tensors[lay.inputs[0]], graph.tensors[lay.output]
     w = lay.params["weight"]
     out_c = padded(w.shape[0], acc)
+    k = im2col_channels(graph, lay, acc)
+    if k is not None:
+        _, oh, ow = dst.chw
+        return ConvGeometry(oh, ow, k, oh, ow, out_c, 1, 1, 1, 1, 0, 0, 1, 1)
     if len(src.shape) == 2:  # fully connected: the source's bytes as one vector
         return ConvGeometry(1, 1, storage_bytes(src, acc), 1, 1, out_c, 1, 1, 1, 1, 0, 0, 1, 1)
     _, ih, iw = src.chw
@@ -73,6 +102,11 @@ def device_weight_matrix(graph: IntGraph, lay: Layer, acc: Accelerator) -> np.nd
     src = graph.tensors[lay.inputs[0]]
     w = lay.params["weight"]
     o = w.shape[0]
+    k = im2col_channels(graph, lay, acc)
+    if k is not None:  # taps gathered into channels, in (k_h, k_w, Cin) order
+        dev = np.zeros((o, 1, 1, k), np.int8)
+        dev[:, 0, 0, :w[0].size] = w.transpose(0, 2, 3, 1).reshape(o, -1)
+        return dev
     if len(src.shape) == 2:
         c, h, wd = src.storage or src.chw
         cp = padded(c, acc)

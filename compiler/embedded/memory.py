@@ -1,7 +1,7 @@
 """Static memory plan: every activation at a fixed offset of one arena.
 
 A tensor lives from the layer that writes it to the last layer that reads it (a ``view``
-shares its source's bytes and extends its life); the model's input is copied into the arena
+shares its source's bytes and extends its life; a conv's im2col buffer lives during that conv); the model's input is copied into the arena
 by the first step (NCHW → padded NHWC) and its output copied out by the last. Offsets are
 chosen greedily, largest tensors first, each at the lowest 16-byte aligned offset that no
 tensor alive at the same time overlaps. ``peak`` is the largest total of tensors alive at
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from targets.embedded import Accelerator
 
 from .graph import IntGraph
-from .layout import storage_bytes
+from .layout import im2col_bytes, storage_bytes
 
 ALIGN = 16
 
@@ -31,6 +31,11 @@ class ArenaPlan:
         return {"arena_bytes": self.arena_bytes, "peak_live_bytes": self.peak_bytes,
                 "buffers": {k: {"offset": self.offsets[k], "bytes": v}
                             for k, v in self.sizes.items()}}
+
+
+def scratch_name(layer: str) -> str:
+    """The arena buffer of a layer's im2col input."""
+    return f"{layer}.im2col"
 
 
 def plan_arena(graph: IntGraph, acc: Accelerator) -> ArenaPlan:
@@ -49,6 +54,11 @@ def plan_arena(graph: IntGraph, acc: Accelerator) -> ArenaPlan:
     end = len(graph.layers) + 1
     for name in graph.outputs:
         last[root[name]] = end
+    for i, lay in enumerate(graph.layers, start=1):  # a conv's im2col buffer: its step only
+        scratch = im2col_bytes(graph, lay, acc)
+        if scratch:
+            name = scratch_name(lay.name)
+            root[name], sizes[name], first[name], last[name] = name, scratch, i, i
     placed: list[tuple[int, int, int, int]] = []  # (start, stop, offset, size)
     offsets: dict[str, int] = {}
     for buf in sorted(sizes, key=lambda b: (-sizes[b], first[b])):

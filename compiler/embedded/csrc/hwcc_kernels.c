@@ -140,6 +140,29 @@ void hwcc_conv2d(const hwcc_conv_params *p, const int8_t *in, int8_t *out)
     hwcc_acc_sync(p->layer);
 }
 
+void hwcc_im2col(const hwcc_im2col_params *p, const int8_t *in, int8_t *out)
+{
+    uint32_t oh, ow, kh, kw, ch;
+    for (oh = 0; oh < p->out_h; ++oh)
+        for (ow = 0; ow < p->out_w; ++ow) {
+            int8_t *dst = out + (oh * p->out_w + ow) * p->k_pad;
+            uint32_t j = 0;
+            for (kh = 0; kh < p->k_h; ++kh)
+                for (kw = 0; kw < p->k_w; ++kw) {
+                    int32_t ih = (int32_t)(oh * p->stride_h + kh * p->dil_h) - (int32_t)p->pad_t;
+                    int32_t iw = (int32_t)(ow * p->stride_w + kw * p->dil_w) - (int32_t)p->pad_l;
+                    int inside = ih >= 0 && iw >= 0 && ih < (int32_t)p->in_h &&
+                                 iw < (int32_t)p->in_w;
+                    const int8_t *src = in + ((uint32_t)(inside ? ih : 0) * p->in_w +
+                                              (uint32_t)(inside ? iw : 0)) * p->in_c;
+                    for (ch = 0; ch < p->c; ++ch)
+                        dst[j++] = inside ? src[ch] : (int8_t)0;
+                }
+            for (; j < p->k_pad; ++j)
+                dst[j] = 0;
+        }
+}
+
 void hwcc_add(const hwcc_add_params *p, const int8_t *a, const int8_t *b, int8_t *out)
 {
     uint32_t i;

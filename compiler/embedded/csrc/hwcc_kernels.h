@@ -39,6 +39,17 @@ typedef struct {
 
 void hwcc_conv2d(const hwcc_conv_params *p, const int8_t *in, int8_t *out);
 
+/* im2col: gather each output pixel's k_h x k_w taps of the c real input channels into one
+ * vector of k_pad channels, in (tap row, tap column, channel) order, zeros outside the input
+ * and after the k_h*k_w*c values; the conv then runs as a 1x1 conv over k_pad channels. */
+typedef struct {
+    uint32_t in_h, in_w, in_c, c;        /* in_c: the input's padded channels; c: real ones */
+    uint32_t out_h, out_w, k_h, k_w, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w;
+    uint32_t k_pad;
+} hwcc_im2col_params;
+
+void hwcc_im2col(const hwcc_im2col_params *p, const int8_t *in, int8_t *out);
+
 /* out = clamp((rqmul(a * 2^16, mult_a, shift_a) + rqmul(b * 2^16, mult_b, shift_b)
  *              + 2^15) >> 16, lo, hi), elementwise over n bytes. */
 typedef struct {
