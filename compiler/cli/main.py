@@ -244,8 +244,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         outputs = {k: np.stack([r[k] for r in results]) for k in results[0]}
     if args.output:
         save_npz_atomic(args.output, outputs)
+    # an embedded artifact ran on its simulator: the cycles of the last run
+    sim = art.simulate(feeds[-1]) if "embedded" in art.manifest else None
     if args.json:
         _emit_json({"artifact": str(art.path), "inputs": form, "samples": len(feeds),
+                    **({"simulation": sim} if sim else {}),
                     "outputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype),
                                     "values": v.tolist() if v.size <= 64 else None}
                                 for k, v in outputs.items()},
@@ -260,6 +263,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             extra = f"  argmax {v.reshape(-1, v.shape[-1]).argmax(-1)[:16].tolist()}"
         print(f"  {name}: shape {list(v.shape)} {v.dtype}  {head}{' ...' if flat.size > 8 else ''}"
               f"{extra}")
+    if sim:
+        util = sim["conv_utilization"]
+        print(f"  simulated    {sim['cycles']:,} cycles per run on the "
+              f"{sim['accelerator']['rows']}x{sim['accelerator']['cols']} MAC array"
+              + (f" ({util:.1%} of its roofline on the conv layers)" if util else "")
+              + f"; DMA {sim['dma_load_bytes']:,} bytes in, {sim['dma_store_bytes']:,} out "
+              "(hwcc bench: per layer)")
     if args.output:
         print(f"  wrote {args.output}")
     return EXIT_OK
