@@ -28,7 +28,7 @@ from .embedded.compile import build_embedded
 from .embedded.integerize import integerize as embedded_integerize
 from .embedded.tune import TileRecords
 from .data import stack_samples
-from .errors import CompileError, ConfigError, UnsupportedOpError
+from .errors import CompileError, ConfigError
 from .lower.options import LowerOptions
 from .lower.timing import time_module
 from .pipeline import CompressionOptions, PassSpec, run_passes
@@ -146,9 +146,9 @@ def _compile_embedded(imported: Any, tgt: Target, compression: CompressionOption
         raise ConfigError("the embedded target runs int8 only, calibrated: add --quantize int8 "
                           "--calib FILE.npz (samples of the model's input)")
     if has_qdq(imported.mod):
-        raise UnsupportedOpError("already-quantized (QDQ / QOperator) models are not supported "
-                                 "on the embedded target yet: give the float model with "
-                                 "--quantize int8 --calib FILE.npz")
+        raise CompileError("already-quantized (QDQ / QOperator) models are not supported on "
+                           "the embedded target yet: give the float model with --quantize int8 "
+                           "--calib FILE.npz")
     float_opts = dataclasses.replace(compression, quantize=None)
     pipeline = [PassSpec("canonicalize"), *float_opts.passes(imported.inputs, tgt.capabilities),
                 *passes]
@@ -212,8 +212,8 @@ def tune_embedded(model: str | Path | onnx.ModelProto, target: str | Target = "e
         raise ConfigError(f"tune_embedded takes an embedded target; got '{tgt}'")
     imported = frontend.load_model(model, input_shapes)
     if has_qdq(imported.mod):
-        raise UnsupportedOpError("already-quantized (QDQ / QOperator) models are not supported "
-                                 "on the embedded target yet")
+        raise CompileError("already-quantized (QDQ / QOperator) models are not supported on "
+                           "the embedded target yet")
     mod, _ = run_passes(imported.mod, [PassSpec("canonicalize")])
     feeds = [random_inputs(imported.inputs, seed=i) for i in range(4)]
     calib = {s.name: np.stack([f[s.name] for f in feeds]) for s in imported.inputs}

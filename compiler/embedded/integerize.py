@@ -34,7 +34,7 @@ from tvm import relax
 
 from passes import calibration
 from passes._ir import bindings, const_array, is_const, main_function, op_name, static_shape
-from targets.errors import CompileError, UnsupportedOpError
+from targets.errors import CompileError
 
 from .graph import IntGraph, Layer, Tensor
 
@@ -117,7 +117,7 @@ class _Reader:
 
     def name(self, expr: relax.Expr, where: str) -> str:
         if not isinstance(expr, relax.Var):
-            raise UnsupportedOpError(f"the embedded target needs tensor operands; binding "
+            raise CompileError(f"the embedded target needs tensor operands; binding "
                                      f"'{where}' has a {type(expr).__name__}")
         n = expr.name
         return self.alias.get(n, n)
@@ -169,8 +169,8 @@ class _Reader:
         return ops
 
     def _op(self, name: str, kind: str | None, call: Any, shape: tuple[int, ...] | None) -> _Op:
-        def unsupported(why: str) -> UnsupportedOpError:
-            return UnsupportedOpError(f"the embedded target cannot run {kind or 'this'} "
+        def unsupported(why: str) -> CompileError:
+            return CompileError(f"the embedded target cannot run {kind or 'this'} "
                                       f"(binding '{name}'): {why}")
 
         if shape is None:
@@ -247,7 +247,7 @@ def _clamp_q(act: tuple[float, float] | None, scale: float) -> tuple[int, int]:
 
 
 def _storage(tensors: dict[str, Tensor], op: _Op, shape: tuple[int, ...]) -> tuple[int, int, int]:
-    if op.kind == "view":
+    if op.kind in ("view", "clamp"):  # same bytes, same layout
         return tensors[op.inputs[0]].storage
     if len(shape) == 4:
         return int(shape[1]), int(shape[2]), int(shape[3])
@@ -260,10 +260,9 @@ def integerize(mod: Any, calib: Mapping[str, np.ndarray]) -> IntGraph:
 
     Raises
     ------
-    UnsupportedOpError
-        An op without an integer kernel on the device (named, with its binding).
     CompileError
-        A model the device cannot take (several inputs or outputs, batch > 1).
+        An op without an integer kernel on the device (named, with its binding), or a model
+        the device cannot take (several inputs or outputs, batch > 1).
     """
     reader = _Reader(mod)
     ops = reader.read()

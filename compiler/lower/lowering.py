@@ -6,8 +6,9 @@ single fused PrimFuncs):
 1. records from a MetaSchedule tuning database, when one is given (tuned kernels win);
 2. hwcc's default CPU schedules for every kernel still unscheduled (fast without tuning).
 
-CUDA uses TVM's CUDA pipeline (DLight GPU rules). The embedded target emits C with
-vectorization disabled.
+CUDA uses TVM's CUDA pipeline (DLight GPU rules). The embedded target does not come here:
+``compiler/embedded`` lowers it to standalone C (a ``c``-kind target built here directly gets
+TVM's C backend with vectorization disabled).
 
 What each kernel is and how it was scheduled is recorded per kernel name
 (:attr:`LowerStats.kernel_info`, the manifest's ``kernel_info``, read by

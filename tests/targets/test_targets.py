@@ -124,3 +124,19 @@ def test_mcpu_features_count_for_capabilities_and_the_host_check() -> None:
     assert "+dotprod" in a76.cpu_features and a76.capabilities.int8_dot == ("sdot",)
     with pytest.raises(TargetError, match="unknown -mcpu 'notacpu'.*skylake"):
         parse_target("x86_64-linux-gnu -mcpu=notacpu")
+
+
+def test_embedded_accelerator_options_print_back_and_reach_capabilities() -> None:
+    t = parse_target("embedded -mac=8x8 -spad=64 -acc=16 -dma=8 -ram=32")
+    assert str(t) == "embedded -mac=8x8 -spad=64 -acc=16 -dma=8 -ram=32"
+    assert parse_target(str(t)) == t
+    acc = t.accelerator
+    assert (acc.rows, acc.cols, acc.spad_bytes, acc.dma_bytes, acc.ram_kb) == (8, 8, 65536, 8, 32)
+    assert acc.acc_rows == 16 * 1024 // (4 * 8)
+    assert t.capabilities.int8_dot == ("mac8x8",) and t.capabilities.scratchpad_kb == 64
+    assert "#define HWCC_ACC_ROWS 8" in acc.config_header()
+    default = parse_target("embedded").accelerator  # Gemmini's defaults
+    assert (default.rows, default.cols, default.spad_kb, default.acc_kb) == (16, 16, 256, 64)
+    for bad in ("embedded -mac=3x3", "embedded -spad=0", "x86_64-linux-gnu -mac=8x8"):
+        with pytest.raises(TargetError):
+            parse_target(bad)
