@@ -139,9 +139,9 @@ def tune_graph(graph: IntGraph, acc: Accelerator, records: TileRecords, trials: 
         record = {"tile": best.to_dict(), "cycles": int(best_cycles),
                   "default_cycles": int(base), "trials": 1 + min(len(space), trials - 1),
                   "layer": name}
+        out.append({"workload": key, **record})  # measured, whatever happens next
         records.update(key, record)
         logger.info("tuned %s: %d -> %d cycles (%s)", name, base, best_cycles, best)
-        out.append({"workload": key, **record})
         if progress:
             progress(i + 1, len(workloads))
     return out
