@@ -15,7 +15,7 @@ requantizes by ``s_x / (HW s_y)``.
 Expects: ``main`` with one batch-1 input, BatchNorm folded (``canonicalize`` ran), weights
 constant. Supported Relax ops: ``nn.conv2d`` (groups 1, NCHW/OIHW) and ``matmul`` with a
 constant weight, each with an optional constant bias ``add``; ``add`` of two tensors;
-``nn.relu``, ``clip``; ``mean`` over H, W and ``nn.adaptive_avg_pool2d`` to 1×1;
+``nn.relu``, ``clip`` and ``maximum`` / ``minimum`` with a scalar constant; ``mean`` over H, W and ``nn.adaptive_avg_pool2d`` to 1×1;
 ``nn.max_pool2d``; ``reshape`` / ``flatten`` of a batch-1 tensor. Anything else is refused,
 naming the op and its binding.
 """
@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,11 +87,33 @@ class _Op:
     act: tuple[float, float] | None = None  # clamp in float units (relu: (0, inf))
 
 
+def _is_act(call: Any) -> bool:
+    """ReLU, Clip, or a max / min with a scalar constant (ONNX Clip with tensor bounds)."""
+    kind = op_name(call)
+    if kind in _ACT:
+        return True
+    return kind in ("relax.maximum", "relax.minimum") and is_const(call.args[1]) \
+        and const_array(call.args[1]).size == 1
+
+
 def _act_bounds(call: relax.Call) -> tuple[float, float]:
-    if op_name(call) == "relax.nn.relu":
+    kind = op_name(call)
+    if kind == "relax.nn.relu":
         return 0.0, math.inf
+    if kind == "relax.maximum":
+        return float(const_array(call.args[1]).reshape(())), math.inf
+    if kind == "relax.minimum":
+        return -math.inf, float(const_array(call.args[1]).reshape(()))
     lo, hi = call.args[1], call.args[2]
-    return float(lo.value), float(hi.value)
+    return float(getattr(lo.value, "value", lo.value)), float(getattr(hi.value, "value",
+                                                                      hi.value))
+
+
+def _meet(a: tuple[float, float] | None, b: tuple[float, float]) -> tuple[float, float]:
+    """Both clamps, one after the other, as one."""
+    if a is None:
+        return b
+    return max(a[0], b[0]), min(max(a[1], b[0]), b[1])
 
 
 class _Reader:
@@ -100,8 +122,8 @@ class _Reader:
     def __init__(self, mod: Any) -> None:
         self.func = main_function(mod)
         if len(self.func.params) != 1:
-            raise CompileError(f"the embedded target takes models with one input; this one has "
-                               f"{len(self.func.params)}")
+            raise CompileError(f"the embedded target takes models with one input; this one "
+                               f"has {len(self.func.params)}")
         self.binds = {b.var.name: b for b in bindings(self.func)}
         self.uses: Counter[str] = Counter()
         for b in self.binds.values():
@@ -118,25 +140,26 @@ class _Reader:
     def name(self, expr: relax.Expr, where: str) -> str:
         if not isinstance(expr, relax.Var):
             raise CompileError(f"the embedded target needs tensor operands; binding "
-                                     f"'{where}' has a {type(expr).__name__}")
+                               f"'{where}' has a {type(expr).__name__}")
         n = expr.name
         return self.alias.get(n, n)
 
-    def single_use_next(self, var: str, ops: tuple[str, ...]) -> tuple[str, relax.Call] | None:
-        """The binding right after ``var`` if it is one of ``ops`` applied to ``var`` alone
-        and ``var`` has no other use."""
-        if self.uses[var] != 1:
+    def single_use_next(self, var: str, accept: Callable[[Any], bool]
+                        ) -> tuple[str, relax.Call] | None:
+        """The binding that reads ``var`` as its first operand, if ``accept`` takes it and
+        ``var`` has no other use."""
+        if self.uses[var] != 1 or var == self.output:
             return None
         for name, b in self.binds.items():
             args = getattr(b.value, "args", [])
             if args and isinstance(args[0], relax.Var) and args[0].name == var \
-                    and op_name(b.value) in ops:
+                    and accept(b.value):
                 return name, b.value
         return None
 
     def fold(self, op: _Op) -> _Op:
         """Fold a constant bias add and then a ReLU / Clip into ``op``."""
-        nxt = self.single_use_next(op.output, ("relax.add",))
+        nxt = self.single_use_next(op.output, lambda c: op_name(c) == "relax.add")
         if nxt and op.kind == "conv" and op.bias is None and is_const(nxt[1].args[1]):
             b = const_array(nxt[1].args[1]).astype(np.float64)
             o = op.weight.shape[0]
@@ -144,9 +167,8 @@ class _Reader:
                 op.bias = b.reshape(o)
                 self.alias[op.output] = nxt[0]
                 op.output = nxt[0]
-        nxt = self.single_use_next(op.output, _ACT)
-        if nxt:
-            op.act = _act_bounds(nxt[1])
+        while (nxt := self.single_use_next(op.output, _is_act)) is not None:
+            op.act = _meet(op.act, _act_bounds(nxt[1]))
             self.alias[op.output] = nxt[0]
             op.output = nxt[0]
         return op
@@ -162,7 +184,7 @@ class _Reader:
             shape = static_shape(b.var)
             op = self._op(name, kind, call, shape)
             before = set(self.alias)
-            if op.kind in ("conv", "add"):
+            if op.kind in ("conv", "add", "clamp"):
                 op = self.fold(op)
             absorbed |= {self.alias[k] for k in set(self.alias) - before}
             ops.append(op)
@@ -205,7 +227,7 @@ class _Reader:
             if static_shape(args[0]) != static_shape(args[1]):
                 raise unsupported("broadcasting adds")
             return _Op("add", name, [self.name(x, name) for x in args], name)
-        if kind in _ACT:
+        if _is_act(call):
             return _Op("clamp", name, [self.name(args[0], name)], name, act=_act_bounds(call))
         if kind == "relax.mean" or kind == "relax.nn.adaptive_avg_pool2d":
             src = static_shape(args[0]) or ()

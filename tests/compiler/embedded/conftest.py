@@ -258,6 +258,21 @@ def flatten_relu_gemm_model(seed: int = 2) -> onnx.ModelProto:
     return b.model(x, [1, 3, 6, 6], out, [1, 6], "flatten_relu_gemm")
 
 
+def clip_model(seed: int = 5) -> onnx.ModelProto:
+    """ONNX Clip with tensor bounds (imported as max/min with constants), folded into a conv
+    (ReLU6-style) and standalone after a Flatten: (1,3,6,6) -> conv 3->8 -> Clip(0, 1.5) ->
+    conv 8->8 -> flatten (288) -> Clip(-0.5, 0.75) -> gemm 288->4."""
+    b = _Builder(seed)
+    x = "input"
+    lo, hi = b.const("lo", np.array(0.0, np.float32)), b.const("hi", np.array(1.5, np.float32))
+    c1 = b.op("Clip", [b.conv(x, 3, 8, 3, pad=1), lo, hi])
+    flat = b.op("Flatten", [b.conv(c1, 8, 8, 3, pad=1)], axis=1)
+    lo2 = b.const("lo", np.array(-0.5, np.float32))
+    hi2 = b.const("hi", np.array(0.75, np.float32))
+    out = b.gemm(b.op("Clip", [flat, lo2, hi2]), 288, 4)
+    return b.model(x, [1, 3, 6, 6], out, [1, 4], "clip")
+
+
 def float_op_model(op: str = "Sigmoid", seed: int = 3) -> onnx.ModelProto:
     """(1,3,8,8) -> conv -> <op> -> GAP -> flatten -> gemm: one op with no integer kernel."""
     b = _Builder(seed)

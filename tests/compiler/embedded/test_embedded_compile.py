@@ -27,6 +27,7 @@ from compiler.pipeline import CompressionOptions
 
 from .conftest import (
     EXAMPLES,
+    clip_model,
     flatten_gemm_model,
     flatten_relu_gemm_model,
     float_op_model,
@@ -46,6 +47,7 @@ SYNTHETIC: dict[str, tuple[Callable[[], onnx.ModelProto], tuple[int, ...]]] = {
     "flatten_gemm": (flatten_gemm_model, (1, 3, 8, 8)),
     "strided_dilated": (strided_dilated_model, (1, 3, 11, 11)),
     "flatten_relu_gemm": (flatten_relu_gemm_model, (1, 3, 6, 6)),
+    "clip": (clip_model, (1, 3, 6, 6)),
 }
 EXAMPLE = {"digits": "digits", "mnist": "mnist"}
 
@@ -122,6 +124,7 @@ BIT_EXACT = [
     ("flatten_gemm", DEFAULT, True), ("flatten_gemm", SMALL, True),
     ("strided_dilated", DEFAULT, True), ("strided_dilated", SMALL, True),
     ("flatten_relu_gemm", DEFAULT, True), ("flatten_relu_gemm", SMALL, True),
+    ("clip", DEFAULT, True),
 ]
 
 
