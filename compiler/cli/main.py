@@ -246,9 +246,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         save_npz_atomic(args.output, outputs)
     # an embedded artifact ran on its simulator: the cycles of the last run
     sim = art.simulate(feeds[-1]) if "embedded" in art.manifest else None
+    non_finite = None
+    if args.check_finite:
+        non_finite = _non_finite(feeds, outputs)
+        for name, c in non_finite.items():
+            logger.warning("%s '%s' holds %d NaN, %d +inf, %d -inf (of %d values)", c["role"],
+                           name, c["nan"], c["posinf"], c["neginf"], c["values"])
     if args.json:
         _emit_json({"artifact": str(art.path), "inputs": form, "samples": len(feeds),
                     **({"simulation": sim} if sim else {}),
+                    **({"non_finite": non_finite} if non_finite is not None else {}),
                     "outputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype),
                                     "values": v.tolist() if v.size <= 64 else None}
                                 for k, v in outputs.items()},
@@ -273,6 +280,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.output:
         print(f"  wrote {args.output}")
     return EXIT_OK
+
+
+def _non_finite(feeds: list[dict[str, np.ndarray]], outputs: dict[str, np.ndarray]
+                ) -> dict[str, dict[str, Any]]:
+    """Per float input / output tensor holding NaN or infinity: the counts (over samples)."""
+    found: dict[str, dict[str, Any]] = {}
+    tensors = [("input", name, np.stack([np.asarray(f[name]) for f in feeds]))
+               for name in feeds[0]] + [("output", k, v) for k, v in outputs.items()]
+    for role, name, v in tensors:
+        if v.dtype.kind not in "fc":
+            continue
+        nan, posinf, neginf = (int(np.isnan(v).sum()), int(np.isposinf(v).sum()),
+                               int(np.isneginf(v).sum()))
+        if nan or posinf or neginf:
+            found[name] = {"role": role, "nan": nan, "posinf": posinf, "neginf": neginf,
+                           "values": int(v.size)}
+    return found
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -512,6 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "array shaped like the input, or with a leading sample axis")
     r.add_argument("--output", metavar="FILE.npz", help="write outputs keyed by output name")
     r.add_argument("--seed", type=int, default=0, help="seed of random inputs (no --inputs)")
+    r.add_argument("--check-finite", action="store_true",
+                   help="warn (one line per tensor) when an input or output holds NaN or "
+                   "infinity; --json adds 'non_finite'")
     r.add_argument("--json", action="store_true", help="print one JSON object")
     r.set_defaults(func=cmd_run)
 

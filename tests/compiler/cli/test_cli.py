@@ -77,6 +77,34 @@ def test_run_accepts_a_sample_axis(artifact: Path, tmp_path: Path,
     assert data["outputs"][model.graph.output[0].name]["shape"] == [3, 4, 10]
 
 
+def test_run_check_finite_counts_nan_and_inf(artifact: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str],
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """--check-finite: one warning per tensor holding NaN/inf, counts in the JSON; clean
+    tensors are not listed; without the flag nothing is said."""
+    model = models.get_model("mlp")
+    name = model.graph.input[0].name
+    x = np.stack([models.random_inputs(model, seed=s)[name] for s in range(2)])
+    x[0].flat[0], x[0].flat[1], x[1].flat[5] = np.nan, np.inf, -np.inf
+    np.savez(tmp_path / "in.npz", **{name: x})
+    assert main(["run", str(artifact), "--inputs", str(tmp_path / "in.npz"), "--json",
+                 "--check-finite"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    counts = data["non_finite"][name]
+    assert (counts["role"], counts["nan"], counts["posinf"], counts["neginf"]) == \
+        ("input", 1, 1, 1)
+    assert counts["values"] == x.size
+    warned = [r.getMessage() for r in caplog.records if "holds" in r.getMessage()]
+    assert any(f"input '{name}' holds 1 NaN, 1 +inf, 1 -inf" in w for w in warned)
+    clean = models.random_inputs(model, seed=1)
+    np.savez(tmp_path / "clean.npz", **clean)
+    assert main(["run", str(artifact), "--inputs", str(tmp_path / "clean.npz"), "--json",
+                 "--check-finite"]) == 0
+    assert json.loads(capsys.readouterr().out)["non_finite"] == {}
+    assert main(["run", str(artifact), "--inputs", str(tmp_path / "in.npz"), "--json"]) == 0
+    assert "non_finite" not in json.loads(capsys.readouterr().out)
+
+
 def test_run_without_inputs_uses_seeded_random(artifact: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", str(artifact), "--json"]) == 0
