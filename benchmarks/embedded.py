@@ -128,7 +128,8 @@ def main() -> int:
                   "heuristic; 'tuned': the best of up to "
                   f"{args.trials} tiles per layer measured on the simulator. % roofline = real "
                   "MACs / (R·C · cycles) over the layers on the MAC array (residual adds, "
-                  "pooling and layout run on the host core, not counted). Top-1 on the packaged held-out data "
+                  "pooling and layout run on the host core, not counted). Top-1 on the "
+                  "packaged held-out data "
                   "(360 digits, 1000 MNIST), int8 run through the generated C on the simulator."]})
     print(f"\n{machine_line(m)}\n\n{table(rows, COLUMNS)}\n\nwrote {path}")
     return 0

@@ -15,7 +15,8 @@ requantizes by ``s_x / (HW s_y)``.
 Expects: ``main`` with one batch-1 input, BatchNorm folded (``canonicalize`` ran), weights
 constant. Supported Relax ops: ``nn.conv2d`` (groups 1, NCHW/OIHW) and ``matmul`` with a
 constant weight, each with an optional constant bias ``add``; ``add`` of two tensors;
-``nn.relu``, ``clip`` and ``maximum`` / ``minimum`` with a scalar constant; ``mean`` over H, W and ``nn.adaptive_avg_pool2d`` to 1×1;
+``nn.relu``, ``clip`` and ``maximum`` / ``minimum`` with a scalar constant; ``mean`` over
+H, W and ``nn.adaptive_avg_pool2d`` to 1×1;
 ``nn.max_pool2d``; ``reshape`` / ``flatten`` of a batch-1 tensor. Anything else is refused,
 naming the op and its binding.
 """

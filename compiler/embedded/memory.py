@@ -1,7 +1,8 @@
 """Static memory plan: every activation at a fixed offset of one arena.
 
 A tensor lives from the layer that writes it to the last layer that reads it (a ``view``
-shares its source's bytes and extends its life; a conv's im2col buffer lives during that conv); the model's input is copied into the arena
+shares its source's bytes and extends its life; a conv's im2col buffer lives during that
+conv); the model's input is copied into the arena
 by the first step (NCHW → padded NHWC) and its output copied out by the last. Offsets are
 chosen greedily, largest tensors first, each at the lowest 16-byte aligned offset that no
 tensor alive at the same time overlaps. ``peak`` is the largest total of tensors alive at

@@ -37,6 +37,7 @@ from .rewrites.resize_taps import resize_linear_as_taps
 from .rewrites.winograd import winograd_conv2d
 from .schedules import SCHEDULE_ATTR, apply_default_schedules
 from .schedules.analysis import region_buffer
+from .nan_semantics import constants_first
 from .vector_ops import declare_vectorizable
 
 DEFAULT_OPTIONS = LowerOptions()
@@ -146,6 +147,23 @@ def kernel_info(fused: dict[str, Any], built: dict[str, Any],
                       "ops": "int8" if _is_int8(source) else "float",
                       "schedule": _schedule_of(func, unattributed)}
     return info
+
+
+def _nan_propagating(mod):
+    """``mod`` with :func:`.nan_semantics.constants_first` applied to every PrimFunc."""
+    updates = {}
+    for gv, func in mod.functions_items():
+        if isinstance(func, tvm.tirx.PrimFunc):
+            new = constants_first(func)
+            if new is not func:
+                updates[gv] = new
+    if not updates:
+        return mod
+    mod = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs,
+                       global_infos=mod.global_infos)
+    for gv, func in updates.items():
+        mod[gv] = func
+    return mod
 
 
 def pass_context(target: Target):
@@ -322,6 +340,7 @@ def lower_cpu(mod, target: Target, database: Any = None, finalize: bool = True,
         if target.kind == "llvm":
             # defaults for the rest; already-scheduled kernels are left alone
             mod = apply_default_schedules(mod, tvm_target)
+            mod = _nan_propagating(mod)  # every kernel, tuned ones too
         funcs = _primfuncs(mod)
         scheduled = {n for n, f in funcs.items() if _is_scheduled(f)}
         stats.default_scheduled = len(scheduled) - stats.tuned
