@@ -25,7 +25,7 @@ from .embedded import compile as embedded_compile
 from .embedded import graph as graph_io
 from .embedded import tune as embedded_tune
 from .embedded.compile import build_embedded
-from .embedded.integerize import integerize as embedded_integerize
+from .embedded.compile import integer_graph as embedded_integer_graph
 from .embedded.tune import TileRecords
 from .data import stack_samples
 from .errors import CompileError, ConfigError
@@ -142,18 +142,23 @@ def _compile_embedded(imported: Any, tgt: Target, compression: CompressionOption
     """The embedded target: the compression passes but quantize, then the integer-only
     lowering to standalone C (:mod:`compiler.embedded`), which quantizes every tensor itself
     (the CPU quantize pass keeps float between layers; the device has none)."""
-    if compression.quantize != "int8" or compression.calibration is None:
-        raise ConfigError("the embedded target runs int8 only, calibrated: add --quantize int8 "
-                          "--calib FILE.npz (samples of the model's input)")
-    if has_qdq(imported.mod):
-        raise CompileError("already-quantized (QDQ / QOperator) models are not supported on "
-                           "the embedded target yet: give the float model with --quantize int8 "
-                           "--calib FILE.npz")
+    quantized = has_qdq(imported.mod)
     float_opts = dataclasses.replace(compression, quantize=None)
+    if quantized:  # its own scales (symmetric int8 QDQ); calibration only fills gaps
+        if float_opts.wanted or compression.quantize not in (None, "int8"):
+            raise ConfigError("an already-quantized (QDQ) model compiles for the embedded "
+                              "target as it is: --prune, --sparsity, --low-rank and "
+                              "--quantize other than int8 do not apply")
+    elif compression.quantize != "int8" or compression.calibration is None:
+        raise ConfigError("the embedded target runs int8 only, calibrated: add --quantize int8 "
+                          "--calib FILE.npz (samples of the model's input), or give a model "
+                          "quantized to symmetric int8 QDQ")
     pipeline = [PassSpec("canonicalize"), *float_opts.passes(imported.inputs, tgt.capabilities),
                 *passes]
     mod, pass_reports = run_passes(imported.mod, pipeline)
-    calib = stack_samples(compression.calibration, imported.inputs)
+    calib = None
+    if compression.calibration is not None:
+        calib = stack_samples(compression.calibration, imported.inputs)
     records = None
     if tuning_log is not False:
         # like a CPU target's --tune-log: the folder of the records themselves
@@ -162,7 +167,9 @@ def _compile_embedded(imported: Any, tgt: Target, compression: CompressionOption
     built = build_embedded(mod, calib, tgt.accelerator, records)
     pass_reports.append({"name": "integerize", "report": {
         "mode": "int8", "scheme": "symmetric per-tensor activations, per-channel weights, "
-        "fixed-point requantization", "layers": len(built.graph.layers)}})
+        "fixed-point requantization", "layers": len(built.graph.layers),
+        "scales": (f"{built.report['scales_from_model']} from the model's QDQ pairs"
+                   if quantized else "calibrated")}})
     manifest = _manifest_base(imported, tgt, pass_reports)
     e = built.report
     manifest.update({
@@ -184,10 +191,15 @@ def _compile_embedded(imported: Any, tgt: Target, compression: CompressionOption
     writers[embedded_compile.GRAPH_JSON] = lambda p: graph_io.save_json(built.graph, p)
     writers[embedded_compile.GRAPH_PARAMS] = lambda p: graph_io.save_params(built.graph, p)
     if verify:
-        samples = [{s.name: calib[s.name][i] for s in imported.inputs}
-                   for i in range(min(64, len(next(iter(calib.values())))))]
+        if calib is not None:
+            samples = [{s.name: calib[s.name][i] for s in imported.inputs}
+                       for i in range(min(64, len(next(iter(calib.values())))))]
+            what = f"{len(samples)} calibration samples"
+        else:
+            samples = [random_inputs(imported.inputs, seed=i) for i in range(16)]
+            what = f"{len(samples)} seeded random inputs"
         manifest["verification"] = _verify_embedded(manifest, writers, imported.onnx_model,
-                                                    samples)
+                                                    samples, what)
     out = Path(output_dir) if output_dir is not None else Path(
         tempfile.mkdtemp(prefix="hwcc-artifact-"))
     path = package.write_artifact(out, manifest, writers)
@@ -211,13 +223,10 @@ def tune_embedded(model: str | Path | onnx.ModelProto, target: str | Target = "e
     if tgt.family != "embedded":
         raise ConfigError(f"tune_embedded takes an embedded target; got '{tgt}'")
     imported = frontend.load_model(model, input_shapes)
-    if has_qdq(imported.mod):
-        raise CompileError("already-quantized (QDQ / QOperator) models are not supported on "
-                           "the embedded target yet")
     mod, _ = run_passes(imported.mod, [PassSpec("canonicalize")])
     feeds = [random_inputs(imported.inputs, seed=i) for i in range(4)]
     calib = {s.name: np.stack([f[s.name] for f in feeds]) for s in imported.inputs}
-    graph = embedded_integerize(mod, calib)
+    graph, _ = embedded_integer_graph(mod, calib)
     records = TileRecords(embedded_tune.log_dir(tgt.accelerator,
                                                 Path(log_dir) if log_dir else None))
     bar = None
@@ -248,10 +257,10 @@ def tune_embedded(model: str | Path | onnx.ModelProto, target: str | Target = "e
 
 
 def _verify_embedded(manifest: dict[str, Any], writers: dict[str, Callable[[Path], Any]],
-                     model: onnx.ModelProto, samples: list[dict[str, np.ndarray]]
+                     model: onnx.ModelProto, samples: list[dict[str, np.ndarray]], what: str
                      ) -> dict[str, Any]:
-    """Run the staged artifact's C on the simulator over calibration samples and compare
-    with the float model (onnxruntime / onnx.reference): the int8 model's error."""
+    """Run the staged artifact's C on the simulator over ``samples`` and compare with the
+    ONNX model (onnxruntime / onnx.reference): the int8 model's error."""
     staging = tempdirs.mkdtemp("hwcc-verify-")
     try:
         art = Artifact.load(package.write_artifact(staging / "a", manifest, writers))
@@ -261,8 +270,7 @@ def _verify_embedded(manifest: dict[str, Any], writers: dict[str, Callable[[Path
             ours.append(art.run(feeds)[art.outputs[0].name])
             ref.append(evaluate.reference_outputs(model, feeds, backend)[0])
         report = evaluate.compare([np.concatenate(ours)], [np.concatenate(ref)])
-        report.update(verified=True, reference=backend, inputs=f"{len(samples)} calibration "
-                      "samples", simulator=True)
+        report.update(verified=True, reference=backend, inputs=what, simulator=True)
         return report
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -177,8 +177,8 @@ def _embedded_summary(args: argparse.Namespace, art: Any) -> int:
     v = m.get("verification")
     if v and v.get("verified"):
         top1 = f", top-1 agreement {v['top1_agreement']:.1%}" if "top1_agreement" in v else ""
-        print(f"  agreement    int8 on the simulator vs the float model ({v['reference']}) on "
-              f"{v['inputs']}: max abs err {v['max_abs_err']:.3g}{top1}")
+        print(f"  agreement    int8 on the simulator vs the ONNX model ({v['reference']}) "
+              f"on {v['inputs']}: max abs err {v['max_abs_err']:.3g}{top1}")
     else:
         print("  agreement    not checked (--no-verify)")
     if sim:

@@ -25,6 +25,7 @@ from .graph import IntGraph
 from .integerize import integerize
 from .layout import conv_geometry, pack_weights, padded
 from .memory import ArenaPlan, plan_arena
+from .qdq import strip_qdq
 from .tune import TileRecords, assign_tiles
 
 logger = logging.getLogger(__name__)
@@ -59,11 +60,18 @@ def layer_table(graph: IntGraph, acc: Accelerator) -> list[dict[str, Any]]:
     return rows
 
 
-def build_embedded(mod: Any, calibration: Mapping[str, np.ndarray], acc: Accelerator,
+def integer_graph(mod: Any, calibration: Mapping[str, np.ndarray] | None
+                  ) -> tuple[IntGraph, dict[str, float]]:
+    """The integer graph of ``mod`` and the scales its QDQ pairs gave (see ``qdq``)."""
+    mod, marked = strip_qdq(mod)
+    return integerize(mod, calibration, marked), marked
+
+
+def build_embedded(mod: Any, calibration: Mapping[str, np.ndarray] | None, acc: Accelerator,
                    records: TileRecords | None = None) -> EmbeddedBuild:
-    """Lower ``mod`` (float, BatchNorm folded) for ``acc``; ``calibration``: input name →
-    samples along a leading axis."""
-    graph = integerize(mod, calibration)
+    """Lower ``mod`` (float or QDQ, BatchNorm folded) for ``acc``; ``calibration``: input
+    name → samples along a leading axis (optional for a QDQ model that marks every tensor)."""
+    graph, marked = integer_graph(mod, calibration)
     tuned = assign_tiles(graph, acc, records)
     plan = plan_arena(graph, acc)
     if acc.ram_kb is not None and plan.arena_bytes > acc.ram_kb * 1024:
@@ -90,6 +98,7 @@ def build_embedded(mod: Any, calibration: Mapping[str, np.ndarray], acc: Acceler
         "tuned_layers": tuned,
         "input_scale": graph.tensors[graph.inputs[0]].scale,
         "output_scale": graph.tensors[graph.outputs[0]].scale,
+        "scales_from_model": len(marked),
     }
     logger.info("embedded: %d layers (%d on the MAC array, %d tiles from records), arena %d "
                 "bytes, weights %d bytes", len(graph.layers), convs, tuned, plan.arena_bytes,

@@ -277,15 +277,19 @@ def _storage(tensors: dict[str, Tensor], op: _Op, shape: tuple[int, ...]) -> tup
     return int(np.prod(shape[1:])), 1, 1
 
 
-def integerize(mod: Any, calib: Mapping[str, np.ndarray]) -> IntGraph:
-    """The integer graph of ``mod``'s ``main``, with scales observed on ``calib`` (input name →
-    samples along a leading axis).
+def integerize(mod: Any, calib: Mapping[str, np.ndarray] | None,
+               scales: Mapping[str, float] | None = None) -> IntGraph:
+    """The integer graph of ``mod``'s ``main`` (binding names unique: see
+    :func:`compiler.embedded.qdq.strip_qdq`). Activation scales come from ``scales`` (binding
+    name → scale, what a QDQ model marked) and, for the tensors it lacks, from ``calib``
+    (input name → samples along a leading axis).
 
     Raises
     ------
     CompileError
-        An op without an integer kernel on the device (named, with its binding), or a model
-        the device cannot take (several inputs or outputs, batch > 1).
+        An op without an integer kernel on the device (named, with its binding), a model
+        the device cannot take (several inputs or outputs, batch > 1), or a tensor with no
+        scale and no calibration data.
     """
     reader = _Reader(mod)
     ops = reader.read()
@@ -294,21 +298,29 @@ def integerize(mod: Any, calib: Mapping[str, np.ndarray]) -> IntGraph:
     if in_shape is None or len(in_shape) not in (2, 4) or in_shape[0] != 1:
         raise CompileError(f"the embedded target takes a batch-1 input of rank 2 or 4; input "
                            f"'{param.name}' has shape {in_shape}")
-    wanted = [op.output for op in ops]
-    cap = calibration.capture(mod, calib, [param.name, *wanted])
-    observed = dict(zip(cap.names, cap.values))
+    known = dict(scales or {})
+    needed = [param.name, *(op.output for op in ops if op.kind not in ("view", "maxpool",
+                                                                          "clamp"))]
+    wanted = [n for n in needed if n not in known]
+    if wanted and calib is None:
+        raise CompileError(f"no scale for tensor '{wanted[0]}' (and {len(wanted) - 1} more): "
+                           "the model does not quantize it; give calibration data (--calib)")
+    observed: dict[str, float] = dict(known)
+    if wanted:
+        cap = calibration.capture(mod, calib, wanted)
+        observed.update({n: _scale(v) for n, v in zip(cap.names, cap.values)})
 
     shapes = {b.var.name: static_shape(b.var) for b in bindings(reader.func)}
     shapes[param.name] = tuple(in_shape)
     tensors: dict[str, Tensor] = {}
-    inp = Tensor(param.name, tuple(in_shape), _scale(observed[param.name]))
+    inp = Tensor(param.name, tuple(in_shape), observed[param.name])
     inp.storage = inp.chw
     tensors[inp.name] = inp
     layers: list[Layer] = []
     for op in ops:
         shape = tuple(shapes[op.output])
         keeps_scale = op.kind in ("view", "maxpool", "clamp")
-        scale = tensors[op.inputs[0]].scale if keeps_scale else _scale(observed[op.output])
+        scale = tensors[op.inputs[0]].scale if keeps_scale else observed[op.output]
         out = Tensor(op.output, shape, scale)
         out.storage = _storage(tensors, op, shape)
         tensors[op.output] = out
