@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -217,8 +218,6 @@ def tune_embedded(model: str | Path | onnx.ModelProto, target: str | Target = "e
 
     Tiles depend on the layers' shapes only, so the model is lowered with seeded random
     calibration inputs here."""
-    import time
-
     tgt = parse_target(target)
     if tgt.family != "embedded":
         raise ConfigError(f"tune_embedded takes an embedded target; got '{tgt}'")
@@ -233,15 +232,13 @@ def tune_embedded(model: str | Path | onnx.ModelProto, target: str | Target = "e
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=sum(lay.kind == "conv" for lay in graph.layers), unit="layer",
-                   desc="tuning tiles")
+        bar = tqdm(unit="workload", desc="tuning tiles")
     rows: list[dict[str, Any]] = []
     stopped = None
     t0 = time.perf_counter()
     try:
         embedded_tune.tune_graph(graph, tgt.accelerator, records, trials=trials,
-                                 progress=(lambda done, total: bar.update(1)) if bar else None,
-                                 out=rows)
+                                 progress=partial(_advance, bar) if bar else None, out=rows)
     except KeyboardInterrupt:
         stopped = "interrupted"
     finally:
@@ -254,6 +251,12 @@ def tune_embedded(model: str | Path | onnx.ModelProto, target: str | Target = "e
             "before_cycles": before, "after_cycles": after,
             "speedup": before / after if after else None, "stopped": stopped,
             "seconds": time.perf_counter() - t0}
+
+
+def _advance(bar: Any, done: int, total: int) -> None:
+    bar.total = total
+    bar.n = done
+    bar.refresh()
 
 
 def _verify_embedded(manifest: dict[str, Any], writers: dict[str, Callable[[Path], Any]],
