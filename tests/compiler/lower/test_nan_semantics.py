@@ -120,6 +120,44 @@ def test_elementwise_max_min_of_two_tensors(op: str, tmp_path) -> None:
     np.testing.assert_array_equal(got[~np.isnan(want)], want[~np.isnan(want)])
 
 
+def _rows(node: onnx.NodeProto, inits: list[onnx.TensorProto] = ()) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [node], "nan", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 16])],
+        initializer=list(inits))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+_ONES = helper.make_tensor("s", TensorProto.FLOAT, [16], np.ones(16))
+_ZEROS = helper.make_tensor("b", TensorProto.FLOAT, [16], np.zeros(16))
+ROW_OPS = {  # activations, softmax and normalization: NaN and inf where onnx.reference has them
+    "Softmax": _rows(helper.make_node("Softmax", ["x"], ["y"], axis=-1)),
+    "LogSoftmax": _rows(helper.make_node("LogSoftmax", ["x"], ["y"], axis=-1)),
+    "LayerNormalization": _rows(helper.make_node("LayerNormalization", ["x", "s", "b"], ["y"],
+                                                 axis=-1), [_ONES, _ZEROS]),
+    "Sigmoid": _rows(helper.make_node("Sigmoid", ["x"], ["y"])),
+    "Tanh": _rows(helper.make_node("Tanh", ["x"], ["y"])),
+    "LeakyRelu": _rows(helper.make_node("LeakyRelu", ["x"], ["y"], alpha=0.1)),
+    "HardSigmoid": _rows(helper.make_node("HardSigmoid", ["x"], ["y"])),
+    "HardSwish": _rows(helper.make_node("HardSwish", ["x"], ["y"])),
+    "Elu": _rows(helper.make_node("Elu", ["x"], ["y"])),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROW_OPS))
+def test_activations_softmax_norm_as_onnx_reference(name: str, tmp_path) -> None:
+    model = ROW_OPS[name]
+    x = np.random.default_rng(4).standard_normal((2, 16)).astype(np.float32)
+    x[0, 3], x[1, 5], x[1, 7] = np.nan, np.inf, -np.inf
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    got = compiler.compile(model, hostcpu.host_target(), output_dir=tmp_path / name,
+                           verify=False, tuning_log=False).run({"x": x})["y"]
+    assert np.isnan(want).any()
+    assert np.array_equal(np.isnan(got), np.isnan(want)), (got, want)
+    finite = ~np.isnan(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["digits_cnn", "mnist_cnn"])
 def test_example_cnn_answers_a_nan_pixel_with_nan_like_onnxruntime(name: str, tmp_path) -> None:
     from examples import example_model
