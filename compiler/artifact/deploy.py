@@ -322,6 +322,12 @@ def _artifact_arch(artifact: Path, manifest: Mapping[str, Any]) -> str:
             "are not supported yet (they need the CUDA runtime library and a GPU-aware "
             "runner). Run it with Python on the GPU machine (hwcc run), or compile for a CPU "
             f"target ({', '.join(SUPPORTED_ARCHES)})")
+    if tgt.get("kind") == "c":
+        raise UnsupportedBundleError(
+            f"artifact {artifact} is for the embedded target: it is standalone C already "
+            "(model.c, model.h, hwcc_kernels.c/.h, hwcc_acc.h, hwcc_acc_config.h); build those "
+            "into the firmware with the device's C compiler and hwcc_acc_* from the vendor, or "
+            "hwcc_acc_sim.c and hwcc_sim_main.c to run it on the simulator")
     arch = str(tgt.get("machine") or "")
     if arch not in SUPPORTED_ARCHES:
         raise UnsupportedBundleError(

@@ -244,3 +244,14 @@ def test_run_and_bench_errors(compiled: tuple[Path, dict[str, Any]], tmp_path: P
         rc, _, err = _cli(argv, capsys)
         line = _one_error_line(rc, err)
         assert word in line, (argv, line)
+
+
+def test_bundle_refuses_an_embedded_artifact(compiled: tuple[Path, dict[str, Any]],
+                                             tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """The embedded artifact is standalone C already: `hwcc bundle` (a TVM runtime + runner)
+    says so in one line and writes nothing."""
+    rc, _, err = _cli(["bundle", str(compiled[0]), "-o", str(tmp_path / "b")], capsys)
+    line = _one_error_line(rc, err)
+    assert "embedded target" in line and "model.c" in line
+    assert not (tmp_path / "b").exists()
