@@ -117,13 +117,13 @@ def _int8_inputs(key: str, art: EmbeddedArtifact, n_data: int = 4) -> list[np.nd
 
 
 # -- 1. bit-exactness against an independent interpreter of the integer graph ----------------
-BIT_EXACT = [
+BIT_EXACT = [  # the 8x8 array on the models whose layers differ most (suite time)
     ("digits", DEFAULT, True), ("digits", DEFAULT, False), ("digits", SMALL, True),
-    ("mnist", DEFAULT, True), ("mnist", SMALL, True),
+    ("mnist", DEFAULT, True),
     ("resnet_block", DEFAULT, True), ("resnet_block", SMALL, True),
     ("flatten_gemm", DEFAULT, True), ("flatten_gemm", SMALL, True),
     ("strided_dilated", DEFAULT, True), ("strided_dilated", SMALL, True),
-    ("flatten_relu_gemm", DEFAULT, True), ("flatten_relu_gemm", SMALL, True),
+    ("flatten_relu_gemm", DEFAULT, True),
     ("clip", DEFAULT, True),
 ]
 
