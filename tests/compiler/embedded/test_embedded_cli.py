@@ -255,3 +255,16 @@ def test_bundle_refuses_an_embedded_artifact(compiled: tuple[Path, dict[str, Any
     line = _one_error_line(rc, err)
     assert "embedded target" in line and "model.c" in line
     assert not (tmp_path / "b").exists()
+
+
+def test_output_cut_short_by_the_reader_is_not_an_error(
+        compiled: tuple[Path, dict[str, Any]]) -> None:
+    """`hwcc bench DIR | head -1`: the reader closes the pipe early; hwcc ends quietly
+    (it used to print 'internal error: BrokenPipeError')."""
+    proc = subprocess.Popen([*HWCC, "bench", str(compiled[0])], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    proc.stdout.close()  # before hwcc has printed anything: its first write hits EPIPE
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert b"internal error" not in err and b"Traceback" not in err
