@@ -1,7 +1,7 @@
 """Parse target strings into :class:`~targets.base.Target` objects, dispatching by family.
 
 Syntax: ``TRIPLE [-mcpu=CPU] [-mattr=+f1,+f2] [-arch=sm_XX] [-cores=N]``, and for ``embedded``
-``-mac=RxC -spad=KiB -acc=KiB -dma=N`` (:mod:`targets.embedded`). ``host`` stands for
+``-mac=RxC -spad=KiB -acc=KiB -dma=N -ram=KiB`` (:mod:`targets.embedded`). ``host`` stands for
 this machine's triple with its detected features; ``cuda`` for ``nvptx64-nvidia-cuda``.
 """
 
@@ -153,6 +153,9 @@ def parse_target(spec: str | Target) -> Target:
         raise TargetError(f"{accel_opts[0][0]} applies to the embedded target only; "
                           f"got '{spec}'")
     if family == "embedded":
+        if cpu is not None:
+            raise TargetError(f"-mcpu applies to CPU targets only; the embedded target is "
+                              f"described by -mac, -spad, -acc, -dma, -ram; got '{spec}'")
         target = _make_embedded(triple, cpu, tuple(features), gpu_arch, cores or 1,
                                 embedded.parse_accelerator(accel_opts, spec))
         return dataclasses.replace(target, explicit_cores=cores is not None)

@@ -137,6 +137,7 @@ def test_embedded_accelerator_options_print_back_and_reach_capabilities() -> Non
     assert "#define HWCC_ACC_ROWS 8" in acc.config_header()
     default = parse_target("embedded").accelerator  # Gemmini's defaults
     assert (default.rows, default.cols, default.spad_kb, default.acc_kb) == (16, 16, 256, 64)
-    for bad in ("embedded -mac=3x3", "embedded -spad=0", "x86_64-linux-gnu -mac=8x8"):
+    for bad in ("embedded -mac=3x3", "embedded -spad=0", "x86_64-linux-gnu -mac=8x8",
+                "embedded -mcpu=cortex-m4", "embedded -mattr=+neon"):
         with pytest.raises(TargetError):
             parse_target(bad)
