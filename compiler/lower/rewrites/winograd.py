@@ -236,6 +236,21 @@ def winograd_te(data, u, padding: tuple[int, int, int, int], out_channels: int):
     return te.compute((n, k, oh, ow), out, name=BLOCK_PREFIX + "output")
 
 
+#: largest ratio of a weight's magnitude to the typical (median non-zero) one that Winograd
+#: takes: its transforms mix a kernel's weights, and float rounding of a weight 10^k times the
+#: others leaves errors of that size where direct convolution gives exact zeros (a fuzzed
+#: MNIST weight of 1e31 gave logits of 1e22 instead of about 40)
+MAX_WEIGHT_RANGE = 1e4
+
+
+def _well_scaled(weight: np.ndarray) -> bool:
+    """Finite weights with no outlier beyond :data:`MAX_WEIGHT_RANGE` times the median."""
+    if not np.isfinite(weight).all():
+        return False
+    mag = np.abs(weight[weight != 0])
+    return mag.size == 0 or float(mag.max()) <= MAX_WEIGHT_RANGE * float(np.median(mag))
+
+
 def choose_tile(call, config: WinogradConfig) -> int | None:
     """Output tile edge for a ``relax.nn.conv2d`` call under ``config``: 4, 2, or None (stays
     a direct convolution)."""
@@ -268,6 +283,8 @@ def choose_tile(call, config: WinogradConfig) -> int | None:
     if (kh, kw) != (KERNEL, KERNEL) or wc != c:
         return None
     if c < config.min_in_channels or k < config.min_out_channels:
+        return None
+    if not _well_scaled(weight.value.numpy()):
         return None
     top, left, bottom, right = (int(p) for p in attrs.padding)
     oh, ow = h + top + bottom - KERNEL + 1, w + left + right - KERNEL + 1

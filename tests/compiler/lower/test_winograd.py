@@ -280,3 +280,24 @@ def test_rule_schedules_the_bare_kernel():
     assert sch is not None
     text = sch.mod.script()
     assert "T.vectorized" in text and "T.parallel" in text
+
+
+def test_outlier_weight_keeps_the_direct_convolution():
+    """One weight 1e31 (a fuzzed MNIST model): Winograd's transforms mix it into every point,
+    and where its input is 0 direct convolution gives exactly 0 but Winograd leaves rounding
+    residue of ~1e24; such a conv stays direct and matches the reference."""
+    wv = RNG.standard_normal((16, 16, 3, 3)).astype("float32") * 0.1
+    wv[3, 5, 1, 1] = 1e31
+    nodes = [helper.make_node("Conv", ["x", "w"], ["z"], pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "g", [_vi("x", [1, 16, 12, 12])], [_vi("z", [1, 16, 12, 12])],
+                              [numpy_helper.from_array(wv, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = RNG.standard_normal((1, 16, 12, 12)).astype("float32")
+    x[0, 5] = 0.0  # the channel the outlier reads
+    got, mod = _compile_and_run(model, {"x": x})
+    assert _calls(mod, "winograd_conv2d") == 0
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    wv[3, 5, 1, 1] = 1.0  # a well-scaled weight still gets Winograd
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(wv, "w"))
+    assert _calls(_compile_and_run(model, {"x": x})[1], "winograd_conv2d") == 1
