@@ -310,31 +310,12 @@ def _manifest_base(imported: Any, tgt: Target, pass_reports: list[dict[str, Any]
 
 def _manifest(imported: Any, tgt: Target, pass_reports: list[dict[str, Any]], mod: Any,
               built: Any, db_path: Path | None, options: LowerOptions) -> dict[str, Any]:
-    """The artifact's manifest, less the file hashes and the verification."""
-    return {
-        "model": {
-            "source": imported.source,
-            "name": imported.onnx_model.graph.name or Path(imported.source).stem,
-            "opset": imported.opset,
-            "nodes": len(imported.onnx_model.graph.node),
-            "sha256": _sha256_bytes(imported.onnx_model.SerializeToString()),
-            **stats.onnx_weights(imported.onnx_model),
-        },
-        "inputs": [s.to_dict() for s in imported.inputs],
-        "outputs": [s.to_dict() for s in imported.outputs],
-        "target": {
-            "target": str(tgt),
-            "triple": tgt.triple,
-            "kind": tgt.kind,
-            "machine": tgt.machine,
-            "arch": tgt.arch,
-            # the -mattr features the module uses: Artifact.load and hwcc_run refuse a CPU
-            # lacking one (instead of dying with SIGILL)
-            "cpu_features": list(tgt.cpu_features),  # -mcpu's features included
-            "tvm_target": tgt.tvm_target_dict(),
-            "capabilities": tgt.capabilities.to_dict(),
-        },
-        "passes": pass_reports,
+    """The artifact's manifest, less the file hashes and the verification. The target's
+    ``cpu_features`` (``-mcpu``'s included) are what Artifact.load and hwcc_run check the CPU
+    against, refusing one that lacks a feature instead of dying with SIGILL."""
+    manifest = _manifest_base(imported, tgt, pass_reports)
+    manifest["target"]["tvm_target"] = tgt.tvm_target_dict()
+    manifest.update({
         "lowering": options.to_dict(),
         "compressed": stats.relax_weights(mod),
         "kernels": {**built.stats.to_dict(), "tuning_log": str(db_path) if db_path else None},
@@ -342,10 +323,9 @@ def _manifest(imported: Any, tgt: Target, pass_reports: list[dict[str, Any]], mo
         # ``hwcc bench --per-layer`` (compiler.artifact.profile)
         "kernel_info": built.stats.kernel_info,
         "library": package.LIBRARY,
-        "source_model": package.SOURCE_MODEL,
-        "versions": package.tool_versions(),
         "ir": "TVM Relax (tvm.relax.frontend.onnx)",
-    }
+    })
+    return manifest
 
 
 def _writers(imported: Any, tgt: Target, built: Any) -> dict[str, Callable[[Path], Any]]:
