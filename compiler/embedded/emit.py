@@ -17,7 +17,14 @@ import numpy as np
 from targets.embedded import Accelerator
 
 from .graph import IntGraph, Layer
-from .layout import conv_geometry, im2col_channels, pack_weights, pad_channels, padded
+from .layout import (
+    conv_geometry,
+    im2col_channels,
+    pack_weights,
+    pad_channels,
+    padded,
+    storage_bytes,
+)
 from .memory import ArenaPlan, scratch_name
 from .tiling import Tile
 
@@ -80,6 +87,12 @@ int hwcc_model_run(const int8_t *in, int8_t *out, void *arena);
 """
 
 
+def _params(ctype: str, name: str, fields: dict[str, object]) -> str:
+    """``static const <ctype> <name> = {.field = value, ...};`` (C99 designated fields)."""
+    init = ", ".join(f".{k} = {v}" for k, v in fields.items())
+    return f"static const {ctype} {name} = {{{init}}};\n"
+
+
 def _conv(graph: IntGraph, index: int, lay: Layer, acc: Accelerator) -> str:
     g = conv_geometry(graph, lay, acc)
     t = Tile.from_dict(lay.tile or {})
@@ -116,11 +129,10 @@ def _im2col(graph: IntGraph, tag: str, lay: Layer, acc: Accelerator, k: int) -> 
     _, oh, ow = graph.tensors[lay.output].chw
     w = lay.params["weight"]
     s, p, d = lay.attrs["stride"], lay.attrs["pad"], lay.attrs["dilation"]
-    fields = dict(in_h=ih, in_w=iw, in_c=padded(c, acc), c=c, out_h=oh, out_w=ow,
-                  k_h=w.shape[2], k_w=w.shape[3], stride_h=s[0], stride_w=s[1], pad_t=p[0],
-                  pad_l=p[1], dil_h=d[0], dil_w=d[1], k_pad=k)
-    init = ", ".join(f".{key} = {v}" for key, v in fields.items())
-    return f"static const hwcc_im2col_params {tag}_i = {{{init}}};\n"
+    return _params("hwcc_im2col_params", f"{tag}_i", dict(
+        in_h=ih, in_w=iw, in_c=padded(c, acc), c=c, out_h=oh, out_w=ow, k_h=w.shape[2],
+        k_w=w.shape[3], stride_h=s[0], stride_w=s[1], pad_t=p[0], pad_l=p[1], dil_h=d[0],
+        dil_w=d[1], k_pad=k))
 
 
 def source(graph: IntGraph, plan: ArenaPlan, acc: Accelerator) -> str:
@@ -145,22 +157,18 @@ def source(graph: IntGraph, plan: ArenaPlan, acc: Accelerator) -> str:
                 src = at(scratch_name(lay.name))
             calls.append(f"hwcc_conv2d(&{tag}_p, {src}, {dst});")
         elif lay.kind == "add":
-            t = graph.tensors[lay.output]
-            n = (t.storage[1] * t.storage[2]) * padded(t.storage[0], acc)
-            at_ = lay.attrs
-            decls.append(
-                f"static const hwcc_add_params {tag}_p = {{.layer = {i}, .n = {n}, "
-                f".mult_a = {at_['mult_a']}, .mult_b = {at_['mult_b']}, "
-                f".shift_a = {at_['shift_a']}, .shift_b = {at_['shift_b']}, "
-                f".lo = {at_['lo']}, .hi = {at_['hi']}}};\n")
+            a = lay.attrs
+            decls.append(_params("hwcc_add_params", f"{tag}_p", dict(
+                layer=i, n=storage_bytes(graph.tensors[lay.output], acc),
+                mult_a=a["mult_a"], mult_b=a["mult_b"], shift_a=a["shift_a"],
+                shift_b=a["shift_b"], lo=a["lo"], hi=a["hi"])))
             calls.append(f"hwcc_add(&{tag}_p, {src}, {at(lay.inputs[1])}, {dst});")
         elif lay.kind == "mean":
             cc, hh, ww = graph.tensors[lay.inputs[0]].chw
-            at_ = lay.attrs
-            decls.append(
-                f"static const hwcc_mean_params {tag}_p = {{.layer = {i}, .hw = {hh * ww}, "
-                f".c = {padded(cc, acc)}, .mult = {at_['mult']}, .shift = {at_['shift']}, "
-                f".lo = {at_['lo']}, .hi = {at_['hi']}}};\n")
+            a = lay.attrs
+            decls.append(_params("hwcc_mean_params", f"{tag}_p", dict(
+                layer=i, hw=hh * ww, c=padded(cc, acc), mult=a["mult"], shift=a["shift"],
+                lo=a["lo"], hi=a["hi"])))
             calls.append(f"hwcc_mean(&{tag}_p, {src}, {dst});")
         elif lay.kind == "maxpool":
             cc, ih, iw = graph.tensors[lay.inputs[0]].chw
