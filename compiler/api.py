@@ -22,13 +22,13 @@ from compiler.tuning.database import open_database
 from passes.quantize import QuantizeConfig, has_qdq
 from targets import Target, parse_target
 
+from .data import stack_samples
 from .embedded import compile as embedded_compile
 from .embedded import graph as graph_io
 from .embedded import tune as embedded_tune
 from .embedded.compile import build_embedded
 from .embedded.compile import integer_graph as embedded_integer_graph
 from .embedded.tune import TileRecords
-from .data import stack_samples
 from .errors import CompileError, ConfigError
 from .lower.options import LowerOptions
 from .lower.timing import time_module
