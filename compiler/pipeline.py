@@ -109,8 +109,9 @@ class CompressionOptions:
         Teacher-guided re-fit after pruning / low rank / sparsity (needs calibration data).
     low_rank : str or None
         ``energy=0.95``, ``rank=64`` or ``ratio=0.25`` (see :mod:`passes.low_rank`).
-    sparsity : float or None
-        Weight sparsity in [0, 1]; None: dense.
+    sparsity : float, str or None
+        Weight sparsity in [0, 1], ``"keep"`` (the zeros the weights have, nothing pruned) or
+        ``"auto"`` (a ratio per layer from its weights); None: dense.
     sparse_block : str
         ``RxC``, ``N:M``, ``none`` or ``auto`` (a block of half the target's vector lanes).
     quantize : str or None
@@ -130,7 +131,7 @@ class CompressionOptions:
     prune_scope: str = "global"
     recover: bool = True
     low_rank: str | None = None
-    sparsity: float | None = None
+    sparsity: float | str | None = None
     sparse_block: str = "auto"
     quantize: str | None = None
     calib_method: str = "minmax"
@@ -177,7 +178,7 @@ class CompressionOptions:
 def build_passes(*, prune: float | None = None, prune_method: str = "l1",
                  prune_scope: str = "global", recover: bool = True,
                  low_rank: str | None = None,
-                 sparsity: float | None = None, sparse_block: str = "auto",
+                 sparsity: float | str | None = None, sparse_block: str = "auto",
                  quantize: str | None = None, calib_method: str = "minmax",
                  calibration: Mapping[str, np.ndarray] | None = None,
                  lanes: int = 8, capabilities: Any = None, quantize_always: bool = False,

@@ -33,6 +33,12 @@ output × input features (``Wᵀ`` for a matmul, ``W.reshape(O, C·kh·kw)`` for
    matmul → transpose, kernel, transpose back; 1×1 conv → (strided slice), kernel; k×k conv with
    stride 1 → pad, kernel on the flat padded input, slice. A bias add after the layer is kept.
 
+Modes (``mode``): ``ratio`` prunes as above. ``keep`` prunes nothing: the blocks that are
+already all zero (models from sparse training, sparse model zoos) make the mask, and steps 3–4
+compile the layers where that pays; ``auto`` picks each layer's ratio from the weights (the
+largest that keeps ``auto_energy`` of its squared weights, never below the zeros it already
+has). In both, a layer whose sparse kernel does not pay is left exactly as it was.
+
 Guarantees: the result is well formed, with the same inputs and outputs; the sparse and dense
 forms of a layer compute the same function of the pruned weights (float rounding aside), so the
 choice in step 3 never changes accuracy. ``ratio == 0`` leaves the module unchanged. Layers the
@@ -76,6 +82,9 @@ logger = logging.getLogger(__name__)
 REPORT_ATTR = "hwcc.sparsify"
 SCOPES = ("per_layer", "global")
 CHOICES = ("auto", "sparse", "dense")
+MODES = ("ratio", "keep", "auto")
+#: Ratios ``mode="auto"`` tries per layer (besides the layer's own share of zero blocks).
+AUTO_RATIOS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975)
 _BLOCK_RE = re.compile(r"^(\d+)x(\d+)$")
 _NM_RE = re.compile(r"^(\d+):(\d+)$")
 
@@ -162,6 +171,19 @@ class SparsifyConfig:
         fewer than two samples: :data:`passes._lstsq.DEFAULT_STRENGTH`).
     max_rows
         Calibration rows used per layer by the re-fit (seeded random subset). Default 20000.
+    mode
+        ``"ratio"`` (default): prune to ``ratio`` / ``layer_ratios``. ``"keep"``: prune nothing;
+        the zeros the weights already have (blocks of ``block`` whose weights are all zero)
+        are compiled into sparse kernels where that pays, every other layer is left exactly as
+        it is (for models from sparse training and sparse model zoos). ``"auto"``: per layer,
+        the largest ratio of :data:`AUTO_RATIOS` (or the layer's own share of zero blocks, if
+        larger) whose removed blocks hold at most ``1 − auto_energy`` of the layer's squared
+        weights, applied only where the sparse kernel then pays (by ``min_speedup``); other
+        layers are left exactly as they are. ``ratio``, ``scope`` and ``layer_ratios`` are
+        ignored by ``keep`` and ``auto`` (``layer_ratios`` must then be empty).
+    auto_energy
+        Share of each layer's squared weights that ``mode="auto"`` keeps, in (0, 1]. Default
+        0.99 (a relative weight error of at most 10 %).
     """
 
     ratio: float = 0.0
@@ -176,9 +198,19 @@ class SparsifyConfig:
     calibration: Mapping[str, np.ndarray] | None = field(default=None, compare=False)
     ridge: float | None = None
     max_rows: int = 20000
+    mode: str = "ratio"
+    auto_energy: float = 0.99
 
     def __post_init__(self) -> None:
         _check_ratio("ratio", self.ratio)
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown sparsity mode '{self.mode}'; known: {', '.join(MODES)}")
+        if self.mode != "ratio" and self.layer_ratios:
+            raise ConfigError(f"sparsity mode '{self.mode}' chooses every layer itself; "
+                              "layer_ratios needs mode 'ratio'")
+        e = self.auto_energy
+        if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0.0 < e <= 1.0:
+            raise ConfigError(f"SparsifyConfig.auto_energy must be a number in (0, 1]; got {e!r}")
         if not isinstance(self.layer_ratios, Mapping):
             raise ConfigError("SparsifyConfig.layer_ratios must be a mapping name -> ratio")
         for name, r in dict(self.layer_ratios).items():
@@ -217,7 +249,7 @@ def _check_ratio(name: str, r: object) -> None:
 
 
 def sparsify_config_from_args(
-    sparsity: float,
+    sparsity: float | str,
     block: str,
     calibration: Mapping[str, np.ndarray] | None = None,
     lanes: int = 8,
@@ -227,7 +259,9 @@ def sparsify_config_from_args(
     Parameters
     ----------
     sparsity
-        Fraction of weights (blocks) to remove in every layer, in [0, 1].
+        Fraction of weights (blocks) to remove in every layer, in [0, 1]; or ``"keep"`` (the
+        zeros the model has, nothing pruned) or ``"auto"`` (a ratio per layer); see
+        :class:`SparsifyConfig`'s ``mode``.
     block
         ``1x4`` / ``4x1`` / ``8x1`` / ``16x1`` / any ``RxC``, ``2:4`` / ``1:4`` / any ``N:M``, or
         ``none`` (unstructured).
@@ -237,6 +271,15 @@ def sparsify_config_from_args(
         fp32 vector lanes of the target (``Capabilities.vector_bits // 32``).
     """
     pattern = parse_pattern(block)
+    if isinstance(sparsity, str):
+        mode = sparsity.strip().lower()
+        if mode not in ("keep", "auto"):
+            raise ConfigError(f"sparsity '{sparsity}' must be a ratio in [0, 1], 'keep' or 'auto'")
+        return SparsifyConfig(
+            block=str(pattern) if pattern.shape != (1, 1) else "none", lanes=lanes, mode=mode,
+            recover=calibration is not None and mode == "auto",
+            calibration=calibration if mode == "auto" else None,
+        )
     if pattern.kind == "nm" and sparsity > 0:
         implied = 1 - pattern.shape[0] / pattern.shape[1]
         if not math.isclose(float(sparsity), implied):
@@ -447,6 +490,101 @@ def _masks(layers: list[_Layer], ratios: dict[str, float], cfg: SparsifyConfig) 
             masks[layer.name] = _expand(keep[at : at + s.size].reshape(s.shape), pattern.shape)
             at += s.size
     return masks
+
+
+def _mode_masks(
+    layers: list[_Layer], cfg: SparsifyConfig
+) -> tuple[dict[str, np.ndarray], dict[str, dict], dict[str, dict]]:
+    """Keep masks for ``mode`` ``keep`` / ``auto``: (name -> mask, name -> report fields,
+    name -> report entry of a layer left exactly as it is).
+
+    ``keep``: the blocks that hold a non-zero weight. ``auto``: the largest candidate ratio
+    whose removed blocks hold at most ``1 − auto_energy`` of the layer's squared weights (the
+    layer's own zero blocks always qualify). Without a timer, a layer whose sparse kernel would
+    not pay by the cost model is left alone here; with one, :meth:`Sparsify._decide` times it.
+    """
+    pattern = cfg.pattern
+    block = pattern.block
+    budget = 1.0 - cfg.auto_energy + 1e-12
+    masks: dict[str, np.ndarray] = {}
+    notes: dict[str, dict] = {}
+    left: dict[str, dict] = {}
+    for layer in layers:
+        wm = layer.matrix
+        n, k = wm.shape
+        scores = _block_scores(wm, block)
+        zero_share = float(np.mean(scores == 0))
+        info: dict = {"mode": cfg.mode, "existing_zero_blocks": round(zero_share, 6)}
+        entry = {
+            "layer": layer.name, "op": layer.op, "weight_shape": list(layer.weight.shape),
+            "matrix": [n, k], "block": str(pattern) if pattern.shape != (1, 1) else "none",
+            "choice": "dense", **info,
+        }  # fmt: skip
+        if layer.kernel is None:
+            left[layer.name] = {**entry, "reason": f"{layer.no_kernel}; layer left as it is"}
+            continue
+        energy = scores.reshape(-1) ** 2
+        total = float(energy.sum())
+        if total == 0.0:
+            left[layer.name] = {**entry, "reason": "all weights are zero; layer left as it is"}
+            continue
+        if cfg.mode == "keep":
+            keep = scores > 0
+            if keep.all():
+                left[layer.name] = {
+                    **entry, "reason": f"no all-zero {entry['block']} blocks; layer left as it is",
+                }  # fmt: skip
+                continue
+            mask = _expand(keep, block)
+        elif pattern.kind == "nm":
+            mask = _nm_mask(wm, *pattern.shape) & (wm != 0)
+            removed = float((wm[~mask].astype(np.float64) ** 2).sum()) / float(
+                (wm.astype(np.float64) ** 2).sum()
+            )
+            if removed > budget:
+                left[layer.name] = {
+                    **entry, "reason": f"{pattern} would remove {removed:.2%} of the squared "
+                    f"weights (> {1 - cfg.auto_energy:.2%}); layer left as it is",
+                }  # fmt: skip
+                continue
+            info.update(ratio=round(1 - float(mask.mean()), 6), kept_energy=round(1 - removed, 6))
+        else:
+            order = np.argsort(energy, kind="stable")
+            share = np.cumsum(energy[order]) / total
+            n_remove = int(np.count_nonzero(scores == 0))
+            for r in AUTO_RATIOS:
+                cut = math.floor(r * energy.size + 1e-9)
+                if cut > n_remove and share[cut - 1] <= budget:
+                    n_remove = cut
+            if n_remove == 0:
+                left[layer.name] = {
+                    **entry, "reason": f"removing {AUTO_RATIOS[0]:.0%} of the blocks would "
+                    f"remove {share[math.floor(AUTO_RATIOS[0] * energy.size) - 1]:.2%} of the "
+                    f"squared weights (> {1 - cfg.auto_energy:.2%}); layer left as it is",
+                }  # fmt: skip
+                continue
+            keep = np.ones(energy.size, dtype=bool)
+            keep[order[:n_remove]] = False
+            mask = _expand(keep.reshape(scores.shape), block)
+            info.update(
+                ratio=round(n_remove / energy.size, 6),
+                kept_energy=round(1.0 - float(share[n_remove - 1]), 6),
+            )
+        if cfg.measure is None and cfg.choice == "auto":
+            bsz, m, copies = _rows(layer)
+            nnz = int(np.count_nonzero(_block_scores(mask.astype(np.float32), block)))
+            d_ms, s_ms = sk.estimate_ms(bsz * m, n, k, nnz, block, cfg.lanes, copy_elems=copies)
+            if s_ms * cfg.min_speedup > d_ms:
+                left[layer.name] = {
+                    **entry, **info, "est_dense_ms": round(d_ms, 4),
+                    "est_sparse_ms": round(s_ms, 4),
+                    "reason": f"estimated sparse {s_ms:.3g} ms vs dense {d_ms:.3g} ms: speed-up "
+                    f"{d_ms / s_ms:.2f}x < {cfg.min_speedup}; layer left as it is",
+                }  # fmt: skip
+                continue
+        masks[layer.name] = mask
+        notes[layer.name] = info
+    return masks, notes, left
 
 
 # --------------------------------------------------------------------------------------------
@@ -693,7 +831,7 @@ class Sparsify:
             if why and layer.name in cfg.layer_ratios and ratios[layer.name] > 0:
                 raise ConfigError(f"layer '{layer.name}': {why}")
             if why:
-                if ratios[layer.name] > 0:
+                if ratios[layer.name] > 0 or cfg.mode != "ratio":
                     skipped.append(
                         {
                             "layer": layer.name,
@@ -705,29 +843,39 @@ class Sparsify:
                     )
                 continue
             usable.append(layer)
-        masks = _masks(usable, ratios, cfg)
+        if cfg.mode == "ratio":
+            masks, notes, left_alone = _masks(usable, ratios, cfg), {}, {}
+        else:
+            masks, notes, left_alone = _mode_masks(usable, cfg)
         pruned = {name: by_name[name].matrix * m for name, m in masks.items()}
         rec_stats = _recover(mod, usable, pruned, masks, cfg) if cfg.recover and pruned else {}
         entries, dense_w, sparse_w = [], {}, {}
         for layer in usable:
+            if layer.name in left_alone:
+                entries.append(left_alone[layer.name])
             if layer.name not in pruned:
                 continue
             entry, use_sparse, bsr = self._decide(layer, pruned[layer.name], pattern)
-            entry["ratio"] = ratios[layer.name]
+            entry["ratio"] = notes.get(layer.name, {}).get("ratio", ratios[layer.name])
+            entry.update(notes.get(layer.name, {}))
             if layer.name in rec_stats:
                 entry["recover"] = rec_stats[layer.name]
             entries.append(entry)
             if use_sparse:
                 sparse_w[layer.name] = (layer, bsr)
-            else:
+            elif cfg.mode == "ratio":
                 dense_w[layer.name] = layer.from_matrix(pruned[layer.name])
+            else:  # keep / auto prune only for a sparse kernel: the layer stays as it was
+                del pruned[layer.name]
+                entry["reason"] += "; layer left as it is"
         total = sum(int(lay.weight.size) for lay in layers)
         nonzero = sum(int(np.count_nonzero(lay.weight)) for lay in layers if lay.name not in pruned)
         nonzero += sum(int(np.count_nonzero(w)) for w in pruned.values())
         report = {
+            "mode": cfg.mode,
             "block": str(pattern) if pattern.shape != (1, 1) else "none",
-            "ratio": cfg.ratio,
-            "scope": cfg.scope,
+            "ratio": cfg.ratio if cfg.mode == "ratio" else cfg.mode,
+            "scope": cfg.scope if cfg.mode == "ratio" else "per_layer",
             "lanes": cfg.lanes,
             "decided_by": "measure" if cfg.measure is not None else "cost model",
             "min_speedup": cfg.min_speedup,

@@ -29,6 +29,7 @@ from compiler.data import load_npz, save_npz_atomic, split_samples
 from compiler.errors import ConfigError, HwccError, RuntimeInputError
 from compiler.evaluate import evaluate_artifact
 from compiler.frontend import model_opset, parse_input_shapes, read_model, unsupported_nodes
+from compiler.sparsity_stats import layer_sparsity
 from targets import parse_target, target_table
 
 from . import paths
@@ -227,6 +228,11 @@ def _pass_summary(p: dict[str, Any]) -> str:
     if "skipped" in p:
         return f"skipped ({p['skipped']})"
     rep = p.get("report") or {}
+    if p.get("name") == "sparsify" and "sparse_layers" in rep:
+        share = rep["nonzero_weights"] / max(rep["weights"], 1)
+        return (f"sparsity {rep['ratio']}, block {rep['block']}: {len(rep['sparse_layers'])} "
+                f"of {len(rep['layers'])} layers in sparse kernels, {share:.1%} of "
+                f"{rep['weights']:,} layer weights non-zero")
     keys = [k for k in rep if isinstance(rep[k], (int, float, str))][:4]
     return ", ".join(f"{k}={rep[k]}" for k in keys) or f"done in {p['seconds']} s"
 
@@ -477,6 +483,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "inputs": [_vi(v) for v in model.graph.input if v.name not in inits],
         "outputs": [_vi(v) for v in model.graph.output],
         "unsupported": [{"op": o, "node": n, "domain": d} for o, n, d in unsupported_nodes(model)],
+        "layers": layer_sparsity(model),
     }
     if args.json:
         _emit_json(info)
@@ -490,7 +497,24 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if info["unsupported"]:
         print("  unsupported: "
               + ", ".join(f"{u['op']} ({u['node']})" for u in info["unsupported"]))
+    _print_sparsity(info["layers"])
     return EXIT_OK
+
+
+def _print_sparsity(layers: list[dict[str, Any]]) -> None:
+    """The weighted layers that already hold zeros, and the flags that would use them."""
+    sparse = [e for e in layers if e["structure"] != "dense"]
+    print(f"  sparsity {len(sparse)} of {len(layers)} weighted layers hold zeros"
+          + (":" if sparse else ""))
+    for e in sparse:
+        blocks = ", ".join(f"{b} {s:.1%}" for b, s in e["zero_blocks"].items())
+        print(f"    {e['node']} ({e['op']}, {e['matrix'][0]}x{e['matrix'][1]}): "
+              f"{e['zeros']:.1%} zero, {e['structure']} (all-zero blocks: {blocks})")
+    blocks = Counter(e["suggested_block"] for e in sparse if e["suggested_block"] != "none")
+    if blocks:
+        block = blocks.most_common(1)[0][0]
+        print(f"  hint     --sparsity keep --sparse-block {block} runs these zeros in sparse "
+              "kernels where that pays (nothing pruned)")
 
 
 def _vi(v: Any) -> dict[str, Any]:

@@ -24,6 +24,21 @@ def lower_options_from_args(args: argparse.Namespace) -> LowerOptions:
     return LowerOptions.disabling(names)
 
 
+def sparsity_arg(text: str) -> float | str:
+    """``--sparsity``: a ratio in [0, 1], ``keep`` or ``auto``."""
+    word = text.strip().lower()
+    if word in ("keep", "auto"):
+        return word
+    try:
+        ratio = float(word)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a ratio in [0, 1], 'keep' or 'auto'") from None
+    if not 0.0 <= ratio <= 1.0:
+        raise argparse.ArgumentTypeError(f"sparsity {text} is not in [0, 1]")
+    return ratio
+
+
 def add_pass_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the compression flags of ``hwcc compile``."""
     g = parser.add_argument_group("compression passes")
@@ -41,9 +56,10 @@ def add_pass_arguments(parser: argparse.ArgumentParser) -> None:
                    "least-squares re-fit after pruning / low rank")
     g.add_argument("--low-rank", metavar="SPEC", help="low-rank factorization: energy=0.95, "
                    "rank=64 or ratio=0.25")
-    g.add_argument("--sparsity", type=float, metavar="RATIO", help="weight sparsity in [0, 1] "
-                   "compiled into sparse kernels where they are faster (layers stay dense "
-                   "otherwise)")
+    g.add_argument("--sparsity", type=sparsity_arg, metavar="RATIO|keep|auto",
+                   help="weight sparsity in [0, 1] compiled into sparse kernels where they are "
+                   "faster (layers stay dense otherwise); keep: prune nothing, compile the "
+                   "zeros the weights already have; auto: a ratio per layer from its weights")
     g.add_argument("--sparse-block", default="auto", metavar="BLOCK",
                    help="sparsity pattern: RxC blocks (1x4, 4x1, 8x1, 16x1), N:M (2:4, 1:4), "
                    "none (unstructured) or auto (a block of the target's vector width)")
