@@ -295,9 +295,11 @@ _OPS = None
 
 
 def names_something(line: str, case: Case) -> bool:
-    """Whether an error line names the file, a node or an op type."""
+    """Whether an error line names the file, a node, a graph input or output, or an op type."""
     global _OPS
     if case.path in line or Path(case.path).name in line or "node" in line:
+        return True
+    if re.search(r"\b(input|output) '[^']+'", line):  # a graph input or output, by name
         return True
     if _OPS is None:
         _OPS = {s.name for s in onnx.defs.get_all_schemas_with_history()} | set(OP_TYPES)

@@ -99,7 +99,11 @@ def _dims(vi: onnx.ValueInfoProto) -> list[int | str | None]:
     if not tt.HasField("shape"):
         return []
     out: list[int | str | None] = []
-    for d in tt.shape.dim:
+    for axis, d in enumerate(tt.shape.dim):
+        if d.HasField("dim_value") and d.dim_value < 0:
+            raise ModelLoadError(
+                f"graph input '{vi.name}' has dimension {d.dim_value} at axis {axis}; an ONNX "
+                "dimension is a size >= 0 or a named symbol")
         if d.HasField("dim_value") and d.dim_value > 0:
             out.append(int(d.dim_value))
         elif d.HasField("dim_param"):
