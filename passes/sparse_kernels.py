@@ -159,20 +159,48 @@ def choose_tile(m: int, block: tuple[int, int], lanes: int, registers: int = 32)
     return min(vecs * lanes, m)
 
 
+#: Independent accumulators of the few-positions kernel (hides the FMA latency).
+ROWS_CHAINS = 4
+#: Parallel chunks of a kernel's work items. Each chunk allocates its accumulators once (TVM
+#: turns a local buffer inside a parallel loop into a workspace allocation per iteration, and
+#: scalar bindings into more): per item that cost as much as the arithmetic of a small row.
+PARALLEL_CHUNKS = 64
+
+
+def _chunks(items: int) -> tuple[int, int]:
+    """``(chunks, items per chunk)`` splitting ``items`` work items for a parallel loop."""
+    p = max(1, min(items, PARALLEL_CHUNKS))
+    return p, -(-items // p)
+
+
+def across_block_rows(m: int, block: tuple[int, int]) -> bool:
+    """Whether the kernel for ``M`` positions vectorises the block's ``R`` rows instead of ``M``:
+    when ``M`` is smaller than ``R`` (one to a few rows, e.g. a batch-1 dense layer), vectors
+    along ``M`` would be (nearly) scalar, while an ``R × 1`` block's rows are contiguous."""
+    r, c = block
+    return c == 1 and m < r
+
+
 def bsr_kernel(spec: KernelSpec) -> tvm.tirx.PrimFunc:
     """The TIR kernel for ``spec`` (see the module docstring), already scheduled.
 
     Parameters: ``x`` (B, L) float32, ``data`` (nnz, R, C) float32, ``xoff`` (nnz, C) int32,
-    ``indptr`` (N/R + 1,) int32; output ``y`` (B, N, M) float32.
+    ``indptr`` (N/R + 1,) int32; output ``y`` (B, N, M) float32. With
+    :func:`across_block_rows`, the accumulators are ``M × R`` vectors along ``R`` instead.
     """
     bsz, length, m, n = (int(v) for v in (spec.batch, spec.length, spec.m, spec.n_rows))
     r, c = (int(v) for v in spec.block)
+    if across_block_rows(m, (r, c)):
+        return _bsr_kernel_rows(spec)
     nnz, mt = int(spec.nnz), int(spec.tile)
     nb = n // r
     mo = m // mt
     tail = m - mo * mt
     tail_w = max(tail, 1)
     mo_d = max(mo, 1)  # divisor that stays valid when there is no full tile
+
+    pf, qf = _chunks(bsz * mo * nb)  # full tiles: pf parallel chunks of qf work items
+    pt, qt = _chunks(bsz * nb)  # remainder tile
 
     @T.prim_func(private=True)
     def kernel(
@@ -183,45 +211,128 @@ def bsr_kernel(spec: KernelSpec) -> tvm.tirx.PrimFunc:
         y: T.Buffer((bsz, n, m), "float32"),
     ):
         T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True, "op_pattern": 8})
+        # work item f: batch f // (mo·nb), M-tile f // nb % mo, block row f % nb
         if mo > 0:
-            for fused in T.parallel(bsz * mo * nb):
+            for p in T.parallel(pf):
                 acc = T.alloc_local((r, mt), "float32")
-                b = fused // (mo_d * nb)
-                t = fused // nb % mo_d
-                i = fused % nb
-                for rr in T.unroll(r):
-                    for v in T.vectorized(mt):
-                        acc[rr, v] = T.float32(0)
-                for j in T.serial(indptr[i], indptr[i + 1]):
-                    for cc in T.unroll(c):
+                for q in T.serial(qf):
+                    if p * qf + q < bsz * mo * nb:
                         for rr in T.unroll(r):
                             for v in T.vectorized(mt):
-                                acc[rr, v] = (
-                                    acc[rr, v] + data[j, rr, cc] * x[b, xoff[j, cc] + t * mt + v]
-                                )
-                for rr in T.unroll(r):
-                    for v in T.vectorized(mt):
-                        y[b, i * r + rr, t * mt + v] = acc[rr, v]
+                                acc[rr, v] = T.float32(0)
+                        for j in T.serial(indptr[(p * qf + q) % nb], indptr[(p * qf + q) % nb + 1]):
+                            for cc in T.unroll(c):
+                                for rr in T.unroll(r):
+                                    for v in T.vectorized(mt):
+                                        acc[rr, v] = (
+                                            acc[rr, v]
+                                            + data[j, rr, cc]
+                                            * x[
+                                                (p * qf + q) // (mo_d * nb),
+                                                xoff[j, cc] + (p * qf + q) // nb % mo_d * mt + v,
+                                            ]
+                                        )
+                        for rr in T.unroll(r):
+                            for v in T.vectorized(mt):
+                                y[
+                                    (p * qf + q) // (mo_d * nb),
+                                    (p * qf + q) % nb * r + rr,
+                                    (p * qf + q) // nb % mo_d * mt + v,
+                                ] = acc[rr, v]
         if tail > 0:
-            for fused in T.parallel(bsz * nb):
+            for p in T.parallel(pt):
                 acc = T.alloc_local((r, tail_w), "float32")
-                b = fused // nb
-                i = fused % nb
-                for rr in T.unroll(r):
-                    for v in T.vectorized(tail_w):
-                        acc[rr, v] = T.float32(0)
-                for j in T.serial(indptr[i], indptr[i + 1]):
-                    for cc in T.unroll(c):
+                for q in T.serial(qt):
+                    if p * qt + q < bsz * nb:
                         for rr in T.unroll(r):
                             for v in T.vectorized(tail_w):
-                                acc[rr, v] = (
-                                    acc[rr, v] + data[j, rr, cc] * x[b, xoff[j, cc] + mo * mt + v]
+                                acc[rr, v] = T.float32(0)
+                        for j in T.serial(indptr[(p * qt + q) % nb], indptr[(p * qt + q) % nb + 1]):
+                            for cc in T.unroll(c):
+                                for rr in T.unroll(r):
+                                    for v in T.vectorized(tail_w):
+                                        acc[rr, v] = (
+                                            acc[rr, v]
+                                            + data[j, rr, cc]
+                                            * x[(p * qt + q) // nb, xoff[j, cc] + mo * mt + v]
+                                        )
+                        for rr in T.unroll(r):
+                            for v in T.vectorized(tail_w):
+                                y[(p * qt + q) // nb, (p * qt + q) % nb * r + rr, mo * mt + v] = (
+                                    acc[rr, v]
                                 )
-                for rr in T.unroll(r):
-                    for v in T.vectorized(tail_w):
-                        y[b, i * r + rr, mo * mt + v] = acc[rr, v]
 
     desc = f"bsr {r}x{c} N={n} M={m} B={bsz} nnz_blocks={nnz} tile={mt}"
+    return kernel.with_attr(KERNEL_ATTR, desc)
+
+
+def _bsr_kernel_rows(spec: KernelSpec) -> tvm.tirx.PrimFunc:
+    """The kernel for few positions (``M < R``, ``C == 1``): per block row, ``M`` accumulator
+    vectors of ``R`` lanes; every stored block is one broadcast of ``x`` per position times the
+    block's ``R`` contiguous weights. With one FMA per block, a single accumulator would wait on
+    its own latency; :data:`ROWS_CHAINS` accumulators take the blocks in turn and are summed
+    at the end."""
+    bsz, length, m, n = (int(v) for v in (spec.batch, spec.length, spec.m, spec.n_rows))
+    r = int(spec.block[0])
+    nnz = int(spec.nnz)
+    nb = n // r
+    u = ROWS_CHAINS
+    pc, qc = _chunks(bsz * nb)
+
+    @T.prim_func(private=True)
+    def kernel(
+        x: T.Buffer((bsz, length), "float32"),
+        data: T.Buffer((nnz, r, 1), "float32"),
+        xoff: T.Buffer((nnz, 1), "int32"),
+        indptr: T.Buffer((nb + 1,), "int32"),
+        y: T.Buffer((bsz, n, m), "float32"),
+    ):
+        T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True, "op_pattern": 8})
+        # work item f: batch f // nb, block row f % nb (its blocks: indptr[f % nb] ...)
+        for p in T.parallel(pc):
+            acc = T.alloc_local((u, m, r), "float32")
+            for q in T.serial(qc):
+                if p * qc + q < bsz * nb:
+                    for uu in T.unroll(u):
+                        for mm in T.unroll(m):
+                            for rr in T.vectorized(r):
+                                acc[uu, mm, rr] = T.float32(0)
+                    for jo in T.serial(
+                        (indptr[(p * qc + q) % nb + 1] - indptr[(p * qc + q) % nb]) // u
+                    ):
+                        for uu in T.unroll(u):
+                            for mm in T.unroll(m):
+                                for rr in T.vectorized(r):
+                                    acc[uu, mm, rr] = (
+                                        acc[uu, mm, rr]
+                                        + data[indptr[(p * qc + q) % nb] + jo * u + uu, rr, 0]
+                                        * x[
+                                            (p * qc + q) // nb,
+                                            xoff[indptr[(p * qc + q) % nb] + jo * u + uu, 0] + mm,
+                                        ]
+                                    )
+                    for jt in T.serial(
+                        (indptr[(p * qc + q) % nb + 1] - indptr[(p * qc + q) % nb]) % u
+                    ):
+                        for mm in T.unroll(m):
+                            for rr in T.vectorized(r):
+                                acc[0, mm, rr] = (
+                                    acc[0, mm, rr]
+                                    + data[indptr[(p * qc + q) % nb + 1] - jt - 1, rr, 0]
+                                    * x[
+                                        (p * qc + q) // nb,
+                                        xoff[indptr[(p * qc + q) % nb + 1] - jt - 1, 0] + mm,
+                                    ]
+                                )
+                    for uu in T.unroll(1, u):
+                        for mm in T.unroll(m):
+                            for rr in T.vectorized(r):
+                                acc[0, mm, rr] = acc[0, mm, rr] + acc[uu, mm, rr]
+                    for mm in T.unroll(m):
+                        for rr in T.unroll(r):
+                            y[(p * qc + q) // nb, (p * qc + q) % nb * r + rr, mm] = acc[0, mm, rr]
+
+    desc = f"bsr {r}x1 N={n} M={m} B={bsz} nnz_blocks={nnz} vectors along R, {u} chains"
     return kernel.with_attr(KERNEL_ATTR, desc)
 
 

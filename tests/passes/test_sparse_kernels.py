@@ -57,3 +57,30 @@ def test_bsr_kernel_matches_numpy(block: tuple[int, int], ratio: float) -> None:
         assert not y.numpy().any()
 
 
+
+
+@pytest.mark.parametrize("block", [(4, 1), (8, 1), (16, 1)])
+@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize("ratio", [0.5, 0.97, 1.0])
+def test_few_positions_kernel_matches_numpy(block: tuple[int, int], m: int, ratio: float) -> None:
+    """M < R (a batch-1 dense layer): the kernel vectorises the block's rows with several
+    accumulator chains; equal to numpy with row block counts that are not multiples of the
+    chains, empty rows (0.97) and an all-zero weight (1.0), batch 2."""
+    assert sk.across_block_rows(m, block)
+    r, _ = block
+    n, k, bsz = 5 * r, 67, 2
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    w *= block_mask(w, block, ratio)
+    bsr = sk.to_bsr(w, block)
+    data, xoff, indptr = sk.kernel_args(bsr, np.arange(k) * m)
+    spec = sk.KernelSpec(bsz, k * m, m, n, data.shape[0], block, sk.choose_tile(m, block, 16))
+    func = sk.bsr_kernel(spec)
+    assert "vectors along R" in str(func.attrs[sk.KERNEL_ATTR])
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                      target=HOST.tvm_target())
+    x = rng.standard_normal((bsz, k, m)).astype(np.float32)
+    y = tvm.runtime.empty((bsz, n, m), "float32", tvm.cpu())
+    lib["main"](*[tvm.runtime.tensor(a) for a in (x.reshape(bsz, -1), data, xoff, indptr)], y)
+    ref = np.einsum("nk,bkm->bnm", w.astype(np.float64), x.astype(np.float64))
+    np.testing.assert_allclose(y.numpy(), ref, rtol=1e-4, atol=1e-4)
