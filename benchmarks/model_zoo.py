@@ -167,15 +167,22 @@ def _he(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
 
 
 def bert(layers: int = 4, hidden: int = 256, heads: int = 4, seq: int = 128,
-         vocab: int = 8000, batch: int = 1, seed: int = 0) -> onnx.ModelProto:
-    """A BERT encoder (token + position embeddings, post-LN layers, GELU FFN of 4×hidden)."""
+         vocab: int = 8000, batch: int = 1, seed: int = 0, embed: bool = True) -> onnx.ModelProto:
+    """A BERT encoder (token + position embeddings, post-LN layers, GELU FFN of 4×hidden).
+
+    ``embed=False``: no embeddings; the float input ``input`` (batch, seq, hidden) goes to the
+    first LayerNorm (a transformer block of ``layers`` encoder layers).
+    """
     b = _Builder(seed)
     r = b.rng
     hd = hidden // heads
-    tok = b.const((0.02 * r.standard_normal((vocab, hidden))).astype(np.float32), "tok_emb")
-    pos = b.const((0.02 * r.standard_normal((1, seq, hidden))).astype(np.float32), "pos_emb")
-    x = b.node("Gather", [tok, "input_ids"], axis=0)
-    x = b.node("Add", [x, pos])
+    if embed:
+        tok = b.const((0.02 * r.standard_normal((vocab, hidden))).astype(np.float32), "tok_emb")
+        pos = b.const((0.02 * r.standard_normal((1, seq, hidden))).astype(np.float32), "pos_emb")
+        x = b.node("Gather", [tok, "input_ids"], axis=0)
+        x = b.node("Add", [x, pos])
+    else:
+        x = "input"
 
     def layer_norm(v: str) -> str:
         g = b.const((1 + 0.05 * r.standard_normal(hidden)).astype(np.float32), "ln_g")
@@ -205,8 +212,27 @@ def bert(layers: int = 4, hidden: int = 256, heads: int = 4, seq: int = 128,
         h = dense(x, hidden, 4 * hidden)
         h = b.node("Gelu", [h]) if OPSET >= 20 else _gelu(b, h)
         x = layer_norm(b.node("Add", [x, dense(h, 4 * hidden, hidden)]))
-    inp = helper.make_tensor_value_info("input_ids", TensorProto.INT64, [batch, seq])
-    return b.model("bert", [inp], x, [batch, seq, hidden])
+    if embed:
+        inp = helper.make_tensor_value_info("input_ids", TensorProto.INT64, [batch, seq])
+    else:
+        inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, seq, hidden])
+    return b.model("bert" if embed else "transformer_block", [inp], x, [batch, seq, hidden])
+
+
+def mobilenet_block(channels: int = 64, expand: int = 6, size: int = 28, blocks: int = 2,
+                    seed: int = 0) -> onnx.ModelProto:
+    """MobileNetV2 inverted residual blocks at one resolution: 1×1 expand + ReLU6, 3×3
+    depthwise + ReLU6, 1×1 project, residual add; input and output (1, channels, size, size)."""
+    b = _Builder(seed)
+    x = "input"
+    hidden = channels * expand
+    for _ in range(blocks):
+        y = b.conv_bn(x, channels, hidden, 1, act="Relu6")
+        y = b.conv_bn(y, hidden, hidden, 3, group=hidden, act="Relu6")
+        y = b.conv_bn(y, hidden, channels, 1, act=None)
+        x = b.node("Add", [x, y])
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, channels, size, size])
+    return b.model("mobilenet_block", [inp], x, [1, channels, size, size])
 
 
 def _gelu(b: _Builder, x: str) -> str:

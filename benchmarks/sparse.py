@@ -1,7 +1,7 @@
 """Sparse kernels vs hwcc's dense kernels, per block shape and sparsity, on this machine.
 
-Usage: ``python benchmarks/sparse.py [--ratios 0.5,0.7,0.9,0.95]
-[--blocks none,1x4,4x1,8x1,16x1,2:4] [--skip-models] [--repeat 15]``
+Usage: ``python benchmarks/sparse.py [--target TRIPLE] [--ratios 0.5,0.7,0.9,0.95]
+[--blocks none,1x4,4x1,8x1,16x1,2:4] [--rows 1,16,128] [--skip-models] [--repeat 15]``
 
 Workloads (seeded random weights; pruning by magnitude; no accuracy is measured here):
 
@@ -10,6 +10,10 @@ Workloads (seeded random weights; pruning by magnitude; no accuracy is measured 
   :mod:`passes.sparse_kernels` (including the layout copies around it):
   ``mlp-fc1`` — a transformer MLP's first layer, 128 rows × 768 → 3072;
   ``conv1x1`` — a 1×1 conv 256 → 256 on 28×28 (batch 1, NCHW).
+- **rows** rows: the same 768 → 3072 layer on 1, 16 and 128 rows (``--rows``), 90 % sparsity in
+  4×1 and 8×1 blocks (``--row-blocks``): batch-1 decoding, a small batch, a sequence. One row
+  and a few go through the kernel that vectorises the block's rows
+  (:func:`passes.sparse_kernels.across_block_rows`).
 - **model** rows: whole models compiled dense vs with :class:`passes.sparsify.Sparsify` at
   its default ``choice="auto"`` (the cost model decides per layer, as ``hwcc compile`` does):
   ``transformer-mlp`` — (128, 768) → MatMul 768×3072 + bias → GELU (Erf) → MatMul 3072×768
@@ -38,7 +42,15 @@ from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 
-from benchmarks.common import machine, machine_line, save_results, table, time_fn
+from benchmarks.common import (
+    add_target_argument,
+    benchmark_target,
+    machine,
+    machine_line,
+    save_results,
+    table,
+    time_fn,
+)
 from compiler import lower
 from passes.canonicalize import Canonicalize
 from passes.sparsify import Sparsify, SparsifyConfig, parse_pattern, read_report
@@ -64,10 +76,13 @@ def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ratios", type=_floats, default=[0.5, 0.7, 0.9, 0.95])
     p.add_argument("--blocks", default="none,1x4,4x1,8x1,16x1,2:4")
+    p.add_argument("--rows", default="1,16,128", help="rows of the 'rows' level (empty: skip)")
+    p.add_argument("--row-blocks", default="4x1,8x1")
     p.add_argument("--skip-models", action="store_true")
     p.add_argument("--skip-kernels", action="store_true")
     p.add_argument("--repeat", type=int, default=15)
     p.add_argument("--name", default="sparse", help="results file benchmarks/results/NAME.json")
+    add_target_argument(p)
     return p.parse_args()
 
 
@@ -89,10 +104,10 @@ def _w(rng: np.random.Generator, name: str, shape: tuple, fan_in: int) -> onnx.T
     return numpy_helper.from_array(arr, name)
 
 
-def mlp_fc1(seed: int = 0) -> onnx.ModelProto:
+def mlp_fc1(seed: int = 0, rows: int = 128) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
     nodes = [helper.make_node("MatMul", ["x", "w1"], ["y"])]
-    return _model("mlp_fc1", nodes, [_w(rng, "w1", (768, 3072), 768)], (128, 768), (128, 3072))
+    return _model("mlp_fc1", nodes, [_w(rng, "w1", (768, 3072), 768)], (rows, 768), (rows, 3072))
 
 
 def transformer_mlp(seed: int = 0) -> onnx.ModelProto:
@@ -141,8 +156,11 @@ def conv1x1_stack(seed: int = 0) -> onnx.ModelProto:
     return _model("conv1x1_stack", nodes, inits, (1, 256, 14, 14), (1, 256, 14, 14))
 
 
+TARGET = parse_target("host")
+
+
 def _time(mod: tvm.IRModule, x: np.ndarray, repeat: int) -> float:
-    ex = lower.build(mod, parse_target("host")).executable
+    ex = lower.build(mod, TARGET).executable
     vm = relax.VirtualMachine(ex, tvm.cpu())
     arg = tvm.runtime.tensor(x)
     return time_fn(lambda: vm["main"](arg), repeat=repeat, warmup=2)["min_ms"]
@@ -163,7 +181,7 @@ def _run(
     dense_ms = _time(mod, x, repeat)
     print(f"{level} {name}: dense {dense_ms:.3f} ms", flush=True)
     rows = []
-    choice = "sparse" if level == "kernel" else "auto"
+    choice = "auto" if level == "model" else "sparse"
     for block in blocks:
         nm = parse_pattern(block).kind == "nm"
         for ratio in ratios[:1] if nm else ratios:
@@ -194,9 +212,10 @@ def _run(
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
+    global TARGET
     args = _parse()
-    host = parse_target("host")
-    lanes = host.capabilities.vector_bits // 32
+    TARGET = benchmark_target(args.target)
+    lanes = TARGET.capabilities.fp32_lanes
     blocks = [b.strip() for b in args.blocks.split(",") if b.strip()]
     t0 = time.time()
     rows: list[dict] = []
@@ -207,6 +226,10 @@ def main() -> None:
         rows += _run(
             "kernel", "conv1x1 256->256 @28x28", conv1x1(), blocks, args.ratios, args.repeat, lanes
         )
+    row_blocks = [b.strip() for b in args.row_blocks.split(",") if b.strip()]
+    for m in (int(v) for v in args.rows.split(",") if v.strip()):
+        rows += _run("rows", f"fc {m}x768x3072", mlp_fc1(rows=m), row_blocks, [0.9], args.repeat,
+                     lanes)
     if not args.skip_models:
         rows += _run(
             "model",
@@ -226,7 +249,7 @@ def main() -> None:
             args.repeat,
             lanes,
         )
-    m = machine()
+    m = machine(TARGET)
     title = (
         f"Sparse vs dense (hwcc default dense schedule), min of {args.repeat} runs; "
         f"{machine_line(m)}"
@@ -243,6 +266,7 @@ def main() -> None:
             "fp32_lanes": lanes,
             "seconds": round(time.time() - t0, 1),
         },
+        target=TARGET,
     )
     print(f"\nwrote {path}")
 

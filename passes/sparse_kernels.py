@@ -133,6 +133,12 @@ class KernelSpec:
         (R, C).
     tile
         ``MT``, the width of the register tile along ``M`` (a multiple of the vector lanes).
+    rows_per_pass
+        Rows of a block accumulated at once (a divisor of ``R``; 0: all ``R``). A block taller
+        than the accumulator registers (16×1 with 16 AVX2 registers) is done in passes.
+    lanes, registers
+        fp32 lanes and vector registers of the target (the few-positions kernel's choice and
+        its accumulator chains).
     """
 
     batch: int
@@ -142,6 +148,9 @@ class KernelSpec:
     nnz: int
     block: tuple[int, int]
     tile: int
+    rows_per_pass: int = 0
+    lanes: int = 16
+    registers: int = 32
 
     @property
     def name(self) -> str:
@@ -150,12 +159,21 @@ class KernelSpec:
         return f"sparse_bsr_{r}x{c}"
 
 
-def choose_tile(m: int, block: tuple[int, int], lanes: int, registers: int = 32) -> int:
-    """Register-tile width ``MT`` along ``M``: ``R · MT / lanes`` accumulators fill about half the
-    vector registers (at most 8 vectors per row, no wider than ``M``)."""
+def rows_per_pass(block: tuple[int, int], registers: int = 32) -> int:
+    """Rows of an ``R × C`` block that :func:`bsr_kernel` accumulates at once: all of them when
+    they fit half the vector registers, else the largest divisor of ``R`` that does."""
     r = block[0]
     budget = 16 if registers >= 32 else 12
+    return max(d for d in range(1, min(r, budget) + 1) if r % d == 0)
+
+
+def choose_tile(m: int, block: tuple[int, int], lanes: int, registers: int = 32) -> int:
+    """Register-tile width ``MT`` along ``M``: ``R · MT / lanes`` accumulators fill about half the
+    vector registers (a power of two of at most 8 vectors per row, no wider than ``M``)."""
+    r = rows_per_pass(block, registers)
+    budget = 16 if registers >= 32 else 12
     vecs = max(1, min(budget // r, 8, -(-m // lanes)))
+    vecs = 1 << (vecs.bit_length() - 1)  # a power of two: LLVM splits 3 vectors badly
     return min(vecs * lanes, m)
 
 
@@ -173,12 +191,21 @@ def _chunks(items: int) -> tuple[int, int]:
     return p, -(-items // p)
 
 
-def across_block_rows(m: int, block: tuple[int, int]) -> bool:
+def across_block_rows(m: int, block: tuple[int, int], lanes: int = 16, registers: int = 32) -> bool:
     """Whether the kernel for ``M`` positions vectorises the block's ``R`` rows instead of ``M``:
     when ``M`` is smaller than ``R`` (one to a few rows, e.g. a batch-1 dense layer), vectors
-    along ``M`` would be (nearly) scalar, while an ``R × 1`` block's rows are contiguous."""
+    along ``M`` would be (nearly) scalar, while an ``R × 1`` block's rows are contiguous; and
+    at least two accumulator chains of ``M`` × ``R`` fit half the vector registers."""
     r, c = block
-    return c == 1 and m < r
+    budget = 16 if registers >= 32 else 12
+    return c == 1 and m < r and 2 * m * -(-r // lanes) <= budget
+
+
+def row_chains(m: int, block: tuple[int, int], lanes: int = 16, registers: int = 32) -> int:
+    """Accumulator chains of the few-positions kernel: up to :data:`ROWS_CHAINS`, as many as
+    half the vector registers hold."""
+    budget = 16 if registers >= 32 else 12
+    return max(1, min(ROWS_CHAINS, budget // (m * -(-block[0] // lanes))))
 
 
 def bsr_kernel(spec: KernelSpec) -> tvm.tirx.PrimFunc:
@@ -190,9 +217,10 @@ def bsr_kernel(spec: KernelSpec) -> tvm.tirx.PrimFunc:
     """
     bsz, length, m, n = (int(v) for v in (spec.batch, spec.length, spec.m, spec.n_rows))
     r, c = (int(v) for v in spec.block)
-    if across_block_rows(m, (r, c)):
+    if across_block_rows(m, (r, c), spec.lanes, spec.registers):
         return _bsr_kernel_rows(spec)
     nnz, mt = int(spec.nnz), int(spec.tile)
+    rs = int(spec.rows_per_pass or r)  # block rows accumulated per pass over a block row
     nb = n // r
     mo = m // mt
     tail = m - mo * mt
@@ -211,58 +239,70 @@ def bsr_kernel(spec: KernelSpec) -> tvm.tirx.PrimFunc:
         y: T.Buffer((bsz, n, m), "float32"),
     ):
         T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True, "op_pattern": 8})
-        # work item f: batch f // (mo·nb), M-tile f // nb % mo, block row f % nb
+        # work item f: batch f // (mo·nb), block row f // mo % nb, M-tile f % mo (a block row's
+        # weights stay in cache over its M-tiles; the activations are the larger operand)
         if mo > 0:
             for p in T.parallel(pf):
-                acc = T.alloc_local((r, mt), "float32")
+                acc = T.alloc_local((rs, mt), "float32")
                 for q in T.serial(qf):
                     if p * qf + q < bsz * mo * nb:
-                        for rr in T.unroll(r):
-                            for v in T.vectorized(mt):
-                                acc[rr, v] = T.float32(0)
-                        for j in T.serial(indptr[(p * qf + q) % nb], indptr[(p * qf + q) % nb + 1]):
-                            for cc in T.unroll(c):
-                                for rr in T.unroll(r):
-                                    for v in T.vectorized(mt):
-                                        acc[rr, v] = (
-                                            acc[rr, v]
-                                            + data[j, rr, cc]
-                                            * x[
-                                                (p * qf + q) // (mo_d * nb),
-                                                xoff[j, cc] + (p * qf + q) // nb % mo_d * mt + v,
-                                            ]
-                                        )
-                        for rr in T.unroll(r):
-                            for v in T.vectorized(mt):
-                                y[
-                                    (p * qf + q) // (mo_d * nb),
-                                    (p * qf + q) % nb * r + rr,
-                                    (p * qf + q) // nb % mo_d * mt + v,
-                                ] = acc[rr, v]
+                        for rh in T.serial(r // rs):
+                            for rr in T.unroll(rs):
+                                for v in T.vectorized(mt):
+                                    acc[rr, v] = T.float32(0)
+                            for j in T.serial(
+                                indptr[(p * qf + q) // mo_d % nb],
+                                indptr[(p * qf + q) // mo_d % nb + 1],
+                            ):
+                                for cc in T.unroll(c):
+                                    for rr in T.unroll(rs):
+                                        for v in T.vectorized(mt):
+                                            acc[rr, v] = (
+                                                acc[rr, v]
+                                                + data[j, rh * rs + rr, cc]
+                                                * x[
+                                                    (p * qf + q) // (mo_d * nb),
+                                                    xoff[j, cc] + (p * qf + q) % mo_d * mt + v,
+                                                ]
+                                            )
+                            for rr in T.unroll(rs):
+                                for v in T.vectorized(mt):
+                                    y[
+                                        (p * qf + q) // (mo_d * nb),
+                                        (p * qf + q) // mo_d % nb * r + rh * rs + rr,
+                                        (p * qf + q) % mo_d * mt + v,
+                                    ] = acc[rr, v]
         if tail > 0:
             for p in T.parallel(pt):
-                acc = T.alloc_local((r, tail_w), "float32")
+                acc = T.alloc_local((rs, tail_w), "float32")
                 for q in T.serial(qt):
                     if p * qt + q < bsz * nb:
-                        for rr in T.unroll(r):
-                            for v in T.vectorized(tail_w):
-                                acc[rr, v] = T.float32(0)
-                        for j in T.serial(indptr[(p * qt + q) % nb], indptr[(p * qt + q) % nb + 1]):
-                            for cc in T.unroll(c):
-                                for rr in T.unroll(r):
-                                    for v in T.vectorized(tail_w):
-                                        acc[rr, v] = (
-                                            acc[rr, v]
-                                            + data[j, rr, cc]
-                                            * x[(p * qt + q) // nb, xoff[j, cc] + mo * mt + v]
-                                        )
-                        for rr in T.unroll(r):
-                            for v in T.vectorized(tail_w):
-                                y[(p * qt + q) // nb, (p * qt + q) % nb * r + rr, mo * mt + v] = (
-                                    acc[rr, v]
-                                )
+                        for rh in T.serial(r // rs):
+                            for rr in T.unroll(rs):
+                                for v in T.vectorized(tail_w):
+                                    acc[rr, v] = T.float32(0)
+                            for j in T.serial(
+                                indptr[(p * qt + q) % nb], indptr[(p * qt + q) % nb + 1]
+                            ):
+                                for cc in T.unroll(c):
+                                    for rr in T.unroll(rs):
+                                        for v in T.vectorized(tail_w):
+                                            acc[rr, v] = (
+                                                acc[rr, v]
+                                                + data[j, rh * rs + rr, cc]
+                                                * x[(p * qt + q) // nb, xoff[j, cc] + mo * mt + v]
+                                            )
+                            for rr in T.unroll(rs):
+                                for v in T.vectorized(tail_w):
+                                    y[
+                                        (p * qt + q) // nb,
+                                        (p * qt + q) % nb * r + rh * rs + rr,
+                                        mo * mt + v,
+                                    ] = acc[rr, v]
 
-    desc = f"bsr {r}x{c} N={n} M={m} B={bsz} nnz_blocks={nnz} tile={mt}"
+    desc = f"bsr {r}x{c} N={n} M={m} B={bsz} nnz_blocks={nnz} tile={mt}" + (
+        f" in {r // rs} passes of {rs} rows" if rs != r else ""
+    )
     return kernel.with_attr(KERNEL_ATTR, desc)
 
 
@@ -276,7 +316,7 @@ def _bsr_kernel_rows(spec: KernelSpec) -> tvm.tirx.PrimFunc:
     r = int(spec.block[0])
     nnz = int(spec.nnz)
     nb = n // r
-    u = ROWS_CHAINS
+    u = row_chains(m, spec.block, spec.lanes, spec.registers)
     pc, qc = _chunks(bsz * nb)
 
     @T.prim_func(private=True)
@@ -378,6 +418,9 @@ def emit_bsr_call(
         nnz=int(data.shape[0]),
         block=bsr.block,
         tile=choose_tile(m, bsr.block, lanes, registers),
+        rows_per_pass=rows_per_pass(bsr.block, registers),
+        lanes=lanes,
+        registers=registers,
     )
     gv = bb.add_func(bsr_kernel(spec), spec.name)
     out_ty = relax.TensorType((bsz, bsr.shape[0], m), "float32")
@@ -389,15 +432,86 @@ def emit_bsr_call(
 # --------------------------------------------------------------------------------------------
 # Cost model
 
-#: Cost model constants, in units of one vector FMA of hwcc's default dense kernel, fitted to
-#: kernel timings on an AMD EPYC (AVX-512, 2 cores; matmul 128x768x3072 and 1x1 convs, 50 and
-#: 90% sparsity): a sparse kernel with ``R``-row blocks pays ``SPARSE_FMA + SPARSE_LOAD / R``
-#: per useful vector FMA (measured ~3.3 for R = 1, ~1.8 for R = 4, ~1.9 for R = 16: the
-#: activation rows it loads are reused by the R rows of a block only), each element copied
-#: around the kernel (transposes, padding) ``COPY_PER_ELEM``, plus the output writes.
-SPARSE_FMA = 1.5
-SPARSE_LOAD = 2.0
-COPY_PER_ELEM = 1.0
+
+@dataclass(frozen=True)
+class SparseCosts:
+    """Milliseconds per unit of work on one core, the coefficients of :func:`estimate_ms`
+    (fitted by ``benchmarks/sparse_fit.py``).
+
+    Dense kernel: ``dense_fma`` per vector FMA (``N·K·M / lanes``), ``dense_weight`` per weight
+    streamed from memory (``N·K``: what a layer on one or a few rows costs), ``dense_call`` per
+    call. BSR kernel along ``M`` (:func:`bsr_kernel`): ``sparse_fma`` per vector FMA
+    (``R·C·⌈M/lanes⌉`` per stored block), ``sparse_load`` per activation vector loaded
+    (``C·⌈M/lanes⌉`` per block), ``sparse_block`` per block. Few-positions kernel
+    (:func:`across_block_rows`): ``rows_fma`` per vector FMA (``M·⌈R/lanes⌉`` per block),
+    ``rows_block`` per block. Both: ``copy`` per element copied around the kernel (transposes,
+    padding), ``sparse_call`` per call.
+    """
+
+    dense_fma: float
+    dense_weight: float
+    dense_call: float
+    sparse_fma: float
+    sparse_load: float
+    sparse_block: float
+    rows_fma: float
+    rows_block: float
+    copy: float
+    sparse_call: float
+
+
+#: Fitted per fp32 vector width by ``TVM_NUM_THREADS=1 python benchmarks/sparse_fit.py`` on an
+#: AMD EPYC (Zen 4), 2026-12-07: 16 lanes with the host target (AVX-512), 8 lanes with
+#: ``--target 'x86_64-linux-gnu -mattr=+avx2,+fma'`` on the same CPU. Other widths (NEON's 4)
+#: use the nearest fit; they were not timed (no such machine to time on).
+COSTS: dict[int, SparseCosts] = {
+    16: SparseCosts(dense_fma=2.753e-07, dense_weight=2.622e-08, dense_call=0.003417,
+                    sparse_fma=2.453e-07, sparse_load=4.863e-07, sparse_block=0.0,
+                    rows_fma=1.279e-07, rows_block=4.043e-07, copy=7.65e-07,
+                    sparse_call=0.003178),
+    8: SparseCosts(dense_fma=1.663e-07, dense_weight=2.567e-08, dense_call=0.001587,
+                   sparse_fma=2.274e-07, sparse_load=2.057e-07, sparse_block=1.029e-07,
+                   rows_fma=2.745e-07, rows_block=1.771e-07, copy=5.395e-07,
+                   sparse_call=0.003337),
+}  # fmt: skip
+
+
+def costs_for(lanes: int) -> SparseCosts:
+    """The fitted :class:`SparseCosts` of the vector width nearest ``lanes``."""
+    return COSTS[min(COSTS, key=lambda w: (abs(w - lanes), w))]
+
+
+def dense_features(m_rows: int, n: int, k: int, lanes: int) -> list[float]:
+    """Work units of hwcc's dense kernel, in the order of the dense :class:`SparseCosts`."""
+    return [n * k * m_rows / lanes, n * k, 1.0]
+
+
+def sparse_features(
+    m_rows: int,
+    n: int,
+    k: int,
+    nnz_blocks: int,
+    block: tuple[int, int],
+    lanes: int,
+    copy_elems: int = 0,
+    batch: int = 1,
+) -> list[float]:
+    """Work units of the BSR kernel, in the order of the sparse :class:`SparseCosts`."""
+    r, c = block
+    m = max(1, m_rows // max(batch, 1))
+    if across_block_rows(m, block, lanes, 32 if lanes >= 16 else 16):
+        fma, block_work = nnz_blocks * m * math.ceil(r / lanes), nnz_blocks
+        return [0.0, 0.0, 0.0, batch * fma, batch * block_work, copy_elems, 1.0]
+    vec = math.ceil(m / lanes)
+    return [
+        batch * nnz_blocks * r * c * vec,
+        batch * nnz_blocks * c * vec,
+        batch * nnz_blocks,
+        0.0,
+        0.0,
+        copy_elems,
+        1.0,
+    ]
 
 
 def estimate_ms(
@@ -408,11 +522,10 @@ def estimate_ms(
     block: tuple[int, int],
     lanes: int,
     copy_elems: int = 0,
-    ghz: float = 3.0,
-    fma_per_cycle: int = 2,
-    dense_efficiency: float = 0.5,
+    batch: int = 1,
+    costs: SparseCosts | None = None,
 ) -> tuple[float, float]:
-    """Estimated milliseconds of the dense and the sparse kernel of one layer.
+    """Estimated milliseconds of the dense and the sparse kernel of one layer, on one core.
 
     Parameters
     ----------
@@ -425,25 +538,29 @@ def estimate_ms(
     block
         (R, C).
     lanes
-        fp32 lanes of a vector register.
+        fp32 lanes of a vector register (selects the fitted :data:`COSTS`).
     copy_elems
         Elements the sparse form copies around the kernel (transposes, padding).
-    ghz, fma_per_cycle, dense_efficiency
-        Clock, vector FMA units and the fraction of the FMA peak hwcc's dense kernels reach;
-        they scale both estimates alike (only the ratio decides).
+    batch
+        Batch items the kernel loops over (``m_rows / batch`` positions each).
+    costs
+        Coefficients; default :func:`costs_for` ``(lanes)``.
 
     Returns
     -------
     (float, float)
-        ``(dense_ms, sparse_ms)`` on one core.
+        ``(dense_ms, sparse_ms)``.
     """
-    r, c = block
-    unit_ms = 1.0 / (fma_per_cycle * dense_efficiency * ghz * 1e6)  # one dense vector FMA
-    vec_rows = m_rows / lanes
-    dense = n * k * vec_rows
-    useful = nnz_blocks * r * c * vec_rows
-    sparse = useful * (SPARSE_FMA + SPARSE_LOAD / r) + n * vec_rows + copy_elems * COPY_PER_ELEM
-    return dense * unit_ms, sparse * unit_ms
+    cf = costs or costs_for(lanes)
+    dense = np.dot(
+        [cf.dense_fma, cf.dense_weight, cf.dense_call], dense_features(m_rows, n, k, lanes)
+    )
+    sparse = np.dot(
+        [cf.sparse_fma, cf.sparse_load, cf.sparse_block, cf.rows_fma, cf.rows_block, cf.copy,
+         cf.sparse_call],
+        sparse_features(m_rows, n, k, nnz_blocks, block, lanes, copy_elems, batch),
+    )  # fmt: skip
+    return float(dense), float(sparse)
 
 
 def gflops(m_rows: int, n: int, k: int, ms: float) -> float:

@@ -573,7 +573,9 @@ def _mode_masks(
         if cfg.measure is None and cfg.choice == "auto":
             bsz, m, copies = _rows(layer)
             nnz = int(np.count_nonzero(_block_scores(mask.astype(np.float32), block)))
-            d_ms, s_ms = sk.estimate_ms(bsz * m, n, k, nnz, block, cfg.lanes, copy_elems=copies)
+            d_ms, s_ms = sk.estimate_ms(
+                bsz * m, n, k, nnz, block, cfg.lanes, copy_elems=copies, batch=bsz
+            )
             if s_ms * cfg.min_speedup > d_ms:
                 left[layer.name] = {
                     **entry, **info, "est_dense_ms": round(d_ms, 4),
@@ -917,7 +919,7 @@ class Sparsify:
         bsz, m, copies = _rows(layer)
         entry["rows"] = bsz * m
         dense_ms, sparse_ms = sk.estimate_ms(
-            bsz * m, n, k, bsr.nnz_blocks, pattern.block, cfg.lanes, copy_elems=copies
+            bsz * m, n, k, bsr.nnz_blocks, pattern.block, cfg.lanes, copy_elems=copies, batch=bsz
         )
         entry["est_dense_ms"] = round(dense_ms, 4)
         entry["est_sparse_ms"] = round(sparse_ms, 4)

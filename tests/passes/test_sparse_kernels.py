@@ -34,9 +34,13 @@ def test_block_that_does_not_divide_is_an_error() -> None:
 
 @pytest.mark.parametrize("block", [(1, 1), (1, 4), (4, 1), (16, 1), (3, 5)])
 @pytest.mark.parametrize("ratio", [0.0, 0.5, 0.9, 0.99, 1.0])
-def test_bsr_kernel_matches_numpy(block: tuple[int, int], ratio: float) -> None:
+@pytest.mark.parametrize("lanes", [16, 8], ids=["avx512", "avx2"])
+def test_bsr_kernel_matches_numpy(block: tuple[int, int], ratio: float, lanes: int) -> None:
     """The raw TIR kernel equals numpy ``W @ X`` on odd sizes (M = 37: a full tile and a
-    remainder), batch 2, with empty rows (0.99, 1.0) and an all-zero weight (1.0)."""
+    remainder), batch 2, with empty rows (0.99, 1.0) and an all-zero weight (1.0); with the
+    register tiles of 16 lanes / 32 registers and of 8 lanes / 16 registers (where a 16×1 block
+    is accumulated in two passes of 8 rows). Built for this machine: the arithmetic does not
+    depend on the ISA the tile was sized for."""
     r, c = block
     n, k, m, bsz = 3 * 16 * r // np.gcd(16, r), 20 * c, 37, 2
     rng = np.random.default_rng(1)
@@ -45,8 +49,14 @@ def test_bsr_kernel_matches_numpy(block: tuple[int, int], ratio: float) -> None:
     bsr = sk.to_bsr(w, block)
     np.testing.assert_array_equal(bsr.to_dense(), w)
     data, xoff, indptr = sk.kernel_args(bsr, np.arange(k) * m)
-    spec = sk.KernelSpec(bsz, k * m, m, n, data.shape[0], block, sk.choose_tile(m, block, 16))
-    func = sk.bsr_kernel(spec).with_attr("global_symbol", "main")
+    regs = 32 if lanes >= 16 else 16
+    spec = sk.KernelSpec(bsz, k * m, m, n, data.shape[0], block,
+                         sk.choose_tile(m, block, lanes, regs), sk.rows_per_pass(block, regs),
+                         lanes, regs)
+    func = sk.bsr_kernel(spec)
+    if block == (16, 1) and lanes == 8:
+        assert "in 2 passes of 8 rows" in str(func.attrs[sk.KERNEL_ATTR])
+    func = func.with_attr("global_symbol", "main")
     lib = tvm.compile(tvm.IRModule({"main": func}), target=HOST.tvm_target())
     x = rng.standard_normal((bsz, k, m)).astype(np.float32)
     y = tvm.runtime.empty((bsz, n, m), "float32", tvm.cpu())
@@ -62,11 +72,14 @@ def test_bsr_kernel_matches_numpy(block: tuple[int, int], ratio: float) -> None:
 @pytest.mark.parametrize("block", [(4, 1), (8, 1), (16, 1)])
 @pytest.mark.parametrize("m", [1, 3])
 @pytest.mark.parametrize("ratio", [0.5, 0.97, 1.0])
-def test_few_positions_kernel_matches_numpy(block: tuple[int, int], m: int, ratio: float) -> None:
+@pytest.mark.parametrize("lanes", [16, 8], ids=["avx512", "avx2"])
+def test_few_positions_kernel_matches_numpy(block: tuple[int, int], m: int, ratio: float,
+                                            lanes: int) -> None:
     """M < R (a batch-1 dense layer): the kernel vectorises the block's rows with several
     accumulator chains; equal to numpy with row block counts that are not multiples of the
     chains, empty rows (0.97) and an all-zero weight (1.0), batch 2."""
-    assert sk.across_block_rows(m, block)
+    regs = 32 if lanes >= 16 else 16
+    assert sk.across_block_rows(m, block, lanes, regs)
     r, _ = block
     n, k, bsz = 5 * r, 67, 2
     rng = np.random.default_rng(2)
@@ -74,7 +87,8 @@ def test_few_positions_kernel_matches_numpy(block: tuple[int, int], m: int, rati
     w *= block_mask(w, block, ratio)
     bsr = sk.to_bsr(w, block)
     data, xoff, indptr = sk.kernel_args(bsr, np.arange(k) * m)
-    spec = sk.KernelSpec(bsz, k * m, m, n, data.shape[0], block, sk.choose_tile(m, block, 16))
+    spec = sk.KernelSpec(bsz, k * m, m, n, data.shape[0], block,
+                         sk.choose_tile(m, block, lanes, regs), 0, lanes, regs)
     func = sk.bsr_kernel(spec)
     assert "vectors along R" in str(func.attrs[sk.KERNEL_ATTR])
     lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),

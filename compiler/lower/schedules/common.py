@@ -45,16 +45,18 @@ def choose_factor(extent: int, preferred: int, minimum: int = 1) -> int:
 def vector_factor(extent: int, lanes: int, max_vectors: int = 2) -> int:
     """Width of the vectorized inner loop over an axis of ``extent`` elements.
 
-    Prefers a multiple of ``lanes`` that divides ``extent`` (up to ``max_vectors`` registers),
-    then half a register when it divides ``extent`` (a power-of-two width: LLVM legalizes odd
+    Prefers a power-of-two number of whole registers (up to ``max_vectors``) that divides
+    ``extent``, then half a register when it divides ``extent`` (a power-of-two width: LLVM legalizes odd
     widths such as 24 lanes into slow shuffles and spills), then the whole extent when it fits
     in ``max_vectors`` registers, then a divisor of at least half a vector, else
     ``max_vectors`` full vectors with a tail predicate (still correct: the vectorizer scalarizes
     predicated lanes).
     """
-    for k in range(max_vectors, 0, -1):
+    k = 1 << (max(1, max_vectors).bit_length() - 1)  # whole vectors, a power of two of them
+    while k >= 1:
         if extent % (k * lanes) == 0:
             return k * lanes
+        k //= 2
     half = lanes // 2
     if half >= 4 and extent > half and extent % half == 0:
         return half
