@@ -97,7 +97,7 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     lanes = parse_target("host").capabilities.fp32_lanes
     rows = []
-    for name in args.models.split(","):
+    for name in (m for m in args.models.split(",") if m):
         path = example_model(name)
         data = example_data(name)
         calib = example_data(name, "calib")

@@ -103,12 +103,14 @@ def compile(
         return _compile_embedded(imported, tgt, compression, passes, output_dir, tuning_log,
                                  verify)
 
-    # the quantize pass keeps the float model where it is faster: timed here when the target
-    # runs on this machine, else the target's cost model decides
+    # the quantize pass keeps the float model where it is faster, and pruning is never slower
+    # than the unpruned model: timed here when the target runs on this machine, else the
+    # target's cost model decides (quantize) or it is not checked (prune)
     # (with the tuning records the build uses: the float model as `hwcc compile` makes it)
     database, db_path = _open_database(tuning_log, tgt)
     timer = None
-    if compression.quantize is not None and tgt.kind == "llvm" and tgt.runs_on_this_machine():
+    timed = compression.quantize is not None or bool(compression.prune)
+    if timed and tgt.kind == "llvm" and tgt.runs_on_this_machine():
         timer = partial(time_module, target=tgt, options=options, database=database)
     pipeline = [*_import_passes(imported.mod),
                 *compression.passes(imported.inputs, tgt.capabilities, timer=timer), *passes]

@@ -188,7 +188,8 @@ def build_passes(*, prune: float | None = None, prune_method: str = "l1",
     ``calibration`` holds arrays with a leading sample axis; ``lanes`` is the target's fp32
     vector lanes (kept channel counts are multiples of it). The quantize pass keeps the float
     model where it is faster (``timer``: module -> ms on the target; None: the cost model),
-    unless ``quantize_always``.
+    unless ``quantize_always``; with a ``timer`` the pruning pass never returns a model slower
+    than the unpruned one.
     """
     specs: list[PassSpec] = []
     if not any(x is not None for x in (prune, low_rank, sparsity, quantize)):
@@ -201,7 +202,7 @@ def build_passes(*, prune: float | None = None, prune_method: str = "l1",
             raise ConfigError(f"--prune-method {prune_method} needs calibration data (--calib)")
         specs.append(PassSpec("prune_channels", PruneConfig(
             ratio=prune, importance=importance, scope=prune_scope, multiple_of=lanes,
-            calibration=calibration)))
+            calibration=calibration, timer=timer)))
         # right after pruning: its teacher is the model as it was before pruning
         if recover and calibration is not None and prune > 0:
             specs.append(PassSpec("recover", partial(RecoverConfig, calibration=calibration),

@@ -71,6 +71,9 @@ from .channel_groups import SHAPE, ChannelGroup, analyze
 logger = logging.getLogger(__name__)
 
 REPORT_ATTR = "hwcc.prune_channels"
+#: Most groups :class:`PruneChannels` restores (each costs a build and a timing) before it
+#: returns the unpruned module instead of a slower pruned one.
+MAX_RESTORES = 4
 IMPORTANCES = ("l1", "l2", "mean_activation", "apoz", "reconstruction")
 SCOPES = ("global", "per_layer")
 
@@ -101,6 +104,14 @@ class PruneConfig:
     calibration
         Calibration inputs (see :mod:`passes.calibration`); required by the activation-based
         importances. Default None.
+    timer
+        A timer the caller hands in (module -> milliseconds of ``main`` on the target, e.g.
+        :func:`compiler.lower.timing.time_module` when the target runs here); a pass never
+        builds or times a kernel itself. With it the pruned model is never slower than the
+        unpruned one: when it is, groups are restored one at a time (the group that removed
+        fewest parameters first, at most :data:`MAX_RESTORES`) until it is faster, else the
+        module is returned unpruned; the report's ``speed`` says what was measured and kept.
+        Default None (not checked: the report says so).
     """
 
     ratio: float = 0.0
@@ -110,6 +121,7 @@ class PruneConfig:
     layer_ratios: Mapping[str, float] = field(default_factory=dict)
     min_keep: int = 1
     calibration: Mapping[str, np.ndarray] | None = field(default=None, compare=False)
+    timer: Callable[[tvm.IRModule], float] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         _check_ratio("ratio", self.ratio)
@@ -125,6 +137,8 @@ class PruneConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"PruneConfig.{name} must be an integer >= 1; got {v!r}")
+        if self.timer is not None and not callable(self.timer):
+            raise ConfigError("PruneConfig.timer must be a timer (module -> ms) or None")
         needs_data = self.importance in ("mean_activation", "apoz", "reconstruction")
         if needs_data and self.calibration is None:
             raise ConfigError(f"importance '{self.importance}' needs calibration data")
@@ -400,6 +414,9 @@ class PruneChannels:
             removed = _select(prunable, scores, cfg)
         plan = _plan(prunable, removed)
         out = rebuild_main(mod, _rewriter(plan)) if plan else mod
+        speed: dict = {"decided_by": "not checked (no timer: the target does not run here)"}
+        if cfg.timer is not None and plan:
+            out, removed, speed = self._never_slower(mod, out, prunable, removed, shapes)
         report = {
             "importance": cfg.importance,
             "scope": cfg.scope,
@@ -423,6 +440,7 @@ class PruneChannels:
                 for g in prunable
             ],
             "blocked": blocked,
+            "speed": speed,
             "refit_layers": _refit_layers(prunable, removed),
             "removed_outputs": _removed_outputs(prunable, removed),
         }
@@ -431,6 +449,46 @@ class PruneChannels:
         out = tvm.IRModule(dict(out.functions_items()), attrs=out.attrs)
         out[out.get_global_var("main")] = func
         return out
+
+    def _never_slower(
+        self,
+        mod: tvm.IRModule,
+        out: tvm.IRModule,
+        groups: list[ChannelGroup],
+        removed: dict[str, np.ndarray],
+        shapes: dict,
+    ) -> tuple[tvm.IRModule, dict[str, np.ndarray], dict]:
+        """``out``, or ``out`` with some groups restored, or ``mod``: whichever first times
+        faster than ``mod`` (see ``PruneConfig.timer``)."""
+        timer = self.config.timer
+        base_ms, pruned_ms = timer(mod), timer(out)
+        speed = {"decided_by": "measured on this machine", "unpruned_ms": round(base_ms, 4),
+                 "pruned_ms": round(pruned_ms, 4), "kept": "pruned", "restored_groups": []}
+        if pruned_ms < base_ms:
+            return out, removed, speed
+        saved = {g.name: _group_params_removed(g, removed.get(g.name, ()), shapes)
+                 for g in groups if len(removed.get(g.name, ()))}
+        trial = dict(removed)
+        for name in sorted(saved, key=saved.get)[:MAX_RESTORES]:
+            trial.pop(name)
+            speed["restored_groups"].append(name)
+            plan = _plan(groups, trial)
+            if not plan:
+                break
+            candidate = rebuild_main(mod, _rewriter(plan))
+            ms = timer(candidate)
+            speed["pruned_ms"] = round(ms, 4)
+            if ms < base_ms:
+                speed["reason"] = (f"the fully pruned model ran {pruned_ms:.3g} ms, the unpruned "
+                                   f"{base_ms:.3g} ms; restored {len(speed['restored_groups'])} "
+                                   f"group(s): {ms:.3g} ms")
+                logger.warning("prune_channels: %s", speed["reason"])
+                return candidate, trial, speed
+        speed.update(kept="unpruned", pruned_ms=round(pruned_ms, 4), restored_groups=[],
+                     reason=f"the pruned model ran {pruned_ms:.3g} ms, the unpruned "
+                            f"{base_ms:.3g} ms, also with the least useful groups restored")
+        logger.warning("prune_channels: kept the unpruned model (%s)", speed["reason"])
+        return mod, {}, speed
 
     def _scores(self, mod: tvm.IRModule, groups: list[ChannelGroup]) -> dict[str, np.ndarray]:
         cfg = self.config

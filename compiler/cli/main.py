@@ -214,10 +214,16 @@ def _summary_warnings_shown(in_summary: bool) -> Iterator[None]:
 
 
 def _speed_summary(speed: dict[str, Any]) -> str:
-    """One line on whether the quantized or the float model was kept, and why."""
+    """One line on which model a pass kept (quantized or float, pruned or unpruned), and why."""
+    if "kept" not in speed:
+        return f"not timed: {speed['decided_by']}"
     line = f"the {speed['kept']} model ({speed['decided_by']}"
     if "float_ms" in speed:
         line += f": quantized {speed['quantized_ms']:.4g} ms, float {speed['float_ms']:.4g} ms"
+    if "unpruned_ms" in speed:
+        line += f": pruned {speed['pruned_ms']:.4g} ms, unpruned {speed['unpruned_ms']:.4g} ms"
+        if speed.get("restored_groups"):
+            line += f", {len(speed['restored_groups'])} group(s) left unpruned"
     line += ")"
     if speed["kept"] == "float":
         line += "; --quantize-always keeps the quantized one"
