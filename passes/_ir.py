@@ -259,3 +259,20 @@ def relax_op_of_te_call(mod: tvm.IRModule, call: relax.Call) -> relax.Expr | Non
     if not tvm_ffi.structural_equal(ref, mod[gv], map_free_vars=True):
         return None
     return relax_op(*args)
+
+
+def layer_flops(mod: tvm.IRModule) -> int:
+    """Operations (a multiply-add counts 2) of ``main``'s matmuls and 2-D convolutions with
+    static shapes: ``2 · |Y| · K`` (``K``: the contracted length; ``C/groups · kh · kw`` for a
+    conv). The layers compression changes; elementwise work is not counted."""
+    total = 0
+    for b in bindings(main_function(mod)):
+        name = op_name(b.value)
+        if name not in ("relax.matmul", "relax.nn.conv2d"):
+            continue
+        xs, ws, ys = (static_shape(e) for e in (b.value.args[0], b.value.args[1], b.var))
+        if xs is None or ws is None or ys is None:
+            continue
+        k = xs[-1] if name == "relax.matmul" else int(np.prod(ws[1:]))
+        total += 2 * int(np.prod(ys)) * int(k)
+    return total

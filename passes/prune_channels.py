@@ -64,7 +64,16 @@ from tvm import relax
 from targets.errors import ConfigError
 
 from . import calibration
-from ._ir import bindings, const, const_array, is_const, main_function, op_name, rebuild_main
+from ._ir import (
+    bindings,
+    const,
+    const_array,
+    is_const,
+    layer_flops,
+    main_function,
+    op_name,
+    rebuild_main,
+)
 from .canonicalize import batch_norm_count
 from .channel_groups import SHAPE, ChannelGroup, analyze
 
@@ -424,6 +433,8 @@ class PruneChannels:
             "multiple_of": cfg.multiple_of,
             "params_before": before,
             "params_after": param_count(out),
+            "flops_before": layer_flops(mod),
+            "flops_after": layer_flops(out),
             "groups": [
                 {
                     "group": g.name,
@@ -443,6 +454,10 @@ class PruneChannels:
             "speed": speed,
             "refit_layers": _refit_layers(prunable, removed),
             "removed_outputs": _removed_outputs(prunable, removed),
+        }
+        report["achieved"] = {
+            "params_removed": round(1 - report["params_after"] / max(before, 1), 4),
+            "flops_removed": round(1 - report["flops_after"] / max(report["flops_before"], 1), 4),
         }
         logger.info("pruned %d -> %d parameters", report["params_before"], report["params_after"])
         func = main_function(out).with_attr(REPORT_ATTR, json.dumps(report))

@@ -234,6 +234,11 @@ def _pass_summary(p: dict[str, Any]) -> str:
     if "skipped" in p:
         return f"skipped ({p['skipped']})"
     rep = p.get("report") or {}
+    if p.get("name") == "prune_channels" and "achieved" in rep:
+        got = rep["achieved"]
+        return (f"ratio {rep['ratio']} asked ({rep['importance']}, {rep['scope']}): removed "
+                f"{got['params_removed']:.1%} of the parameters, {got['flops_removed']:.1%} of "
+                "the conv/matmul FLOPs")
     if p.get("name") == "sparsify" and "sparse_layers" in rep:
         share = rep["nonzero_weights"] / max(rep["weights"], 1)
         return (f"sparsity {rep['ratio']}, block {rep['block']}: {len(rep['sparse_layers'])} "

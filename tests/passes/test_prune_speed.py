@@ -90,3 +90,36 @@ def test_real_timer_on_this_machine() -> None:
 def test_without_a_timer_the_report_says_it_was_not_checked() -> None:
     _, _, rep = _pruned(None)
     assert "not checked" in rep["speed"]["decided_by"]
+
+
+def _onnx_flops(model) -> int:
+    """Conv / Gemm / MatMul operations of an ONNX model, from its own shape inference."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]}
+    weights = {t.name: numpy_helper.to_array(t).shape for t in model.graph.initializer}
+    total = 0
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            k = int(np.prod(weights[node.input[1]][1:]))
+            total += 2 * int(np.prod(shapes[node.output[0]])) * k
+        elif node.op_type in ("Gemm", "MatMul"):
+            total += 2 * int(np.prod(shapes[node.output[0]])) * int(shapes[node.input[0]][-1])
+    return total
+
+
+def test_achieved_parameter_and_flop_ratios_are_reported() -> None:
+    """The report states what was achieved beside the requested ratio; the FLOPs before
+    pruning equal an independent count from the ONNX model's own shape inference."""
+    model, mod = zoo("resnet_block_cnn")
+    out = apply(PruneChannels(PruneConfig(ratio=0.5, scope="per_layer")), mod)
+    rep = read_report(out)
+    assert rep["flops_before"] == _onnx_flops(model)
+    assert 0 < rep["flops_after"] < rep["flops_before"]
+    got = rep["achieved"]
+    assert got["params_removed"] == round(1 - param_count(out) / param_count(mod), 4)
+    assert got["flops_removed"] == round(1 - rep["flops_after"] / rep["flops_before"], 4)
