@@ -16,7 +16,14 @@ from compiler import api
 from compiler.data import load_npz
 from compiler.errors import ConfigError
 from compiler.frontend import read_model, resolve_input_specs
-from compiler.search.search import SearchSpace, Settings, candidate_passes, format_table, search
+from compiler.search.search import (
+    SearchSpace,
+    Settings,
+    candidate_passes,
+    format_table,
+    recheck_best,
+    search,
+)
 from targets import parse_target
 
 EXIT_OK, EXIT_INTERRUPTED = 0, 130
@@ -83,7 +90,9 @@ def add_search_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--groups", type=int, default=4, metavar="K", help="largest channel groups "
                    "given their own prune ratio in random/bayes search (0: global only)")
     s.add_argument("--samples", type=int, default=200, metavar="N",
-                   help="evaluate on the first N samples of --data (default 200)")
+                   help="evaluate on the first N samples of --data (default 200; raised to "
+                   "the 200/max-drop samples a top-1 budget needs, refused when --data has "
+                   "fewer); the written model (-o) is re-checked on all of --data")
     s.add_argument("--repeat", type=int, default=50, metavar="N",
                    help="timed runs per candidate (default 50)")
     s.add_argument("--seed", type=int, default=0, help="seed of random / Bayesian choices")
@@ -113,7 +122,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                     max_accuracy_drop=args.max_drop, space=space, log_path=args.log,
                     progress=not args.no_progress and not args.json and sys.stderr.isatty(),
                     seed=args.seed, eval_samples=args.samples, repeat=args.repeat)
-    artifact = _compile_best(report, args, data, calib) if args.output else None
+    artifact = _compile_best(report, args, data, labels, calib) if args.output else None
     if args.json:
         out = report.to_dict()
         out["artifact"] = artifact
@@ -123,13 +132,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if report.interrupted else EXIT_OK
 
 
-def _compile_best(report: Any, args: argparse.Namespace, data: dict, calib: Any) -> str:
-    """Compile the winner (verified on the first evaluation sample) into ``args.output``."""
+def _compile_best(report: Any, args: argparse.Namespace, data: dict, labels: str | None,
+                  calib: Any) -> str:
+    """Compile the winner, re-checked on every sample of ``--data`` (see
+    :func:`compiler.search.search.recheck_best`), into ``args.output`` (verified on the first
+    evaluation sample)."""
 
-    best = report.best
+    settings = recheck_best(report, args.model, args.target, data, labels, calib)
     tgt = parse_target(args.target)
-    passes = [] if best.settings.is_baseline else candidate_passes(
-        best.settings, calib, tgt.capabilities)
+    passes = [] if settings.is_baseline else candidate_passes(settings, calib, tgt.capabilities)
     specs = resolve_input_specs(read_model(args.model)[0], None)
     first = {s.name: data[s.name][0] for s in specs}
     art = api.compile(args.model, tgt, output_dir=args.output, passes=passes,
@@ -156,6 +167,13 @@ def print_report(report: Any, artifact: str | None = None) -> None:
     else:
         print(f"  best         #{best['id']} {text}: {best['latency_ms']:.4f} ms "
               f"({best['speedup']:.2f}x), drop {best['drop']:.3g}")
+    rc = d.get("recheck")
+    if rc and "tried" in rc:
+        tried = ", ".join(f"#{t['id']} drop {t['drop']:.2f}" for t in rc["tried"])
+        verdict = (f"wrote #{rc['chosen']}" if rc["held"]
+                   else "none held: wrote the uncompressed model")
+        print(f"  re-checked   on all {rc['samples']} samples (baseline "
+              f"{100 * rc['baseline_top1']:.2f}%): {tried}; {verdict}")
     if artifact:
         print(f"  artifact     {artifact}")
     if d["log"]:

@@ -168,6 +168,9 @@ def search(
     specs = resolve_input_specs(onnx_model, None)
     feeds, labels = _eval_set(eval_data, labels_key, specs, eval_samples, split_samples)
     metric = "top1" if labels is not None else "max_rel_err"
+    if metric == "top1":
+        feeds, labels = _enough_samples(feeds, labels, eval_data, labels_key, specs,
+                                        max_accuracy_drop)
     groups, covers_all = _largest_groups(onnx_model, space.max_groups) if space.per_group \
         else ([], False)
     caps = tgt.capabilities
@@ -202,7 +205,8 @@ def search(
             log.append("baseline", base)
         report = SearchReport(model=source, target=str(tgt), strategy=strategy, metric=metric,
                               max_accuracy_drop=float(max_accuracy_drop), baseline=base,
-                              space=space, log_path=str(log_path) if log_path else None)
+                              space=space, log_path=str(log_path) if log_path else None,
+                              eval_samples=len(feeds))
         proposer = _PROPOSERS[strategy](space, groups, budget, seed, report,
                                         global_ratio=not covers_all)
         _run_candidates(report, proposer, budget, prior, measure, base_acc, log,
@@ -260,9 +264,7 @@ def _run_candidates(report: SearchReport, proposer: Any, budget: int,
             else:
                 cand = measure(settings, cid)
                 if cand.ok:
-                    drop = (100.0 * (base_acc - cand.accuracy) if metric == "top1"
-                            else cand.max_rel_err)
-                    cand = dataclasses.replace(cand, drop=drop)
+                    cand = _with_drop(cand, base_acc, metric, report.eval_samples)
                 if log:
                     log.append("candidate", cand)
             report.candidates.append(cand)
@@ -275,6 +277,95 @@ def _run_candidates(report: SearchReport, proposer: Any, budget: int,
                        "measured", len(report.candidates))
     finally:
         bar.close()
+
+
+#: A top-1 budget must be worth at least this many evaluation samples (one sample moves the
+#: accuracy by 100 / N points): with fewer, the budget is below what the measurement resolves.
+SAMPLES_PER_BUDGET = 2
+
+
+def _enough_samples(feeds: list[dict[str, np.ndarray]], labels: np.ndarray,
+                    eval_data: Mapping[str, np.ndarray], labels_key: str, specs: Any,
+                    max_drop: float) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+    """``feeds, labels``, raised to the samples a top-1 budget of ``max_drop`` points needs
+    (:data:`SAMPLES_PER_BUDGET` samples' worth); a budget the data cannot resolve is refused."""
+    if max_drop <= 0:
+        return feeds, labels
+    need = math.ceil(100.0 * SAMPLES_PER_BUDGET / max_drop - 1e-9)
+    if len(feeds) >= need:
+        return feeds, labels
+    every, all_labels = _eval_set(eval_data, labels_key, specs, None, split_samples)
+    if len(every) < need:
+        raise ConfigError(
+            f"an accuracy budget of {max_drop:g} top-1 points needs at least {need} evaluation "
+            f"samples (one sample moves top-1 by 100/N points; the budget must be worth "
+            f"{SAMPLES_PER_BUDGET}); the data has {len(every)}: give more samples or a budget "
+            f"of at least {100.0 * SAMPLES_PER_BUDGET / len(every):.2g} points")
+    logger.warning("evaluating on %d samples instead of %d: a budget of %g top-1 points needs "
+                   "%d (one sample is %.2g points)", need, len(feeds), max_drop, need,
+                   100.0 / len(feeds))
+    return every[:need], all_labels[:need]
+
+
+def _with_drop(cand: Candidate, base_acc: float | None, metric: str,
+               samples: int | None) -> Candidate:
+    """``cand`` with its drop (rounded to 6 decimals) and, for top-1, the drop's approximate
+    95 % confidence half-width in points."""
+    if metric != "top1":
+        return dataclasses.replace(cand, drop=round(float(cand.max_rel_err), 9))
+    drop = round(100.0 * (base_acc - cand.accuracy), 6)
+    n = max(samples or 1, 1)
+    var = (base_acc * (1 - base_acc) + cand.accuracy * (1 - cand.accuracy)) / n
+    return dataclasses.replace(cand, drop=drop, drop_ci95=round(196.0 * math.sqrt(var), 3))
+
+
+def recheck_best(report: SearchReport, model: Any, target: Any, eval_data: Mapping[str, Any],
+                 labels_key: str | None, calibration: Mapping[str, np.ndarray] | None,
+                 max_tries: int = 3) -> Settings:
+    """The settings to write: the best candidate re-checked on *all* of ``eval_data`` (the
+    search may have scored fewer samples), else the next fastest within the budget that
+    holds there (at most ``max_tries``), else the baseline. ``report.recheck`` says what was
+    measured. Top-1 only; without labels the search's own measurement stands."""
+    if report.metric != "top1" or report.best.settings.is_baseline:
+        report.recheck = {"held": True, "note": "nothing to re-check" if report.metric == "top1"
+                          else "scored by output error: the search's measurement stands"}
+        return report.best.settings
+    onnx_model, _ = read_model(model)
+    specs = resolve_input_specs(onnx_model, None)
+    feeds, labels = _eval_set(eval_data, labels_key, specs, None, split_samples)
+    if len(feeds) <= (report.eval_samples or 0):
+        report.recheck = {"held": True, "samples": len(feeds),
+                          "note": "the search scored every sample"}
+        return report.best.settings
+    tgt = parse_target(target)
+    workdir = tempdirs.mkdtemp("hwcc-recheck-")
+    try:
+        def top1(settings: Settings, name: str) -> float:
+            passes = [] if settings.is_baseline else candidate_passes(
+                settings, calibration, tgt.capabilities)
+            art = api.compile(onnx_model, tgt, passes=passes, output_dir=workdir / name,
+                              verify=False)
+            return float(evaluate_artifact(art, feeds, labels)["top1_accuracy"])
+
+        base = top1(Settings(), "base")
+        within = sorted((c for c in report.candidates if report.within(c)),
+                        key=lambda c: (c.latency_ms, c.drop, c.id))
+        tried = []
+        for cand in within[:max_tries]:
+            acc = top1(cand.settings, f"c{cand.id}")
+            drop = round(100.0 * (base - acc), 6)
+            tried.append({"id": cand.id, "top1": acc, "drop": drop})
+            if drop <= report.max_accuracy_drop + 1e-6:
+                report.recheck = {"held": True, "samples": len(feeds), "baseline_top1": base,
+                                  "chosen": cand.id, "tried": tried}
+                return cand.settings
+        report.recheck = {"held": False, "samples": len(feeds), "baseline_top1": base,
+                          "chosen": 0, "tried": tried}
+        logger.warning("no candidate kept the accuracy budget on all %d samples; writing the "
+                       "uncompressed model", len(feeds))
+        return Settings()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _eval_set(eval_data: Mapping[str, np.ndarray], labels_key: str | None, specs: Any,

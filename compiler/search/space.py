@@ -168,13 +168,19 @@ class SearchSpace:
         return dataclasses.replace(self, quantize=quant, prune_methods=methods)
 
 
+#: Tolerance of the budget comparison (drops are rounded to 6 decimals when measured).
+DROP_TOL = 1e-6
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One measured point (the baseline has id 0 and no compression).
 
     ``accuracy`` is top-1 on the labels (a fraction) or None without labels; ``max_rel_err`` is
     the worst relative output error against the float ONNX model; ``drop`` is the baseline's
-    top-1 minus this one's, in points (without labels: ``max_rel_err``).
+    top-1 minus this one's, in points (without labels: ``max_rel_err``); ``drop_ci95`` the
+    half-width of its approximate 95 % confidence interval in points (normal approximation,
+    treating the two accuracies as independent: conservative for the paired samples).
     """
 
     id: int
@@ -186,6 +192,7 @@ class Candidate:
     agreement: float | None = None
     max_rel_err: float | None = None
     drop: float | None = None
+    drop_ci95: float | None = None
     params: int | None = None
     weight_bytes: int | None = None
     library_bytes: int | None = None
@@ -236,6 +243,8 @@ class SearchReport:
     interrupted: bool = False
     seconds: float = 0.0
     log_path: str | None = None
+    eval_samples: int | None = None
+    recheck: dict[str, Any] | None = None
 
     @property
     def pareto(self) -> list[Candidate]:
@@ -245,9 +254,13 @@ class SearchReport:
     @property
     def best(self) -> Candidate:
         """The fastest point within the accuracy budget (the baseline when none is faster)."""
-        within = [c for c in [self.baseline, *self.candidates]
-                  if c.ok and c.drop <= self.max_accuracy_drop]
+        within = [c for c in [self.baseline, *self.candidates] if self.within(c)]
         return min(within, key=lambda c: (c.latency_ms, c.drop, c.id))
+
+    def within(self, c: Candidate) -> bool:
+        """Whether ``c`` was measured and its drop fits the budget (up to :data:`DROP_TOL`,
+        so that a drop exactly at the budget is in whatever the float rounding)."""
+        return c.ok and c.drop is not None and c.drop <= self.max_accuracy_drop + DROP_TOL
 
     def speedup(self, c: Candidate) -> float | None:
         if not c.ok or not c.latency_ms:
@@ -258,7 +271,7 @@ class SearchReport:
         d = c.to_dict()
         d["speedup"] = self.speedup(c)
         d["on_pareto"] = c.id in front_ids
-        d["within_budget"] = c.ok and c.drop <= self.max_accuracy_drop
+        d["within_budget"] = self.within(c)
         return d
 
     def to_dict(self) -> dict[str, Any]:
@@ -278,6 +291,8 @@ class SearchReport:
             "interrupted": self.interrupted,
             "seconds": round(self.seconds, 1),
             "log": self.log_path,
+            "eval_samples": self.eval_samples,
+            "recheck": self.recheck,
         }
 
 
@@ -292,7 +307,7 @@ def format_table(report: SearchReport) -> str:
     texts = [Settings.from_dict(r["settings"]).describe() for r in rows]
     w = max(len("settings"), *(len(t) for t in texts))
     head = (f"     {'id':>3}  {'settings':<{w}}  {'ms':>8}  {'speed-up':>8}  {quality:>8}  "
-            f"{drop:>8}  {'params':>8}  note")
+            f"{drop:>12}  {'params':>8}  note")
     lines = [head]
     for r, text in zip(rows, texts):
         mark = (">" if r["id"] == best_id else " ") + ("*" if r["on_pareto"] else " ")
@@ -301,11 +316,13 @@ def format_table(report: SearchReport) -> str:
             continue
         q = f"{100 * r['accuracy']:.2f}" if top1 else f"{r['max_rel_err']:.2e}"
         dr = f"{r['drop']:+.2f}" if top1 else f"{r['drop']:.2e}"
+        if top1 and r.get("drop_ci95") is not None:
+            dr += f"±{r['drop_ci95']:.1f}"
         note = "resumed" if r["resumed"] else ""
         if not r["within_budget"]:
             note = (note + ", " if note else "") + "over budget"
         lines.append(f"  {mark} {r['id']:>3}  {text:<{w}}  {r['latency_ms']:>8.4f}  "
-                     f"{r['speedup']:>7.2f}x  {q:>8}  {dr:>8}  {r['params']:>8,}  {note}")
+                     f"{r['speedup']:>7.2f}x  {q:>8}  {dr:>12}  {r['params']:>8,}  {note}")
     return "\n".join(lines)
 
 

@@ -12,15 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from compiler.errors import ConfigError
-from compiler.search.search import SearchReport, SearchSpace, dominates, search
 from compiler.cli.search import add_search_parser
+from compiler.errors import ConfigError
+from compiler.search.search import SearchReport, SearchSpace, dominates, recheck_best, search
 from examples import EXAMPLES_DIR, example_data, example_model
 
 DIGITS = example_model("digits_cnn")
 # Grid points: (prune 0, fp16), (prune 0.5, none), (prune 0.5, fp16): three candidates.
 SPACE = SearchSpace(prune_ratios=(0.0, 0.5), low_rank_energies=(None,), quantize=(None, "fp16"))
-KW = {"strategy": "grid", "budget": 3, "space": SPACE, "max_accuracy_drop": 0.5,
+# 60 samples resolve 1.67 points: a budget of 5 points is worth 3 samples
+KW = {"strategy": "grid", "budget": 3, "space": SPACE, "max_accuracy_drop": 5.0,
       "eval_samples": 60, "repeat": 10, "progress": False}
 
 
@@ -131,11 +132,90 @@ def test_cli_json_resumes_from_log(grid: tuple[SearchReport, Path], tmp_path: Pa
     add_search_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args([
         "search", str(DIGITS), "--data", str(EXAMPLES_DIR / "digits_data.npz"),
-        "--strategy", "grid", "--budget", "3", "--max-drop", "0.5", "--log", str(log),
+        "--strategy", "grid", "--budget", "3", "--max-drop", "5", "--log", str(log),
         "--prune-ratios", "0,0.5", "--low-rank", "none", "--quantize", "none,fp16",
         "--samples", "60", "--repeat", "10", "--json"])
     assert args.func(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert [c["resumed"] for c in out["candidates"]] == [True, True, True]
-    assert out["best"]["drop"] <= 0.5
+    assert out["best"]["drop"] <= 5.0 and out["eval_samples"] == 60
     assert len(_lines(log)) == 5  # only the baseline was measured again
+
+
+def test_budget_finer_than_the_data_resolves_is_refused() -> None:
+    """0.5 points needs 400 samples (one sample moves top-1 by 100/N points); the digits
+    data has 360: refused before anything compiles, naming both numbers."""
+    with pytest.raises(ConfigError, match=r"needs at least 400 evaluation samples.*has 360"):
+        search(DIGITS, eval_data=example_data("digits_cnn"), **{**KW, "max_accuracy_drop": 0.5})
+
+
+def test_drop_at_the_budget_is_within_and_has_a_confidence_interval(
+        grid: tuple[SearchReport, Path]) -> None:
+    """A drop equal to the budget up to float rounding is within it; every top-1 drop comes
+    with the half-width of its 95 % interval (about 1.96·100·sqrt(2p(1-p)/N) points)."""
+    import dataclasses
+
+    report, _ = grid
+    cand = report.candidates[0]
+    at = dataclasses.replace(cand, drop=report.max_accuracy_drop + 1e-12)
+    over = dataclasses.replace(cand, drop=report.max_accuracy_drop + 0.01)
+    assert report.within(at) and not report.within(over)
+    for c in report.candidates:
+        p, n = report.baseline.accuracy, report.eval_samples
+        expected = 196 * ((p * (1 - p) + c.accuracy * (1 - c.accuracy)) / n) ** 0.5
+        assert c.drop_ci95 == pytest.approx(expected, abs=1e-3)
+
+
+def test_written_model_is_rechecked_on_all_samples(grid: tuple[SearchReport, Path]) -> None:
+    """The search scored 60 samples; recheck_best scores the fastest candidates within the
+    budget on all 360 against the baseline measured there too (its top-1 equals
+    onnxruntime's on the same data), and writes the first that holds. A slow baseline and a
+    loose budget make every candidate eligible, so there is something to re-check."""
+    import dataclasses
+
+    import numpy as np
+    import onnxruntime as ort
+
+    report, _ = grid
+    report = dataclasses.replace(
+        report, baseline=dataclasses.replace(report.baseline, latency_ms=1e9),
+        max_accuracy_drop=60.0, recheck=None)
+    data = example_data("digits_cnn")
+    settings = recheck_best(report, DIGITS, "host", data, "label", None)
+    rc = report.recheck
+    assert rc["samples"] == 360
+    eligible = sorted((c for c in report.candidates if report.within(c)),
+                      key=lambda c: (c.latency_ms, c.drop, c.id))
+    assert [t["id"] for t in rc["tried"]] == [c.id for c in eligible[:len(rc["tried"])]]
+    assert rc["held"] == any(t["drop"] <= 60 for t in rc["tried"])
+    chosen = next((t["id"] for t in rc["tried"] if t["drop"] <= 60), 0)
+    assert rc["chosen"] == chosen
+    expect = report.candidates[chosen - 1].settings if chosen else None
+    assert settings == expect if chosen else settings.is_baseline
+    sess = ort.InferenceSession(str(DIGITS), providers=["CPUExecutionProvider"])
+    preds = [int(np.argmax(sess.run(None, {"input": x})[0])) for x in data["input"]]
+    ort_top1 = float(np.mean(np.array(preds) == data["label"]))
+    assert abs(rc["baseline_top1"] - ort_top1) <= 1 / 360 + 1e-9
+
+
+def test_cli_output_is_rechecked(grid: tuple[SearchReport, Path], tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """hwcc search -o writes the artifact and the report says how it was re-checked."""
+    _, full = grid
+    log = tmp_path / "log.jsonl"
+    log.write_text(full.read_text())
+    parser = argparse.ArgumentParser(prog="hwcc")
+    add_search_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args([
+        "search", str(DIGITS), "--data", str(EXAMPLES_DIR / "digits_data.npz"),
+        "--strategy", "grid", "--budget", "3", "--max-drop", "5", "--log", str(log),
+        "--prune-ratios", "0,0.5", "--low-rank", "none", "--quantize", "none,fp16",
+        "--samples", "60", "--repeat", "10", "--json", "-o", str(tmp_path / "out")])
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    rc = out["recheck"]
+    if out["best"]["id"] == 0:
+        assert rc == {"held": True, "note": "nothing to re-check"}
+    else:
+        assert rc["samples"] == 360
+    assert (tmp_path / "out" / "manifest.json").exists()
