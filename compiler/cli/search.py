@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from compiler import api
 from compiler.data import load_npz
 from compiler.errors import ConfigError
 from compiler.frontend import read_model, resolve_input_specs
+from compiler.search.plot import write_search_chart
 from compiler.search.search import (
     SearchSpace,
     Settings,
@@ -25,6 +28,8 @@ from compiler.search.search import (
     search,
 )
 from targets import parse_target
+
+logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_INTERRUPTED = 0, 130
 
@@ -77,6 +82,9 @@ def add_search_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "candidates already in it are not measured again")
     s.add_argument("-o", "--output", metavar="DIR", help="compile the best candidate into an "
                    "artifact directory")
+    s.add_argument("--chart", metavar="FILE.png", help="draw every candidate (latency vs "
+                   "accuracy drop), the Pareto front, the budget and the chosen point "
+                   "(default: beside --log, same stem, .png)")
     g = s.add_argument_group("search space")
     g.add_argument("--prune-ratios", type=_floats_or_none, default=(0.0, 0.25, 0.5),
                    metavar="R,R,..", help="prune ratios (default 0,0.25,0.5)")
@@ -123,13 +131,32 @@ def cmd_search(args: argparse.Namespace) -> int:
                     progress=not args.no_progress and not args.json and sys.stderr.isatty(),
                     seed=args.seed, eval_samples=args.samples, repeat=args.repeat)
     artifact = _compile_best(report, args, data, labels, calib) if args.output else None
+    chart = _chart(report, args)
     if args.json:
         out = report.to_dict()
         out["artifact"] = artifact
+        out["chart"] = chart
         print(json.dumps(out, indent=2))
     else:
         print_report(report, artifact)
+        if chart:
+            print(f"  chart        {chart}")
     return EXIT_INTERRUPTED if report.interrupted else EXIT_OK
+
+
+def _chart(report: Any, args: argparse.Namespace) -> str | None:
+    """Write the search's PNG (``--chart``, else beside ``--log``); None when neither is given
+    or matplotlib is missing (a warning says so)."""
+    path = args.chart or (str(Path(args.log).with_suffix(".png")) if args.log else None)
+    if path is None:
+        return None
+    try:
+        return str(write_search_chart(report, path))
+    except ImportError:
+        logger.warning("no chart: matplotlib is not installed (pip install 'hwcc[bench]')")
+        return None
+    except OSError as err:
+        raise ConfigError(f"cannot write the chart {path}: {err.strerror or err}") from None
 
 
 def _compile_best(report: Any, args: argparse.Namespace, data: dict, labels: str | None,

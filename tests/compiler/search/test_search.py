@@ -219,3 +219,11 @@ def test_cli_output_is_rechecked(grid: tuple[SearchReport, Path], tmp_path: Path
     else:
         assert rc["samples"] == 360
     assert (tmp_path / "out" / "manifest.json").exists()
+    # the picture beside the log: a real PNG of a sensible size
+    from matplotlib.image import imread
+
+    assert out["chart"] == str(log.with_suffix(".png"))
+    png = Path(out["chart"]).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    height, width = imread(out["chart"]).shape[:2]
+    assert (height, width) == (550, 800)
