@@ -38,4 +38,5 @@ def capabilities(triple: str, features: tuple[str, ...], cores: int) -> Capabili
         l2_kb=512 if is64 else 256,
         # 2 NEON FMA pipes x 4 lanes x 2 flops at ~2 GHz on a Cortex-A7x-class core
         peak_gflops=round(cores * (16 if is64 else 8) * 2.0, 1),
+        fp16_arith="+fullfp16" in f,
     )

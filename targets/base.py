@@ -42,6 +42,10 @@ class Capabilities:
         Estimated fp32 peak throughput of all cores, GFLOP/s (0 when unknown).
     scratchpad_kb : int
         On-chip scratchpad of an accelerator-like target (0 for caches-only CPUs).
+    fp16_arith : bool
+        Whether the device computes in fp16 natively (AVX-512 FP16, ARMv8.2 ``+fullfp16``,
+        CUDA sm_53+). Without it fp16 weights only save memory: every operation converts to
+        fp32 and back, and an fp16 model runs slower than the fp32 one.
     """
 
     vector_bits: int = 128
@@ -53,6 +57,7 @@ class Capabilities:
     l2_kb: int = 512
     peak_gflops: float = 0.0
     scratchpad_kb: int = 0
+    fp16_arith: bool = False
 
     @property
     def fp32_lanes(self) -> int:
@@ -70,6 +75,7 @@ class Capabilities:
             "l2_kb": self.l2_kb,
             "peak_gflops": self.peak_gflops,
             "scratchpad_kb": self.scratchpad_kb,
+            "fp16_arith": self.fp16_arith,
         }
 
 

@@ -33,6 +33,7 @@ def capabilities(gpu_arch: str) -> Capabilities:
         l1_kb=128,
         l2_kb=40960,
         peak_gflops=_PEAK.get(gpu_arch, 0.0),
+        fp16_arith=int(re.sub(r"\D", "", gpu_arch) or 0) >= 53,
     )
 
 

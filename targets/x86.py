@@ -41,4 +41,5 @@ def capabilities(features: tuple[str, ...], cores: int, clock_ghz: float = 2.5) 
         l1_kb=32,
         l2_kb=1024,
         peak_gflops=round(cores * flops_per_cycle * clock_ghz, 1),
+        fp16_arith="+avx512fp16" in f,
     )

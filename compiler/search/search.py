@@ -174,6 +174,9 @@ def search(
     groups, covers_all = _largest_groups(onnx_model, space.max_groups) if space.per_group \
         else ([], False)
     caps = tgt.capabilities
+    space, left_out = space.for_capabilities(caps)
+    for item in left_out:
+        logger.warning("search space: %s left out (%s)", item["setting"], item["reason"])
     ident = {"model_sha256": hashlib.sha256(onnx_model.SerializeToString()).hexdigest(),
              "target": str(tgt), "metric": metric, "eval_samples": len(feeds)}
     log = _Log(Path(log_path), ident) if log_path is not None else None
@@ -206,7 +209,7 @@ def search(
         report = SearchReport(model=source, target=str(tgt), strategy=strategy, metric=metric,
                               max_accuracy_drop=float(max_accuracy_drop), baseline=base,
                               space=space, log_path=str(log_path) if log_path else None,
-                              eval_samples=len(feeds))
+                              eval_samples=len(feeds), left_out=left_out)
         proposer = _PROPOSERS[strategy](space, groups, budget, seed, report,
                                         global_ratio=not covers_all)
         _run_candidates(report, proposer, budget, prior, measure, base_acc, log,

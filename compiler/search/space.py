@@ -158,6 +158,17 @@ class SearchSpace:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def for_capabilities(self, caps: Any) -> tuple[SearchSpace, list[dict[str, str]]]:
+        """This space less the settings the target cannot run fast, and why each went."""
+        left: list[dict[str, str]] = []
+        quant = self.quantize
+        if "fp16" in quant and not caps.fp16_arith:
+            quant = tuple(q for q in quant if q != "fp16") or (None,)
+            left.append({"setting": "quantize=fp16", "reason": "the target has no fp16 "
+                         "arithmetic: fp16 weights would be converted to fp32 in every "
+                         "operation and run slower than fp32"})
+        return dataclasses.replace(self, quantize=quant), left
+
     def without_calibration(self) -> SearchSpace:
         """This space less what needs calibration data (int8, activation-based pruning)."""
         quant = tuple(q for q in self.quantize if q != "int8") or (None,)
@@ -245,6 +256,7 @@ class SearchReport:
     log_path: str | None = None
     eval_samples: int | None = None
     recheck: dict[str, Any] | None = None
+    left_out: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def pareto(self) -> list[Candidate]:
@@ -293,6 +305,7 @@ class SearchReport:
             "log": self.log_path,
             "eval_samples": self.eval_samples,
             "recheck": self.recheck,
+            "left_out": self.left_out,
         }
 
 

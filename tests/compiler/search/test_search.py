@@ -18,8 +18,9 @@ from compiler.search.search import SearchReport, SearchSpace, dominates, recheck
 from examples import EXAMPLES_DIR, example_data, example_model
 
 DIGITS = example_model("digits_cnn")
-# Grid points: (prune 0, fp16), (prune 0.5, none), (prune 0.5, fp16): three candidates.
-SPACE = SearchSpace(prune_ratios=(0.0, 0.5), low_rank_energies=(None,), quantize=(None, "fp16"))
+# Grid points: (prune 0, low rank 0.9), (prune 0.5, none), (prune 0.5, low rank 0.9): three
+# candidates (fp16 would be left out on a CPU without fp16 arithmetic).
+SPACE = SearchSpace(prune_ratios=(0.0, 0.5), low_rank_energies=(None, 0.9), quantize=(None,))
 # 60 samples resolve 1.67 points: a budget of 5 points is worth 3 samples
 KW = {"strategy": "grid", "budget": 3, "space": SPACE, "max_accuracy_drop": 5.0,
       "eval_samples": 60, "repeat": 10, "progress": False}
@@ -44,8 +45,8 @@ def test_grid_measures_every_point(grid: tuple[SearchReport, Path]) -> None:
     assert d["strategy"] == "grid" and d["metric"] == "top1"
     assert len(d["candidates"]) == 3
     assert all(c["status"] == "ok" and c["latency_ms"] > 0 for c in d["candidates"])
-    quants = sorted(str(c["settings"]["quantize"]) for c in d["candidates"])
-    assert quants == ["None", "fp16", "fp16"]
+    ranks = sorted(str(c["settings"]["low_rank"]) for c in d["candidates"])
+    assert ranks == ["0.9", "0.9", "None"]
     assert d["baseline"]["drop"] == 0.0 and d["baseline"]["speedup"] == 1.0
 
 
@@ -133,7 +134,7 @@ def test_cli_json_resumes_from_log(grid: tuple[SearchReport, Path], tmp_path: Pa
     args = parser.parse_args([
         "search", str(DIGITS), "--data", str(EXAMPLES_DIR / "digits_data.npz"),
         "--strategy", "grid", "--budget", "3", "--max-drop", "5", "--log", str(log),
-        "--prune-ratios", "0,0.5", "--low-rank", "none", "--quantize", "none,fp16",
+        "--prune-ratios", "0,0.5", "--low-rank", "none,0.9", "--quantize", "none",
         "--samples", "60", "--repeat", "10", "--json"])
     assert args.func(args) == 0
     out = json.loads(capsys.readouterr().out)
@@ -209,7 +210,7 @@ def test_cli_output_is_rechecked(grid: tuple[SearchReport, Path], tmp_path: Path
     args = parser.parse_args([
         "search", str(DIGITS), "--data", str(EXAMPLES_DIR / "digits_data.npz"),
         "--strategy", "grid", "--budget", "3", "--max-drop", "5", "--log", str(log),
-        "--prune-ratios", "0,0.5", "--low-rank", "none", "--quantize", "none,fp16",
+        "--prune-ratios", "0,0.5", "--low-rank", "none,0.9", "--quantize", "none",
         "--samples", "60", "--repeat", "10", "--json", "-o", str(tmp_path / "out")])
     assert args.func(args) == 0
     out = json.loads(capsys.readouterr().out)
@@ -227,3 +228,18 @@ def test_cli_output_is_rechecked(grid: tuple[SearchReport, Path], tmp_path: Path
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     height, width = imread(out["chart"]).shape[:2]
     assert (height, width) == (550, 800)
+
+
+def test_settings_the_target_cannot_run_fast_are_left_out() -> None:
+    """fp16 leaves the space for a CPU without fp16 arithmetic (with the reason, for the
+    report) and stays for one with it (AVX-512 FP16, ARMv8.2 +fullfp16)."""
+    from targets import parse_target
+
+    space = SearchSpace(quantize=(None, "fp16", "int8"))
+    plain, left = space.for_capabilities(parse_target("x86_64-linux-gnu -mattr=+avx2,+fma")
+                                         .capabilities)
+    assert plain.quantize == (None, "int8") and left[0]["setting"] == "quantize=fp16"
+    assert "no fp16 arithmetic" in left[0]["reason"]
+    for t in ("x86_64-linux-gnu -mattr=+avx512f,+avx512fp16", "aarch64-linux-gnu -mattr=+fullfp16"):
+        kept, none = space.for_capabilities(parse_target(t).capabilities)
+        assert kept.quantize == space.quantize and none == []
