@@ -109,7 +109,8 @@ def compile(
     # (with the tuning records the build uses: the float model as `hwcc compile` makes it)
     database, db_path = _open_database(tuning_log, tgt)
     timer = None
-    timed = compression.quantize is not None or bool(compression.prune)
+    timed = compression.quantize is not None or (bool(compression.prune)
+                                                 and not compression.prune_always)
     if timed and tgt.kind == "llvm" and tgt.runs_on_this_machine():
         timer = partial(time_module, target=tgt, options=options, database=database)
     pipeline = [*_import_passes(imported.mod),

@@ -118,6 +118,9 @@ class CompressionOptions:
         ``int8``, ``int8-dynamic`` or ``fp16``.
     calib_method : str
         Activation range observer for static int8.
+    prune_always : bool
+        Keep the pruned model even where it is slower than the unpruned one (not timed);
+        default False: never slower, timed when the target runs here.
     quantize_always : bool
         Keep the quantized model even where it is slower than float (measured when the target
         runs here, else the target's cost model); default False: never slower than float.
@@ -136,6 +139,7 @@ class CompressionOptions:
     quantize: str | None = None
     calib_method: str = "minmax"
     quantize_always: bool = False
+    prune_always: bool = False
     calibration: Mapping[str, np.ndarray] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -165,7 +169,8 @@ class CompressionOptions:
                             sparse_block=self.sparse_block, quantize=self.quantize,
                             calib_method=self.calib_method, calibration=calib,
                             lanes=capabilities.fp32_lanes, capabilities=capabilities,
-                            quantize_always=self.quantize_always, timer=timer)
+                            quantize_always=self.quantize_always, timer=timer,
+                            prune_always=self.prune_always)
 
     def first_sample(self, input_specs: Sequence[Any]) -> dict[str, np.ndarray] | None:
         """The first calibration sample (real data to verify the compiled module on)."""
@@ -182,14 +187,15 @@ def build_passes(*, prune: float | None = None, prune_method: str = "l1",
                  quantize: str | None = None, calib_method: str = "minmax",
                  calibration: Mapping[str, np.ndarray] | None = None,
                  lanes: int = 8, capabilities: Any = None, quantize_always: bool = False,
-                 timer: Callable[[Any], float] | None = None) -> list[PassSpec]:
+                 timer: Callable[[Any], float] | None = None,
+                 prune_always: bool = False) -> list[PassSpec]:
     """The compression pipeline for the given options (shared by the CLI, API and search).
 
     ``calibration`` holds arrays with a leading sample axis; ``lanes`` is the target's fp32
     vector lanes (kept channel counts are multiples of it). The quantize pass keeps the float
     model where it is faster (``timer``: module -> ms on the target; None: the cost model),
     unless ``quantize_always``; with a ``timer`` the pruning pass never returns a model slower
-    than the unpruned one.
+    than the unpruned one, unless ``prune_always``.
     """
     specs: list[PassSpec] = []
     if not any(x is not None for x in (prune, low_rank, sparsity, quantize)):
@@ -202,7 +208,7 @@ def build_passes(*, prune: float | None = None, prune_method: str = "l1",
             raise ConfigError(f"--prune-method {prune_method} needs calibration data (--calib)")
         specs.append(PassSpec("prune_channels", PruneConfig(
             ratio=prune, importance=importance, scope=prune_scope, multiple_of=lanes,
-            calibration=calibration, timer=timer)))
+            calibration=calibration, timer=None if prune_always else timer)))
         # right after pruning: its teacher is the model as it was before pruning
         if recover and calibration is not None and prune > 0:
             specs.append(PassSpec("recover", partial(RecoverConfig, calibration=calibration),

@@ -423,7 +423,8 @@ class PruneChannels:
             removed = _select(prunable, scores, cfg)
         plan = _plan(prunable, removed)
         out = rebuild_main(mod, _rewriter(plan)) if plan else mod
-        speed: dict = {"decided_by": "not checked (no timer: the target does not run here)"}
+        speed: dict = {"decided_by": "not checked (no timer: the target does not run here, or "
+                                     "--prune-always)"}
         if cfg.timer is not None and plan:
             out, removed, speed = self._never_slower(mod, out, prunable, removed, shapes)
         report = {

@@ -52,6 +52,10 @@ def add_pass_arguments(parser: argparse.ArgumentParser) -> None:
                    "activation, apoz and reconstruction need --calib)")
     g.add_argument("--prune-scope", choices=["global", "per_layer"], default="global",
                    help="rank channels across the model or within each layer")
+    g.add_argument("--prune-always", action="store_true",
+                   help="keep the pruned model even where it runs slower than the unpruned one "
+                   "(by default both are timed when the target runs on this machine and "
+                   "groups are restored until it is faster)")
     g.add_argument("--no-recover", action="store_true", help="skip the teacher-guided "
                    "least-squares re-fit after pruning / low rank")
     g.add_argument("--low-rank", metavar="SPEC", help="low-rank factorization: energy=0.95, "
@@ -82,4 +86,5 @@ def options_from_args(args: argparse.Namespace) -> CompressionOptions:
         recover=not args.no_recover, low_rank=args.low_rank, sparsity=args.sparsity,
         sparse_block=args.sparse_block, quantize=args.quantize,
         calib_method=args.calib_method, quantize_always=args.quantize_always,
+        prune_always=args.prune_always,
         calibration=load_npz(args.calib) if args.calib else None)

@@ -9,6 +9,7 @@ does not help, and says so per layer in the report.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 from pathlib import Path
@@ -272,8 +273,11 @@ def test_cli_compiles_with_one_calibration_sample(
     np.savez(calib, input=x if leading_axis else x[0])
     with caplog.at_level(logging.WARNING, logger="passes.recover"):
         rc = main(["compile", str(example_model(name)), "--prune", "0.5", "--calib", str(calib),
-                   "-o", str(tmp_path / "out"), "--bench-repeat", "0"])  # fmt: skip
+                   "--prune-always", "-o", str(tmp_path / "out"), "--bench-repeat", "0"])  # fmt: skip
     assert rc == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    prune = next(p for p in manifest["passes"] if p["name"] == "prune_channels")
+    assert "--prune-always" in prune["report"]["speed"]["decided_by"]  # not timed: as asked
     warned = [r.getMessage() for r in caplog.records if r.name == "passes.recover"]
     assert len(warned) == 1 and "recovery had 1 calibration sample" in warned[0]
     assert "samples for a reliable re-fit" in warned[0]

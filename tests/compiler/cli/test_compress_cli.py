@@ -38,6 +38,9 @@ def test_prune_with_recovery(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert m["compressed"]["params"] < 0.6 * m["model"]["params"]
     prune_report = m["passes"][1]["report"]
     assert prune_report["params_after"] < prune_report["params_before"]
+    speed = prune_report["speed"]  # never slower: both timed here, the pruned one was faster
+    assert speed["decided_by"] == "measured on this machine" and speed["kept"] == "pruned"
+    assert speed["pruned_ms"] < speed["unpruned_ms"]
     assert "teacher" not in (m["passes"][2]["config"] or {})
     assert _accuracy(tmp_path, capsys) > 0.95
 
