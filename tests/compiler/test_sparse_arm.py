@@ -14,8 +14,8 @@ import pytest
 import compiler
 from compiler.pipeline import CompressionOptions
 from tests.compiler.lower.test_int8_arm import _require_tools, _run_bundle
-from tests.passes.test_sparsify_modes import feeds, presparse_mlp
 from tests.passes.test_sparsify import onnx_ref
+from tests.passes.test_sparsify_modes import feeds, presparse_mlp
 
 TARGET = "aarch64-linux-gnu -mattr=+neon"
 
