@@ -123,9 +123,9 @@ def test_bad_space() -> None:
         SearchSpace(quantize=("int4",))
 
 
-def test_cli_json_resumes_from_log(grid: tuple[SearchReport, Path], tmp_path: Path,
-                                   capsys: pytest.CaptureFixture[str]) -> None:
-    """hwcc search --json with the full log: all three candidates resumed, same report keys."""
+def _cli(grid: tuple[SearchReport, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+         *extra: str) -> tuple[dict, Path]:
+    """``hwcc search --json`` over the grid's space, starting from a copy of its log."""
     _, full = grid
     log = tmp_path / "log.jsonl"
     log.write_text(full.read_text())
@@ -135,9 +135,15 @@ def test_cli_json_resumes_from_log(grid: tuple[SearchReport, Path], tmp_path: Pa
         "search", str(DIGITS), "--data", str(EXAMPLES_DIR / "digits_data.npz"),
         "--strategy", "grid", "--budget", "3", "--max-drop", "5", "--log", str(log),
         "--prune-ratios", "0,0.5", "--low-rank", "none,0.9", "--quantize", "none",
-        "--samples", "60", "--repeat", "10", "--json"])
+        "--samples", "60", "--repeat", "10", "--json", *extra])
     assert args.func(args) == 0
-    out = json.loads(capsys.readouterr().out)
+    return json.loads(capsys.readouterr().out), log
+
+
+def test_cli_json_resumes_from_log(grid: tuple[SearchReport, Path], tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """hwcc search --json with the full log: all three candidates resumed, same report keys."""
+    out, log = _cli(grid, tmp_path, capsys)
     assert [c["resumed"] for c in out["candidates"]] == [True, True, True]
     assert out["best"]["drop"] <= 5.0 and out["eval_samples"] == 60
     assert len(_lines(log)) == 5  # only the baseline was measured again
@@ -202,18 +208,7 @@ def test_written_model_is_rechecked_on_all_samples(grid: tuple[SearchReport, Pat
 def test_cli_output_is_rechecked(grid: tuple[SearchReport, Path], tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     """hwcc search -o writes the artifact and the report says how it was re-checked."""
-    _, full = grid
-    log = tmp_path / "log.jsonl"
-    log.write_text(full.read_text())
-    parser = argparse.ArgumentParser(prog="hwcc")
-    add_search_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args([
-        "search", str(DIGITS), "--data", str(EXAMPLES_DIR / "digits_data.npz"),
-        "--strategy", "grid", "--budget", "3", "--max-drop", "5", "--log", str(log),
-        "--prune-ratios", "0,0.5", "--low-rank", "none,0.9", "--quantize", "none",
-        "--samples", "60", "--repeat", "10", "--json", "-o", str(tmp_path / "out")])
-    assert args.func(args) == 0
-    out = json.loads(capsys.readouterr().out)
+    out, log = _cli(grid, tmp_path, capsys, "-o", str(tmp_path / "out"))
     rc = out["recheck"]
     if out["best"]["id"] == 0:
         assert rc == {"held": True, "note": "nothing to re-check"}
