@@ -419,11 +419,18 @@ class Worker:
         line = self.lines.get(timeout=timeout)
         return None if line is None else json.loads(line)
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 10.0) -> None:
+        """End the worker: SIGTERM first (hwcc removes its temporary directory on it), then
+        SIGKILL after ``grace`` seconds (a worker that hangs)."""
         if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+            for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, sig)
+                try:
+                    self.proc.wait(timeout=wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
             self.proc = None
 
     def run(self, case: Case, out: Path, log: Path, timeout: float) -> dict[str, Any]:

@@ -9,6 +9,8 @@ that onnxruntime runs too. The long run's command is in the README.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,9 +20,26 @@ from benchmarks import fuzz
 COUNT, SEED = 36, 0
 
 
+#: onnxruntime (the harness's reference) writes its session id into the temporary directory.
+ORT_SESSION_FILE = ".ses"
+
+
 @pytest.fixture(scope="module")
-def run() -> dict:
-    return fuzz.fuzz(COUNT, SEED, timeout=150, jobs=2, fresh=2)
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The seeded run, with a temporary directory of its own (what is left in it is noted)."""
+    tmp = tmp_path_factory.mktemp("fuzz-tmpdir")
+    old_env, old_tempdir = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"], tempfile.tempdir = str(tmp), None
+    try:
+        result = fuzz.fuzz(COUNT, SEED, timeout=150, jobs=2, fresh=2)
+    finally:
+        if old_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = old_env
+        tempfile.tempdir = old_tempdir
+    result["left_in_tmpdir"] = sorted(p.name for p in tmp.iterdir())
+    return result
 
 
 @pytest.mark.slow
@@ -37,6 +56,13 @@ def test_no_traceback_signal_hang_or_wrongly_compiled_model(run: dict) -> None:
 def test_every_error_names_a_file_node_or_op(run: dict) -> None:
     unnamed = [c["line"] for c in run["cases"] if c["outcome"] == "clean_error" and not c["named"]]
     assert not unnamed
+
+
+@pytest.mark.slow
+def test_temporary_directory_is_left_as_it_was(run: dict) -> None:
+    """Compiles, worker processes (ended with SIGTERM) and fresh processes leave nothing in
+    the temporary directory but onnxruntime's session file."""
+    assert [n for n in run["left_in_tmpdir"] if n != ORT_SESSION_FILE] == []
 
 
 @pytest.mark.slow
