@@ -49,6 +49,9 @@ logger = logging.getLogger(__name__)
 
 #: PrimFunc attribute naming a kernel of this module (value: a short description).
 KERNEL_ATTR = "hwcc.sparse_kernel"
+#: PrimFunc attribute with the useful operations of one call (2 per multiply-add of a stored
+#: weight): TVM's estimate cannot count loops whose bounds are read from ``indptr``.
+FLOPS_ATTR = "hwcc.flops"
 
 
 @dataclass(frozen=True)
@@ -303,7 +306,7 @@ def bsr_kernel(spec: KernelSpec) -> tvm.tirx.PrimFunc:
     desc = f"bsr {r}x{c} N={n} M={m} B={bsz} nnz_blocks={nnz} tile={mt}" + (
         f" in {r // rs} passes of {rs} rows" if rs != r else ""
     )
-    return kernel.with_attr(KERNEL_ATTR, desc)
+    return kernel.with_attr(KERNEL_ATTR, desc).with_attr(FLOPS_ATTR, 2 * bsz * nnz * r * c * m)
 
 
 def _bsr_kernel_rows(spec: KernelSpec) -> tvm.tirx.PrimFunc:
@@ -373,7 +376,7 @@ def _bsr_kernel_rows(spec: KernelSpec) -> tvm.tirx.PrimFunc:
                             y[(p * qc + q) // nb, (p * qc + q) % nb * r + rr, mm] = acc[0, mm, rr]
 
     desc = f"bsr {r}x1 N={n} M={m} B={bsz} nnz_blocks={nnz} vectors along R, {u} chains"
-    return kernel.with_attr(KERNEL_ATTR, desc)
+    return kernel.with_attr(KERNEL_ATTR, desc).with_attr(FLOPS_ATTR, 2 * bsz * nnz * r * m)
 
 
 def kernel_args(bsr: BSR, koff: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

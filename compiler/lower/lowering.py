@@ -30,6 +30,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from compiler.errors import CompileError
 from targets import Target
 
+from .nan_semantics import constants_first
 from .options import LowerOptions
 from .rewrites.conv_transpose import conv_transpose_as_conv
 from .rewrites.expand_depthwise import fuse_expand_depthwise
@@ -37,7 +38,6 @@ from .rewrites.resize_taps import resize_linear_as_taps
 from .rewrites.winograd import winograd_conv2d
 from .schedules import SCHEDULE_ATTR, apply_default_schedules
 from .schedules.analysis import region_buffer
-from .nan_semantics import constants_first
 from .vector_ops import declare_vectorizable
 
 DEFAULT_OPTIONS = LowerOptions()
@@ -92,10 +92,13 @@ def _is_scheduled(func) -> bool:
 
 
 def _flops(func) -> int | None:
-    """TVM's estimate of one call's operations (a multiply-add counts 2), None if it fails
-    (e.g. symbolic loop extents)."""
+    """One call's operations (a multiply-add counts 2): the kernel's own ``hwcc.flops``
+    attribute where it has one (kernels whose loop bounds are data, such as the sparse ones),
+    else TVM's estimate; None if that fails (e.g. symbolic loop extents)."""
     from tvm import s_tir
 
+    if func.attrs is not None and "hwcc.flops" in func.attrs:
+        return int(func.attrs["hwcc.flops"])
     try:
         return round(float(s_tir.analysis.estimate_tir_flops(tvm.IRModule({"main": func}))))
     except Exception as err:  # noqa: BLE001 - an estimate is optional, never a build failure
@@ -299,7 +302,11 @@ def _apply_records(mod, database) -> tuple[Any, int]:
         applied = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(
             mark_layout_free(mod))
     funcs = _primfuncs(applied)
-    tuned = {n for n, f in funcs.items() if _is_scheduled(f)} - before
+    # tuned: scheduled now and not before; the pass renames the kernels it passes through
+    # (sparse_bsr_4x1 -> sparse_bsr_4x11), so hwcc's hand-written ones are known by their
+    # own attributes (hwcc.flops) rather than by name
+    tuned = {n for n, f in funcs.items() if _is_scheduled(f) and n not in before
+             and not (f.attrs is not None and "hwcc.flops" in f.attrs)}
     if not tuned:
         return mod, 0
     for gv, f in list(applied.functions_items()):
