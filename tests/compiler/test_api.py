@@ -37,7 +37,8 @@ def test_compile_reads_the_model_once_and_parses_the_target_once(
     calib = dict(np.load(EXAMPLES_DIR / "digits_calib.npz"))
     calib = {k: v[:8] for k, v in calib.items()}
     art = compiler.compile(DIGITS, "host", output_dir=tmp_path / "a",
-                           compression=CompressionOptions(prune=0.25, calibration=calib))
+                           compression=CompressionOptions(prune=0.25, calibration=calib,
+                                                          prune_always=True))
     assert len(reads) == 1 and len(parses) == 1, (reads, parses)
     assert [p["name"] for p in art.manifest["passes"]] == [
         "canonicalize", "prune_channels", "recover"]
