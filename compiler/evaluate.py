@@ -159,12 +159,25 @@ def evaluate_artifact(art: Any, feeds: Sequence[Mapping[str, np.ndarray]],
         labels = np.asarray(labels).reshape(-1)
         if labels.shape[0] != len(feeds):
             raise ValueError(f"{labels.shape[0]} labels for {len(feeds)} samples")
-        pred = np.array([o.reshape(-1, o.shape[-1]).argmax(-1)[0] for o in ours_first])
-        ref_pred = np.array([o.reshape(-1, o.shape[-1]).argmax(-1)[0] for o in ref_first])
+        pred, ref_pred = _predictions(ours_first), _predictions(ref_first)
         out["top1_accuracy"] = float((pred == labels).mean())
         out["reference_top1_accuracy"] = float((ref_pred == labels).mean())
         out["top1_agreement"] = float((pred == ref_pred).mean())
     return out
+
+
+def _predictions(first_outputs: Sequence[np.ndarray]) -> np.ndarray:
+    """Class of each sample: argmax over the last axis of its first output (first row)."""
+    return np.array([o.reshape(-1, o.shape[-1]).argmax(-1)[0] for o in first_outputs])
+
+
+def top1_accuracy(art: Any, feeds: Sequence[Mapping[str, np.ndarray]],
+                  labels: np.ndarray) -> float:
+    """Top-1 accuracy of ``art`` alone (no reference run), scored as
+    :func:`evaluate_artifact` scores it."""
+    first = art.outputs[0].name
+    pred = _predictions([art.run(feed)[first] for feed in feeds])
+    return float((pred == np.asarray(labels).reshape(-1)).mean())
 
 
 def _reference_session(model: onnx.ModelProto, backend: str):

@@ -91,14 +91,19 @@ def _is_scheduled(func) -> bool:
                for key in ("tirx.is_scheduled", "tir.is_scheduled"))
 
 
+#: A kernel's own count of the operations of one call (set by hand-written kernels such as
+#: :mod:`passes.sparse_kernels`, whose loop bounds are data TVM's estimate cannot count).
+FLOPS_ATTR = "hwcc.flops"
+
+
 def _flops(func) -> int | None:
     """One call's operations (a multiply-add counts 2): the kernel's own ``hwcc.flops``
     attribute where it has one (kernels whose loop bounds are data, such as the sparse ones),
     else TVM's estimate; None if that fails (e.g. symbolic loop extents)."""
     from tvm import s_tir
 
-    if func.attrs is not None and "hwcc.flops" in func.attrs:
-        return int(func.attrs["hwcc.flops"])
+    if func.attrs is not None and FLOPS_ATTR in func.attrs:
+        return int(func.attrs[FLOPS_ATTR])
     try:
         return round(float(s_tir.analysis.estimate_tir_flops(tvm.IRModule({"main": func}))))
     except Exception as err:  # noqa: BLE001 - an estimate is optional, never a build failure
@@ -306,7 +311,7 @@ def _apply_records(mod, database) -> tuple[Any, int]:
     # (sparse_bsr_4x1 -> sparse_bsr_4x11), so hwcc's hand-written ones are known by their
     # own attributes (hwcc.flops) rather than by name
     tuned = {n for n, f in funcs.items() if _is_scheduled(f) and n not in before
-             and not (f.attrs is not None and "hwcc.flops" in f.attrs)}
+             and not (f.attrs is not None and FLOPS_ATTR in f.attrs)}
     if not tuned:
         return mod, 0
     for gv, f in list(applied.functions_items()):

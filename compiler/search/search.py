@@ -44,7 +44,7 @@ import numpy as np
 from compiler import api, tempdirs
 from compiler.data import split_samples
 from compiler.errors import CompileError, ConfigError, HwccError, TargetError
-from compiler.evaluate import evaluate_artifact
+from compiler.evaluate import evaluate_artifact, top1_accuracy
 from compiler.frontend import load_model, read_model, resolve_input_specs
 from compiler.pipeline import build_passes
 from passes import Canonicalize, CanonicalizeConfig
@@ -52,6 +52,7 @@ from passes.channel_groups import analyze
 from targets import parse_target
 
 from .space import (  # noqa: F401 - the search's data types, re-exported
+    DROP_TOL,
     LOG_VERSION,
     QUANTIZE_MODES,
     STRATEGIES,
@@ -348,7 +349,7 @@ def recheck_best(report: SearchReport, model: Any, target: Any, eval_data: Mappi
                 settings, calibration, tgt.capabilities)
             art = api.compile(onnx_model, tgt, passes=passes, output_dir=workdir / name,
                               verify=False)
-            return float(evaluate_artifact(art, feeds, labels)["top1_accuracy"])
+            return top1_accuracy(art, feeds, labels)
 
         base = top1(Settings(), "base")
         within = sorted((c for c in report.candidates if report.within(c)),
@@ -358,7 +359,7 @@ def recheck_best(report: SearchReport, model: Any, target: Any, eval_data: Mappi
             acc = top1(cand.settings, f"c{cand.id}")
             drop = round(100.0 * (base - acc), 6)
             tried.append({"id": cand.id, "top1": acc, "drop": drop})
-            if drop <= report.max_accuracy_drop + 1e-6:
+            if drop <= report.max_accuracy_drop + DROP_TOL:
                 report.recheck = {"held": True, "samples": len(feeds), "baseline_top1": base,
                                   "chosen": cand.id, "tried": tried}
                 return cand.settings
